@@ -1,0 +1,22 @@
+//! nodedns plugins: the contract every plugin implements, the token reader
+//! its setup parses with, shared helpers (`pkg`), and one module per plugin.
+//!
+//! A plugin module has the same shape everywhere: `mod.rs` (the handler),
+//! `setup.rs` (Corefile syntax to config), `tests.rs`, and `README.md`
+//! (the plugin's manual).
+
+#![forbid(unsafe_code)]
+
+pub mod dispenser;
+pub mod lexer;
+pub mod pkg;
+pub mod plugin;
+pub mod request;
+pub mod setup;
+
+pub mod whoami;
+
+pub use dispenser::{Dispenser, SetupError, Token};
+pub use plugin::{Context, Flow, Plugin, PluginError, Reply, ServerInfo};
+pub use request::{Request, Transport};
+pub use setup::{BlockInfo, BlockSetup, Controller, Services, SetupFn};

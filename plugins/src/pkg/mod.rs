@@ -1,0 +1,9 @@
+//! What plugins share. Plugins never reach into each other; common code
+//! lives here (CoreDNS's `plugin/pkg`).
+
+pub mod fall;
+pub mod lifecycle;
+pub mod response;
+pub mod zones;
+#[cfg(test)]
+pub(crate) mod test;

@@ -1,0 +1,232 @@
+//! The plugin contract: how the chain asks a plugin about a query.
+//!
+//! A plugin has a synchronous `query` step, run in chain order, that
+//! returns a [`Flow`]; and an optional `response` step, run in reverse order
+//! for every plugin that passed the query on, whoever produced the reply.
+//! This replaces CoreDNS's recursive `ServeDNS(next)`: recursion through
+//! async code would box a future per plugin per query.
+
+use std::fmt;
+use std::sync::Arc;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use tokio::time::Instant;
+
+use crate::request::Request;
+
+/// What a plugin decided about a query.
+#[must_use]
+#[derive(Debug)]
+pub enum Flow {
+    /// The reply is in `cx.reply` (CoreDNS: an rcode that means "written").
+    Answered,
+    /// Not mine, or fall through: ask the next plugin.
+    Next,
+    /// Nothing written: the server writes a reply with this rcode
+    /// (SERVFAIL, REFUSED, FORMERR, NOTIMP, as CoreDNS's `ClientWrite`).
+    /// The error, if any, is what the `errors` plugin logs.
+    Fail(ResponseCode, Option<PluginError>),
+    /// Send nothing at all.
+    Drop,
+}
+
+/// Errors a plugin reports with [`Flow::Fail`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// The chain ran out: the last plugin passed the query on.
+    #[error("plugin/{plugin}: no next plugin found")]
+    NoNextPlugin {
+        /// The plugin that passed the query on (or `server`).
+        plugin: &'static str,
+    },
+    /// A reply could not be built or encoded.
+    #[error("plugin/{plugin}: encoding the reply: {source}")]
+    Encode {
+        /// The plugin that failed.
+        plugin: &'static str,
+        /// What hickory said.
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+}
+
+/// The plugin contract. See the module docs.
+pub trait Plugin: Send + Sync + 'static {
+    /// The directive name, as in the Corefile.
+    fn name(&self) -> &'static str;
+    /// Request phase, in chain order. Synchronous: no blocking, and no
+    /// allocation on the hot path.
+    fn query(&self, cx: &mut Context<'_>) -> Flow;
+    /// Response phase, in reverse order, for every plugin that returned
+    /// [`Flow::Next`]. The reply (or the failure) is in `cx.reply`.
+    fn response(&self, _cx: &mut Context<'_>) {}
+}
+
+impl fmt::Debug for dyn Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Facts about the server block that is serving a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// CoreDNS's `server` metric label: `dns://:53`, `dns://127.0.0.1:1053`.
+    pub name: Arc<str>,
+    /// The block's zones, normalised (`example.org.`).
+    pub zones: Vec<String>,
+    /// The block's port.
+    pub port: u16,
+}
+
+/// One query in flight through the chain.
+pub struct Context<'a> {
+    /// The query.
+    pub req: &'a Request<'a>,
+    /// The server block.
+    pub server: &'a ServerInfo,
+    /// The zone (lower-cased wire form) that routed the query to this block.
+    pub zone: &'a [u8],
+    /// The reply being built.
+    pub reply: &'a mut Reply,
+    /// When the query was received.
+    pub start: Instant,
+}
+
+impl Context<'_> {
+    /// Writes `msg` as the reply and returns [`Flow::Answered`].
+    pub fn answer(&mut self, msg: Message) -> Flow {
+        self.reply.set_message(msg);
+        Flow::Answered
+    }
+}
+
+/// A reply: either wire bytes (as a cache or an upstream hands them over)
+/// or a message that a plugin built or is editing. Converted lazily either way.
+#[derive(Default)]
+pub struct Reply {
+    wire: Vec<u8>,
+    message: Option<Message>,
+    state: State,
+    error: Option<PluginError>,
+    failed: Option<ResponseCode>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    #[default]
+    Empty,
+    Wire,
+    Message,
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("state", &self.state)
+            .field("rcode", &self.rcode())
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl Reply {
+    /// An empty reply with a buffer ready for a UDP-sized answer.
+    pub fn new() -> Self {
+        Self {
+            wire: Vec::with_capacity(4096),
+            ..Self::default()
+        }
+    }
+    /// Forgets the previous reply but keeps the buffer.
+    pub fn clear(&mut self) {
+        self.wire.clear();
+        self.message = None;
+        self.state = State::Empty;
+        self.error = None;
+        self.failed = None;
+    }
+    /// Whether a plugin wrote a reply.
+    pub fn is_written(&self) -> bool {
+        self.state != State::Empty
+    }
+    /// Sets the reply to a built message.
+    pub fn set_message(&mut self, msg: Message) {
+        self.message = Some(msg);
+        self.state = State::Message;
+    }
+    /// Sets the reply to wire bytes (copied into the reused buffer).
+    pub fn set_wire(&mut self, bytes: &[u8]) {
+        self.wire.clear();
+        self.wire.extend_from_slice(bytes);
+        self.message = None;
+        self.state = State::Wire;
+    }
+    /// The reused buffer, to fill with wire bytes in place; call
+    /// [`Reply::mark_wire`] after.
+    pub fn wire_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.wire
+    }
+    /// Declares that [`Reply::wire_buf`] now holds the reply.
+    pub fn mark_wire(&mut self) {
+        self.message = None;
+        self.state = State::Wire;
+    }
+    /// The reply as a message to read or edit, parsing wire bytes if needed.
+    /// `None` when nothing is written or the bytes do not parse.
+    pub fn message_mut(&mut self) -> Option<&mut Message> {
+        if self.state == State::Wire {
+            let msg = Message::from_vec(&self.wire).ok()?;
+            self.message = Some(msg);
+            self.state = State::Message;
+        }
+        match self.state {
+            State::Message => self.message.as_mut(),
+            _ => None,
+        }
+    }
+    /// The reply's rcode (the 4 header bits plus, for a message, EDNS's
+    /// extended bits). For a failure, the rcode the server will write.
+    pub fn rcode(&self) -> ResponseCode {
+        match self.state {
+            State::Message => self
+                .message
+                .as_ref()
+                .map_or(ResponseCode::ServFail, |m| m.metadata.response_code),
+            State::Wire => ResponseCode::from_low(self.wire.get(3).map_or(2, |b| b & 0x0f)),
+            State::Empty => self.failed.unwrap_or(ResponseCode::ServFail),
+        }
+    }
+    /// The error the chain ended with, if any.
+    pub fn error(&self) -> Option<&PluginError> {
+        self.error.as_ref()
+    }
+    /// The rcode of a [`Flow::Fail`], when the chain ended that way.
+    pub fn failed(&self) -> Option<ResponseCode> {
+        self.failed
+    }
+    /// Records a failure; the server writes the reply for it.
+    pub fn set_failed(&mut self, rcode: ResponseCode, error: Option<PluginError>) {
+        self.failed = Some(rcode);
+        self.error = error;
+    }
+    /// Encodes the reply (if it is a message) and returns the wire bytes.
+    pub fn finish(&mut self) -> Result<&[u8], hickory_proto::ProtoError> {
+        if self.state == State::Message
+            && let Some(msg) = &self.message
+        {
+            self.wire.clear();
+            let mut enc = BinEncoder::new(&mut self.wire);
+            msg.emit(&mut enc)?;
+            self.state = State::Wire;
+            self.message = None;
+        }
+        Ok(&self.wire)
+    }
+    /// The wire bytes, valid after [`Reply::finish`].
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+}

@@ -1,0 +1,91 @@
+//! What a plugin's setup can see and change: the server block it is in,
+//! the chain being built, and the process-wide services (health, ready).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::dispenser::{Dispenser, SetupError};
+use crate::pkg::lifecycle::Readiness;
+use crate::plugin::Plugin;
+
+/// The server block a directive sits in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// The block's zones, normalised (`example.org.`, `.`).
+    pub zones: Vec<String>,
+    /// The block's port.
+    pub port: u16,
+    /// CoreDNS's `server` label for this block: `dns://:53`.
+    pub server_name: Arc<str>,
+}
+
+/// A `health` endpoint asked for by a Corefile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `host:port` to listen on; an empty host means every address.
+    pub addr: String,
+    /// How long to keep serving (and report healthy) after a stop signal.
+    pub lameduck: std::time::Duration,
+}
+
+/// A `ready` endpoint asked for by a Corefile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyConfig {
+    /// `host:port` to listen on; an empty host means every address.
+    pub addr: String,
+}
+
+/// What setup of one server block produced.
+#[derive(Default, Debug)]
+pub struct BlockSetup {
+    /// The chain, in the fixed plugin order (setups run in that order).
+    pub plugins: Vec<Box<dyn Plugin>>,
+    /// Addresses from `bind`; `None` means every address.
+    pub bind: Option<Vec<IpAddr>>,
+    /// `bind … { except … }` addresses to leave out.
+    pub bind_except: Vec<IpAddr>,
+}
+
+/// Process-wide services that plugins ask for; the agent starts them.
+#[derive(Default)]
+pub struct Services {
+    /// `health` endpoints.
+    pub health: Vec<HealthConfig>,
+    /// `ready` endpoints.
+    pub ready: Vec<ReadyConfig>,
+    /// Plugins that report readiness to `ready`.
+    pub readiness: Vec<Arc<dyn Readiness>>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("health", &self.health)
+            .field("ready", &self.ready)
+            .field("readiness", &self.readiness.len())
+            .finish()
+    }
+}
+
+/// Handed to a plugin's setup function: the directive's tokens, the block,
+/// and what the setup may add to.
+pub struct Controller<'a> {
+    /// The directive's tokens (every occurrence of it in the block).
+    pub d: Dispenser<'a>,
+    /// The server block.
+    pub block: &'a BlockInfo,
+    /// The block's chain and bind addresses.
+    pub out: &'a mut BlockSetup,
+    /// Process-wide services.
+    pub services: &'a mut Services,
+}
+
+impl Controller<'_> {
+    /// Appends a plugin to the block's chain.
+    pub fn add_plugin(&mut self, p: Box<dyn Plugin>) {
+        self.out.plugins.push(p);
+    }
+}
+
+/// A plugin's setup function.
+pub type SetupFn = fn(&mut Controller<'_>) -> Result<(), SetupError>;

@@ -14,6 +14,16 @@ pub mod plugin;
 pub mod request;
 pub mod setup;
 
+pub mod any;
+pub mod bind;
+pub mod chaos;
+pub mod errors;
+pub mod health;
+pub mod hosts;
+pub mod loadbalance;
+pub mod log;
+pub mod minimal;
+pub mod ready;
 pub mod whoami;
 
 pub use dispenser::{Dispenser, SetupError, Token};

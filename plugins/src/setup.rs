@@ -1,7 +1,9 @@
 //! What a plugin's setup can see and change: the server block it is in,
 //! the chain being built, and the process-wide services (health, ready).
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::dispenser::{Dispenser, SetupError};
@@ -35,8 +37,13 @@ pub struct ReadyConfig {
     pub addr: String,
 }
 
+/// A background task a plugin needs while its config serves (re-reading a
+/// file, watching an API). The agent spawns it when the config starts and
+/// aborts it when the config is replaced or the process stops.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 /// What setup of one server block produced.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct BlockSetup {
     /// The chain, in the fixed plugin order (setups run in that order).
     pub plugins: Vec<Box<dyn Plugin>>,
@@ -44,6 +51,19 @@ pub struct BlockSetup {
     pub bind: Option<Vec<IpAddr>>,
     /// `bind … { except … }` addresses to leave out.
     pub bind_except: Vec<IpAddr>,
+    /// Background tasks to run while this config serves.
+    pub tasks: Vec<Task>,
+}
+
+impl std::fmt::Debug for BlockSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockSetup")
+            .field("plugins", &self.plugins)
+            .field("bind", &self.bind)
+            .field("bind_except", &self.bind_except)
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
 }
 
 /// Process-wide services that plugins ask for; the agent starts them.
@@ -84,6 +104,13 @@ impl Controller<'_> {
     /// Appends a plugin to the block's chain.
     pub fn add_plugin(&mut self, p: Box<dyn Plugin>) {
         self.out.plugins.push(p);
+    }
+
+    /// Runs `task` in the background while this config serves (CoreDNS's
+    /// `OnStartup` for goroutines). Setup itself must not spawn: it also
+    /// runs for validation (`load_str`, dry runs) where nothing may start.
+    pub fn spawn_on_start(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.out.tasks.push(Box::pin(task));
     }
 }
 

@@ -1,1 +1,196 @@
-fn main() {}
+//! The `nodedns` binary: parse flags, load the Corefile, serve, stop
+//! gracefully on SIGTERM or SIGINT.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nodedns::cli::{self, Args};
+use nodedns::config::{self, Config};
+use nodedns::corefile::Source;
+use nodedns::server::{Limits, Options, Server, TcpOptions};
+use nodedns_plugins::pkg::lifecycle::Lifecycle;
+use tokio::net::TcpListener;
+
+/// Served when no Corefile is given or found.
+const DEFAULT_COREFILE: &str = ". {\n    whoami\n    log\n}\n";
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("nodedns: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.help {
+        print!("{}", cli::HELP);
+        return ExitCode::SUCCESS;
+    }
+    if args.version {
+        println!("nodedns-{}\n{}/{}", nodedns::VERSION, std::env::consts::OS, std::env::consts::ARCH);
+        return ExitCode::SUCCESS;
+    }
+    if args.plugins {
+        println!("Server types:\n  dns\n\nPlugins (chain order):");
+        for p in nodedns::registry::compiled() {
+            println!("  dns.{p}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NODEDNS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &Args) -> anyhow::Result<Config> {
+    let (name, text) = match &args.conf {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading Corefile {}", p.display()))?;
+            (p.display().to_string(), text)
+        }
+        None if Path::new("Corefile").is_file() => {
+            let text = std::fs::read_to_string("Corefile").context("reading ./Corefile")?;
+            ("Corefile".to_string(), text)
+        }
+        None => ("Corefile".to_string(), DEFAULT_COREFILE.to_string()),
+    };
+    let dir = args
+        .conf
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let src = Source {
+        name: &name,
+        text: &text,
+        dir,
+    };
+    // The error already reads `FILE:LINE: message`.
+    config::load(&src, args.dns_port).map_err(anyhow::Error::msg)
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let mut config = load(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nodedns")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let opts = Options {
+            udp_sockets: args.udp_sockets,
+            udp_rcvbuf: args.udp_rcvbuf,
+            limits: Limits {
+                max_udp_size: args.max_udp_size,
+            },
+            tcp: TcpOptions {
+                idle_timeout: args.tcp_idle_timeout,
+                max_conns: args.max_tcp_conns,
+            },
+        };
+        // Signals are caught from here on, so a stop during start-up is graceful too.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let life = Lifecycle::new();
+        life.set_reporters(std::mem::take(&mut config.services.readiness));
+        // Bind everything before serving anything: a bad address fails start-up whole.
+        let mut http = Vec::new();
+        let mut lameduck = Duration::ZERO;
+        let mut seen = std::collections::HashSet::new();
+        for h in &config.services.health {
+            lameduck = lameduck.max(h.lameduck);
+            if seen.insert(h.addr.clone()) {
+                http.push(("health", bind_http(&h.addr).await.with_context(|| format!("health: binding {}", h.addr))?));
+            }
+        }
+        for r in &config.services.ready {
+            if seen.insert(r.addr.clone()) {
+                http.push(("ready", bind_http(&r.addr).await.with_context(|| format!("ready: binding {}", r.addr))?));
+            }
+        }
+        let server = Server::start(&config, &opts)?;
+        let mut background = Vec::new();
+        for (service, listener) in http {
+            let addr = listener.local_addr()?;
+            let life = Arc::clone(&life);
+            background.push(match service {
+                "health" => tokio::spawn(nodedns_plugins::health::serve(listener, life)),
+                _ => tokio::spawn(nodedns_plugins::ready::serve(listener, life)),
+            });
+            announce(args, &format!("listening transport=http service={service} addr={addr}"));
+        }
+        for task in std::mem::take(&mut config.tasks) {
+            background.push(tokio::spawn(task));
+        }
+        for (transport, addr) in &server.bound {
+            announce(args, &format!("listening transport={transport} addr={addr}"));
+        }
+        if let Some(p) = &args.pidfile {
+            std::fs::write(p, format!("{}\n", std::process::id())).with_context(|| format!("writing pidfile {}", p.display()))?;
+        }
+        life.set_serving();
+        announce(args, &format!("nodedns-{} started", nodedns::VERSION));
+        wait_for_signal(&mut term).await?;
+        life.set_stopping();
+        if !lameduck.is_zero() {
+            tracing::info!(?lameduck, "going into lameduck mode");
+            tokio::time::sleep(lameduck).await;
+        }
+        server.shutdown(args.shutdown_timeout).await;
+        for t in background {
+            t.abort();
+        }
+        if let Some(p) = &args.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+        drop(config);
+        Ok(())
+    })
+}
+
+/// Prints a start-up line to stdout (tests and operators read these).
+fn announce(args: &Args, line: &str) {
+    if !args.quiet {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Binds an HTTP endpoint: `:8080` means every address.
+async fn bind_http(addr: &str) -> std::io::Result<TcpListener> {
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid port in '{addr}'")))?;
+        match TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
+            Ok(l) => return Ok(l),
+            Err(_) => return TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
+        }
+    }
+    TcpListener::bind(addr).await
+}
+
+async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        r = tokio::signal::ctrl_c() => { r.context("installing the SIGINT handler")?; tracing::info!("SIGINT: shutting down") }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The command line: CoreDNS's flags (single or double dash, `-flag value`
+//! or `-flag=value`), so nodedns can replace the binary in existing
+//! manifests, plus nodedns's own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nodedns_plugins::dispenser::parse_duration;
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// `-conf FILE`.
+    pub conf: Option<PathBuf>,
+    /// `-dns.port N`: the port for keys that name none.
+    pub dns_port: u16,
+    /// `-plugins`: list the compiled plugins and exit.
+    pub plugins: bool,
+    /// `-version`: print the version and exit.
+    pub version: bool,
+    /// `-quiet`: no start-up banner and no listening lines.
+    pub quiet: bool,
+    /// `-pidfile FILE`.
+    pub pidfile: Option<PathBuf>,
+    /// `--admin ADDR` (accepted; the admin plane is not built yet).
+    pub admin: String,
+    /// `--admin-token-file FILE` (accepted; the admin plane is not built yet).
+    pub admin_token_file: Option<PathBuf>,
+    /// `--udp-sockets N`: UDP sockets per address (0: one per core).
+    pub udp_sockets: usize,
+    /// `--udp-rcvbuf BYTES`.
+    pub udp_rcvbuf: usize,
+    /// `--max-udp-size BYTES`: cap on UDP replies.
+    pub max_udp_size: u16,
+    /// `--tcp-idle-timeout DURATION`.
+    pub tcp_idle_timeout: Duration,
+    /// `--max-tcp-conns N`.
+    pub max_tcp_conns: usize,
+    /// `--shutdown-timeout DURATION`: how long in-flight queries may take at stop.
+    pub shutdown_timeout: Duration,
+    /// `-h`, `--help`.
+    pub help: bool,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            conf: None,
+            dns_port: 53,
+            plugins: false,
+            version: false,
+            quiet: false,
+            pidfile: None,
+            admin: "127.0.0.1:8053".into(),
+            admin_token_file: None,
+            udp_sockets: 0,
+            udp_rcvbuf: 8 << 20,
+            max_udp_size: 1232,
+            tcp_idle_timeout: Duration::from_secs(10),
+            max_tcp_conns: 1024,
+            shutdown_timeout: Duration::from_secs(5),
+            help: false,
+        }
+    }
+}
+
+/// The `--help` text.
+pub const HELP: &str = "\
+nodedns: a node-local DNS cache agent that runs CoreDNS Corefiles
+
+Usage: nodedns [-conf FILE] [flags]
+
+CoreDNS flags (one or two dashes; `-flag value` or `-flag=value`):
+  -conf FILE            Corefile to load (default: ./Corefile, else the embedded default)
+  -dns.port N           port for server blocks that name none (default 53)
+  -plugins              list the compiled plugins in chain order and exit
+  -version              print the version and exit
+  -quiet                print no start-up banner or listening lines
+  -pidfile FILE         write the process ID to FILE
+
+nodedns flags:
+  --admin ADDR          admin plane address (default 127.0.0.1:8053; `off` disables).
+                        Accepted but not served yet: the admin plane is not built.
+  --admin-token-file F  bearer token for the admin plane. Accepted but not used yet.
+  --udp-sockets N       UDP sockets (threads) per address, SO_REUSEPORT (default: one per core)
+  --udp-rcvbuf BYTES    receive buffer for each UDP socket (default 8388608)
+  --max-udp-size BYTES  cap on UDP replies, whatever the client advertises (default 1232)
+  --tcp-idle-timeout D  close a TCP connection idle this long (default 10s)
+  --max-tcp-conns N     most TCP connections at once (default 1024)
+  --shutdown-timeout D  how long in-flight queries may finish at stop (default 5s)
+  -h, --help            this text
+";
+
+/// Parses arguments (without the program name).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
+    let mut out = Args::default();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            return Err(format!("unexpected argument '{arg}' (flags start with '-')"));
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag, None),
+        };
+        let mut value = |what: &str| -> Result<String, String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().ok_or_else(|| format!("flag -{name} needs {what}")),
+            }
+        };
+        let boolean = |inline: &Option<String>| -> Result<bool, String> {
+            match inline.as_deref() {
+                None | Some("true" | "1") => Ok(true),
+                Some("false" | "0") => Ok(false),
+                Some(v) => Err(format!("flag -{name}: invalid boolean '{v}'")),
+            }
+        };
+        match name {
+            "conf" => out.conf = Some(PathBuf::from(value("a file")?)),
+            "dns.port" => out.dns_port = number(name, &value("a port")?)?,
+            "plugins" => out.plugins = boolean(&inline)?,
+            "version" => out.version = boolean(&inline)?,
+            "quiet" => out.quiet = boolean(&inline)?,
+            "pidfile" => out.pidfile = Some(PathBuf::from(value("a file")?)),
+            "admin" => out.admin = value("an address")?,
+            "admin-token-file" => out.admin_token_file = Some(PathBuf::from(value("a file")?)),
+            "udp-sockets" => out.udp_sockets = number(name, &value("a count")?)?,
+            "udp-rcvbuf" => out.udp_rcvbuf = number(name, &value("a size")?)?,
+            "max-udp-size" => {
+                let v: u16 = number(name, &value("a size")?)?;
+                if v < 512 {
+                    return Err(format!("flag -{name}: {v} is below the 512 bytes every client accepts"));
+                }
+                out.max_udp_size = v;
+            }
+            "tcp-idle-timeout" => out.tcp_idle_timeout = duration(name, &value("a duration")?)?,
+            "max-tcp-conns" => out.max_tcp_conns = number(name, &value("a count")?)?,
+            "shutdown-timeout" => out.shutdown_timeout = duration(name, &value("a duration")?)?,
+            "h" | "help" => out.help = true,
+            "localip" | "upstreamsvc" | "setupinterface" | "setupiptables" | "skipteardown" | "interfacename"
+            | "health-port" => {
+                return Err(format!("flag -{name} (NodeLocal DNSCache) not supported yet"));
+            }
+            _ => return Err(format!("unknown flag '{arg}' (see --help)")),
+        }
+    }
+    Ok(out)
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("flag -{name}: invalid number '{v}'"))
+}
+
+fn duration(name: &str, v: &str) -> Result<Duration, String> {
+    parse_duration(v).ok_or_else(|| format!("flag -{name}: invalid duration '{v}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Args, String> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn coredns_spellings() {
+        let a = p(&["-conf", "/etc/Corefile", "-dns.port=1053", "-quiet", "--pidfile", "/run/x.pid"]).unwrap();
+        assert_eq!(a.conf, Some(PathBuf::from("/etc/Corefile")));
+        assert_eq!(a.dns_port, 1053);
+        assert!(a.quiet);
+        assert_eq!(a.pidfile, Some(PathBuf::from("/run/x.pid")));
+        let a = p(&["--conf=x", "-plugins", "-version=false"]).unwrap();
+        assert_eq!(a.conf, Some(PathBuf::from("x")));
+        assert!(a.plugins && !a.version);
+        let a = p(&["--admin", "off", "--tcp-idle-timeout", "3s", "--max-udp-size", "4096"]).unwrap();
+        assert_eq!(a.admin, "off");
+        assert_eq!(a.tcp_idle_timeout, Duration::from_secs(3));
+        assert_eq!(a.max_udp_size, 4096);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(p(&["-conf"]).unwrap_err().contains("needs a file"));
+        assert!(p(&["-dns.port", "x"]).unwrap_err().contains("invalid number"));
+        assert!(p(&["-nonesuch"]).unwrap_err().contains("unknown flag"));
+        assert!(p(&["Corefile"]).unwrap_err().contains("unexpected argument"));
+        assert!(p(&["-localip", "169.254.20.10"]).unwrap_err().contains("not supported"));
+        assert!(p(&["--max-udp-size", "100"]).is_err());
+    }
+}

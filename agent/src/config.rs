@@ -1,0 +1,320 @@
+//! From a Corefile to a runnable configuration: every server block's
+//! chain built in plugin order, the blocks routed by zone behind each
+//! listening address, and the services (health, ready) plugins asked for.
+//!
+//! Building starts nothing: no socket, no task. That is what lets
+//! [`load_str`] validate a Corefile in-process (tests, dry runs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use nodedns_plugins::pkg::zones;
+use nodedns_plugins::setup::Task;
+use nodedns_plugins::{
+    BlockInfo, BlockSetup, Controller, Dispenser, Plugin, ServerInfo, Services, SetupError, Token,
+};
+
+use crate::corefile::{self, DEFAULT_PORT, ServerBlock, Source};
+use crate::registry;
+
+/// A server block's chain on one port.
+pub struct Block {
+    /// Facts plugins see.
+    pub info: ServerInfo,
+    /// The plugins, in order.
+    pub chain: Box<[Box<dyn Plugin>]>,
+}
+
+/// Routes a query to the block with the longest matching zone.
+#[derive(Default)]
+pub struct Router {
+    zones: HashMap<Box<[u8]>, usize>,
+    blocks: Vec<Arc<Block>>,
+}
+
+impl Router {
+    /// The block for a lower-cased wire-form name, and the zone that matched.
+    pub fn route<'a>(&'a self, name: &'a [u8]) -> Option<(&'a Block, &'a [u8])> {
+        let mut pos = 0usize;
+        loop {
+            let suffix = name.get(pos..)?;
+            if let Some(&i) = self.zones.get(suffix) {
+                return Some((&self.blocks[i], suffix));
+            }
+            let len = *name.get(pos)? as usize;
+            if len == 0 {
+                return None;
+            }
+            pos += 1 + len;
+        }
+    }
+}
+
+/// Where to listen: an address (`None`: every address) and a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenKey {
+    /// The address; `None` is the wildcard.
+    pub addr: Option<IpAddr>,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for ListenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            None => write!(f, ":{}", self.port),
+            Some(IpAddr::V6(a)) => write!(f, "[{a}]:{}", self.port),
+            Some(IpAddr::V4(a)) => write!(f, "{a}:{}", self.port),
+        }
+    }
+}
+
+/// A built configuration.
+pub struct Config {
+    /// The Corefile text it was built from.
+    pub corefile: String,
+    /// One router per listening address.
+    pub listeners: BTreeMap<ListenKey, Arc<Router>>,
+    /// Health and ready endpoints, readiness reporters.
+    pub services: Services,
+    /// Background tasks to run while this config serves.
+    pub tasks: Vec<Task>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listeners", &self.listeners.keys().collect::<Vec<_>>())
+            .field("services", &self.services)
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}
+
+/// Builds a configuration from Corefile text (named `Corefile`, imports
+/// relative to the current directory, default port 53).
+pub fn load_str(text: &str) -> Result<Config, SetupError> {
+    load(
+        &Source {
+            name: "Corefile",
+            text,
+            dir: Path::new("."),
+        },
+        DEFAULT_PORT,
+    )
+}
+
+/// Builds a configuration from a Corefile source.
+pub fn load(src: &Source<'_>, default_port: u16) -> Result<Config, SetupError> {
+    let blocks = corefile::parse(src, default_port)?;
+    build(src.text, &blocks)
+}
+
+/// Where a zone was defined, for the duplicate error.
+struct Owner {
+    block: usize,
+    file: Arc<str>,
+    line: u32,
+}
+
+fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
+    let mut services = Services::default();
+    let mut tasks = Vec::new();
+    let mut routers: BTreeMap<ListenKey, (Router, HashMap<Box<[u8]>, Owner>)> = BTreeMap::new();
+    for (bi, sb) in blocks.iter().enumerate() {
+        check_directives(sb)?;
+        // One chain per port the block's keys name.
+        let mut ports: Vec<u16> = sb.keys.iter().map(|k| k.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for port in ports {
+            let zones_here: Vec<String> = sb
+                .keys
+                .iter()
+                .filter(|k| k.port == port)
+                .map(|k| k.zone.clone())
+                .collect();
+            let server_name: Arc<str> = Arc::from(format!("dns://:{port}"));
+            let info = BlockInfo {
+                zones: zones_here.clone(),
+                port,
+                server_name: Arc::clone(&server_name),
+            };
+            let mut out = BlockSetup::default();
+            run_setups(sb, &info, &mut out, &mut services)?;
+            let BlockSetup {
+                plugins,
+                bind,
+                bind_except,
+                tasks: block_tasks,
+            } = out;
+            tasks.extend(block_tasks);
+            let addrs: Vec<Option<IpAddr>> = match bind {
+                None => vec![None],
+                Some(list) => {
+                    let mut v: Vec<IpAddr> = list.into_iter().filter(|a| !bind_except.contains(a)).collect();
+                    v.sort();
+                    v.dedup();
+                    if v.is_empty() {
+                        return Err(SetupError::new(&sb.file, sb.line, "bind: every address is excluded by 'except'"));
+                    }
+                    v.into_iter().map(Some).collect()
+                }
+            };
+            let block = Arc::new(Block {
+                info: ServerInfo {
+                    name: server_name,
+                    zones: zones_here.clone(),
+                    port,
+                },
+                chain: plugins.into_boxed_slice(),
+            });
+            for addr in addrs {
+                let key = ListenKey { addr, port };
+                let (router, owners) = routers.entry(key).or_default();
+                let idx = router.blocks.len();
+                router.blocks.push(Arc::clone(&block));
+                for z in &zones_here {
+                    let wire = zones::to_wire(z)
+                        .ok_or_else(|| SetupError::new(&sb.file, sb.line, format_args!("invalid zone '{z}'")))?
+                        .into_boxed_slice();
+                    if let Some(prev) = owners.get(&wire) {
+                        if prev.block == bi {
+                            continue;
+                        }
+                        return Err(SetupError::new(
+                            &sb.file,
+                            sb.line,
+                            format_args!(
+                                "cannot serve dns://{z}:{port} on {key}: it is already defined at {}:{}",
+                                prev.file, prev.line
+                            ),
+                        ));
+                    }
+                    owners.insert(
+                        wire.clone(),
+                        Owner {
+                            block: bi,
+                            file: Arc::clone(&sb.file),
+                            line: sb.line,
+                        },
+                    );
+                    router.zones.insert(wire, idx);
+                }
+            }
+        }
+    }
+    Ok(Config {
+        corefile: text.to_string(),
+        listeners: routers.into_iter().map(|(k, (r, _))| (k, Arc::new(r))).collect(),
+        services,
+        tasks,
+    })
+}
+
+/// Refuses unknown directives and CoreDNS plugins nodedns lacks, naming the line.
+fn check_directives(sb: &ServerBlock) -> Result<(), SetupError> {
+    for d in &sb.directives {
+        let Some(first) = d.tokens.first() else {
+            continue;
+        };
+        match registry::lookup(&d.name) {
+            Some(Some(_)) => {}
+            Some(None) => {
+                return Err(SetupError::new(
+                    &first.file,
+                    first.line,
+                    format_args!("{}: plugin not supported yet by nodedns", d.name),
+                ));
+            }
+            None => {
+                return Err(SetupError::new(
+                    &first.file,
+                    first.line,
+                    format_args!("unknown directive '{}'", d.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the block's directives' setups in plugin order.
+fn run_setups(
+    sb: &ServerBlock,
+    info: &BlockInfo,
+    out: &mut BlockSetup,
+    services: &mut Services,
+) -> Result<(), SetupError> {
+    for (name, setup) in registry::ORDER {
+        let Some(setup) = setup else { continue };
+        let tokens: Vec<Token> = sb
+            .directives
+            .iter()
+            .filter(|d| d.name == *name)
+            .flat_map(|d| d.tokens.iter().cloned())
+            .collect();
+        if tokens.is_empty() {
+            continue;
+        }
+        let mut c = Controller {
+            d: Dispenser::new(name, &tokens),
+            block: info,
+            out,
+            services,
+        };
+        setup(&mut c)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodedns_plugins::pkg::zones::to_wire;
+
+    #[test]
+    fn routes_longest_zone() {
+        let c = load_str(".:1053 {\n whoami\n}\nexample.org:1053 {\n whoami\n}\n").unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let r = c.listeners.values().next().unwrap();
+        let name = to_wire("www.Example.org.").unwrap();
+        let (b, zone) = r.route(&name).unwrap();
+        assert_eq!(b.info.zones, vec!["example.org."]);
+        assert_eq!(zone, &to_wire("example.org.").unwrap()[..]);
+        let net = to_wire("example.net.").unwrap();
+        let (b, _) = r.route(&net).unwrap();
+        assert_eq!(b.info.zones, vec!["."]);
+    }
+
+    #[test]
+    fn no_root_means_unrouted() {
+        let c = load_str("example.org:1053 {\n whoami\n}\n").unwrap();
+        let r = c.listeners.values().next().unwrap();
+        assert!(r.route(&to_wire("example.net.").unwrap()).is_none());
+    }
+
+    #[test]
+    fn same_zone_on_two_ports_and_two_zones_on_one_port() {
+        let c = load_str("example.org:1053 example.org:1054 example.net:1053 {\n whoami\n}\n").unwrap();
+        let ports: Vec<u16> = c.listeners.keys().map(|k| k.port).collect();
+        assert_eq!(ports, vec![1053, 1054]);
+    }
+
+    #[test]
+    fn duplicate_zone_is_an_error() {
+        let err = load_str(".:1053 {\n whoami\n}\n.:1053 {\n whoami\n}\n").unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(err.to_string().contains("already defined at Corefile:1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_missing_directives() {
+        let err = load_str(".:1053 {\n whoami\n nonesuch\n}\n").unwrap_err();
+        assert_eq!(err.to_string(), "Corefile:3: unknown directive 'nonesuch'");
+        let err = load_str(". {\n    cache 30\n}\n").unwrap_err();
+        assert_eq!(err.to_string(), "Corefile:2: cache: plugin not supported yet by nodedns");
+    }
+}

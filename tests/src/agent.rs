@@ -1,0 +1,277 @@
+//! Runs the real `nodedns` binary with a Corefile, on loopback.
+//!
+//! The binary comes from `NODEDNS_BIN`, else from beside the test
+//! executable (`target/<profile>/nodedns`). Start-up waits, under a
+//! deadline, for the `listening …` lines and the `started` line the agent
+//! prints on stdout. Drop kills the process and, if the test failed,
+//! prints what it wrote to stderr.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long start-up may take.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Builder for an [`Agent`].
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    corefile: String,
+    args: Vec<String>,
+    files: Vec<(String, String)>,
+}
+
+/// A running `nodedns`.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    /// `(transport, addr)` from the `listening` lines; http lines carry
+    /// the service (`http/health`).
+    pub listening: Vec<(String, SocketAddr)>,
+}
+
+/// The path of the binary under test.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NODEDNS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-… → target/<profile>/nodedns
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    dir.join("nodedns")
+}
+
+impl Agent {
+    /// An agent that will run `corefile`.
+    pub fn corefile(corefile: impl Into<String>) -> AgentBuilder {
+        AgentBuilder {
+            corefile: corefile.into(),
+            args: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// The first UDP address it listens on.
+    pub fn udp(&self) -> SocketAddr {
+        self.addr("udp")
+    }
+    /// The first TCP address it listens on.
+    pub fn tcp(&self) -> SocketAddr {
+        self.addr("tcp")
+    }
+    /// The address of an HTTP service (`health`, `ready`).
+    pub fn http(&self, service: &str) -> SocketAddr {
+        self.addr(&format!("http/{service}"))
+    }
+    fn addr(&self, what: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(t, _)| t == what)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("agent does not listen on {what}: {:?}", self.listening))
+    }
+    /// Lines written to stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lock").clone()
+    }
+    /// Lines written to stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pid fits"));
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    /// A file in the agent's working directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl AgentBuilder {
+    /// Adds a command-line argument.
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    /// Writes a file into the agent's working directory before start
+    /// (for `import`, hosts files).
+    pub fn file(mut self, name: impl Into<String>, text: impl Into<String>) -> Self {
+        self.files.push((name.into(), text.into()));
+        self
+    }
+
+    /// Starts the agent and waits until it has bound every socket.
+    pub async fn start(self) -> Agent {
+        match self.spawn().await {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Starts the agent expecting it to fail: returns its exit status and stderr.
+    pub async fn start_fails(self) -> (ExitStatus, String) {
+        let dir = self.prepare();
+        let mut child = Command::new(binary())
+            .arg("-conf")
+            .arg(dir.join("Corefile"))
+            .args(&self.args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nodedns");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        pump(child.stderr.take().expect("stderr"), Arc::clone(&stderr));
+        let deadline = Instant::now() + START_DEADLINE;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nodedns did not exit within {START_DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        // The pump thread ends at EOF, which follows exit; give it a moment.
+        let _eof = crate::wait_until(Duration::from_secs(5), || {
+            let n = Arc::strong_count(&stderr);
+            async move { n == 1 }
+        })
+        .await;
+        let text = stderr.lock().expect("stderr lock").join("\n");
+        (status, text)
+    }
+
+    fn prepare(&self) -> PathBuf {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("nodedns-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("Corefile"), &self.corefile).expect("write Corefile");
+        for (name, text) in &self.files {
+            std::fs::write(dir.join(name), text).expect("write file");
+        }
+        dir
+    }
+
+    async fn spawn(self) -> Result<Agent, String> {
+        let dir = self.prepare();
+        let mut child = Command::new(binary())
+            .arg("-conf")
+            .arg(dir.join("Corefile"))
+            .args(&self.args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", binary().display()))?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        pump(child.stdout.take().expect("stdout"), Arc::clone(&stdout));
+        pump(child.stderr.take().expect("stderr"), Arc::clone(&stderr));
+        let mut agent = Agent {
+            child: Some(child),
+            dir,
+            stdout,
+            stderr,
+            listening: Vec::new(),
+        };
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let lines = agent.stdout();
+            if lines.iter().any(|l| l.starts_with("nodedns-") && l.ends_with(" started")) {
+                agent.listening = lines.iter().filter_map(|l| parse_listening(l)).collect();
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!(
+                    "nodedns exited during start-up ({status}); stderr:\n{}",
+                    agent.stderr().join("\n")
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("nodedns did not start within {START_DEADLINE:?}; stderr:\n{}", agent.stderr().join("\n")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// `listening transport=udp addr=127.0.0.1:5353` → ("udp", addr);
+/// `listening transport=http service=health addr=…` → ("http/health", addr).
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    let rest = line.strip_prefix("listening ")?;
+    let mut transport = None;
+    let mut service = None;
+    let mut addr = None;
+    for kv in rest.split_whitespace() {
+        match kv.split_once('=')? {
+            ("transport", v) => transport = Some(v.to_string()),
+            ("service", v) => service = Some(v.to_string()),
+            ("addr", v) => addr = v.parse().ok(),
+            _ => {}
+        }
+    }
+    let t = match service {
+        Some(s) => format!("{}/{s}", transport?),
+        None => transport?,
+    };
+    Some((t, addr?))
+}
+
+/// Copies lines from a pipe into `into` until EOF; the thread holds its
+/// clone of `into` until then, so a strong count of 1 means EOF was seen.
+fn pump<R: Read + Send + 'static>(r: R, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            into.lock().expect("lines lock").push(line);
+        }
+        drop(into);
+    });
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- nodedns stderr ---\n{}", self.stderr().join("\n"));
+            eprintln!("--- nodedns stdout ---\n{}", self.stdout().join("\n"));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

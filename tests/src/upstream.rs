@@ -1,0 +1,291 @@
+//! A fake upstream DNS server on loopback (UDP and TCP on one port) with
+//! fault modes, for testing what nodedns does with a good or a bad upstream.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// How the upstream misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers correctly.
+    Normal,
+    /// Never answers.
+    Drop,
+    /// Answers after a delay.
+    Delay(Duration),
+    /// Answers SERVFAIL.
+    ServFail,
+    /// Over UDP, answers with TC=1 and no records; over TCP, in full.
+    Truncate,
+    /// Answers random bytes.
+    Garbage,
+    /// Answers with the wrong query ID.
+    WrongId,
+}
+
+#[derive(Debug)]
+struct State {
+    fault: Mutex<Fault>,
+    records: Mutex<HashMap<(String, RecordType), Vec<Record>>>,
+    wildcard_a: Mutex<Option<IpAddr>>,
+    counts: Mutex<HashMap<(String, RecordType), usize>>,
+    udp_queries: AtomicUsize,
+    tcp_queries: AtomicUsize,
+    tcp_connections: AtomicUsize,
+}
+
+/// Builder for a [`FakeUpstream`].
+#[derive(Debug)]
+pub struct FakeUpstreamBuilder {
+    state: State,
+    ttl: u32,
+}
+
+/// A running fake upstream. Stops on drop.
+#[derive(Debug)]
+pub struct FakeUpstream {
+    /// Its address (UDP and TCP).
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Display for FakeUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)
+    }
+}
+
+impl FakeUpstream {
+    /// A builder: no records, no fault, TTL 300.
+    pub fn builder() -> FakeUpstreamBuilder {
+        FakeUpstreamBuilder {
+            state: State {
+                fault: Mutex::new(Fault::Normal),
+                records: Mutex::new(HashMap::new()),
+                wildcard_a: Mutex::new(None),
+                counts: Mutex::new(HashMap::new()),
+                udp_queries: AtomicUsize::new(0),
+                tcp_queries: AtomicUsize::new(0),
+                tcp_connections: AtomicUsize::new(0),
+            },
+            ttl: 300,
+        }
+    }
+    /// Changes the fault mode.
+    pub fn set_fault(&self, f: Fault) {
+        *self.state.fault.lock().expect("fault lock") = f;
+    }
+    /// Queries seen for a name (any case) and type.
+    pub fn count(&self, name: &str, qtype: RecordType) -> usize {
+        let key = (normalize(name), qtype);
+        self.state.counts.lock().expect("counts lock").get(&key).copied().unwrap_or(0)
+    }
+    /// Queries seen over UDP.
+    pub fn udp_queries(&self) -> usize {
+        self.state.udp_queries.load(Ordering::Relaxed)
+    }
+    /// Queries seen over TCP.
+    pub fn tcp_queries(&self) -> usize {
+        self.state.tcp_queries.load(Ordering::Relaxed)
+    }
+    /// TCP connections accepted.
+    pub fn tcp_connections(&self) -> usize {
+        self.state.tcp_connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn normalize(name: &str) -> String {
+    let mut n = name.to_ascii_lowercase();
+    if !n.ends_with('.') {
+        n.push('.');
+    }
+    n
+}
+
+impl FakeUpstreamBuilder {
+    /// Adds an A record.
+    pub fn a(self, name: &str, ip: &str) -> Self {
+        let ip: std::net::Ipv4Addr = ip.parse().expect("IPv4 address");
+        self.record(name, RecordType::A, RData::A(A(ip)))
+    }
+    /// Adds an AAAA record.
+    pub fn aaaa(self, name: &str, ip: &str) -> Self {
+        let ip: std::net::Ipv6Addr = ip.parse().expect("IPv6 address");
+        self.record(name, RecordType::AAAA, RData::AAAA(AAAA(ip)))
+    }
+    /// Answers every A query for a name without records with `ip`.
+    pub fn wildcard_a(self, ip: &str) -> Self {
+        *self.state.wildcard_a.lock().expect("lock") = Some(ip.parse().expect("IP address"));
+        self
+    }
+    /// TTL of the records added after this call.
+    pub fn ttl(mut self, ttl: u32) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// The fault mode to start with.
+    pub fn fault(self, f: Fault) -> Self {
+        *self.state.fault.lock().expect("lock") = f;
+        self
+    }
+    fn record(self, name: &str, t: RecordType, data: RData) -> Self {
+        let n = Name::from_ascii(name).expect("valid name");
+        self.state
+            .records
+            .lock()
+            .expect("lock")
+            .entry((normalize(name), t))
+            .or_default()
+            .push(Record::from_rdata(n, self.ttl, data));
+        self
+    }
+
+    /// Binds 127.0.0.1 (UDP and TCP on one free port) and serves.
+    pub async fn start(self) -> FakeUpstream {
+        let state = Arc::new(self.state);
+        let (udp, tcp) = bind_pair().await;
+        let addr = udp.local_addr().expect("local addr");
+        let udp = Arc::new(udp);
+        let s = Arc::clone(&state);
+        let u = Arc::clone(&udp);
+        let udp_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            loop {
+                let Ok((n, peer)) = u.recv_from(&mut buf).await else { continue };
+                let q = buf[..n].to_vec();
+                let s = Arc::clone(&s);
+                let u = Arc::clone(&u);
+                tokio::spawn(async move {
+                    s.udp_queries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(r) = answer(&s, &q, false).await {
+                        let _ = u.send_to(&r, peer).await;
+                    }
+                });
+            }
+        });
+        let s = Arc::clone(&state);
+        let tcp_task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = tcp.accept().await else { continue };
+                s.tcp_connections.fetch_add(1, Ordering::Relaxed);
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let (mut rd, wr) = stream.into_split();
+                    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+                    // Bounded: a test connection carries at most this many queries.
+                    for _ in 0..100_000 {
+                        let Ok(len) = rd.read_u16().await else { return };
+                        let mut q = vec![0u8; usize::from(len)];
+                        if rd.read_exact(&mut q).await.is_err() {
+                            return;
+                        }
+                        let s = Arc::clone(&s);
+                        let wr = Arc::clone(&wr);
+                        tokio::spawn(async move {
+                            s.tcp_queries.fetch_add(1, Ordering::Relaxed);
+                            if let Some(r) = answer(&s, &q, true).await {
+                                let mut w = wr.lock().await;
+                                let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
+                                let _ = w.write_all(&len.to_be_bytes()).await;
+                                let _ = w.write_all(&r).await;
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            state,
+            tasks: vec![udp_task, tcp_task],
+        }
+    }
+}
+
+async fn bind_pair() -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no free port for UDP and TCP together");
+}
+
+/// The reply to a query under the current fault, or `None` to stay silent.
+async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    let q = Message::from_vec(raw).ok()?;
+    let query = q.queries.first()?.clone();
+    let name = normalize(&query.name().to_ascii());
+    *s.counts
+        .lock()
+        .expect("counts lock")
+        .entry((name.clone(), query.query_type()))
+        .or_default() += 1;
+    let fault = *s.fault.lock().expect("fault lock");
+    match fault {
+        Fault::Drop => return None,
+        Fault::Delay(d) => tokio::time::sleep(d).await,
+        Fault::Garbage => return Some((0..40).map(|_| rand::random::<u8>()).collect()),
+        _ => {}
+    }
+    let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.add_query(query.clone());
+    if let Some(e) = &q.edns {
+        m.set_edns(e.clone());
+    }
+    if fault == Fault::ServFail {
+        m.metadata.response_code = ResponseCode::ServFail;
+    } else if fault == Fault::Truncate && !tcp {
+        m.metadata.truncation = true;
+    } else {
+        let records = s.records.lock().expect("records lock");
+        let exact = records.get(&(name.clone(), query.query_type())).cloned();
+        let exists = records.keys().any(|(n, _)| *n == name);
+        drop(records);
+        let wildcard = *s.wildcard_a.lock().expect("lock");
+        match (exact, wildcard) {
+            (Some(rs), _) => m.answers.extend(rs),
+            (None, Some(IpAddr::V4(ip))) if query.query_type() == RecordType::A => {
+                m.add_answer(Record::from_rdata(query.name().clone(), 300, RData::A(A(ip))));
+            }
+            _ => {
+                if !exists && wildcard.is_none() {
+                    m.metadata.response_code = ResponseCode::NXDomain;
+                }
+                let zone = Name::from_ascii("example.org.").expect("name");
+                m.add_authority(Record::from_rdata(
+                    zone.clone(),
+                    60,
+                    RData::SOA(SOA::new(zone.clone(), zone, 1, 7200, 3600, 86400, 30)),
+                ));
+            }
+        }
+    }
+    if fault == Fault::WrongId {
+        m.metadata.id = m.metadata.id.wrapping_add(1);
+    }
+    m.to_vec().ok()
+}

@@ -97,7 +97,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-            return Err(format!("unexpected argument '{arg}' (flags start with '-')"));
+            return Err(format!(
+                "unexpected argument '{arg}' (flags start with '-')"
+            ));
         };
         let (name, inline) = match flag.split_once('=') {
             Some((n, v)) => (n, Some(v.to_string())),
@@ -106,7 +108,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
         let mut value = |what: &str| -> Result<String, String> {
             match &inline {
                 Some(v) => Ok(v.clone()),
-                None => it.next().ok_or_else(|| format!("flag -{name} needs {what}")),
+                None => it
+                    .next()
+                    .ok_or_else(|| format!("flag -{name} needs {what}")),
             }
         };
         let boolean = |inline: &Option<String>| -> Result<bool, String> {
@@ -130,7 +134,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             "max-udp-size" => {
                 let v: u16 = number(name, &value("a size")?)?;
                 if v < 512 {
-                    return Err(format!("flag -{name}: {v} is below the 512 bytes every client accepts"));
+                    return Err(format!(
+                        "flag -{name}: {v} is below the 512 bytes every client accepts"
+                    ));
                 }
                 out.max_udp_size = v;
             }
@@ -138,9 +144,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             "max-tcp-conns" => out.max_tcp_conns = number(name, &value("a count")?)?,
             "shutdown-timeout" => out.shutdown_timeout = duration(name, &value("a duration")?)?,
             "h" | "help" => out.help = true,
-            "localip" | "upstreamsvc" | "setupinterface" | "setupiptables" | "skipteardown" | "interfacename"
-            | "health-port" => {
-                return Err(format!("flag -{name} (NodeLocal DNSCache) not supported yet"));
+            "localip" | "upstreamsvc" | "setupinterface" | "setupiptables" | "skipteardown"
+            | "interfacename" | "health-port" => {
+                return Err(format!(
+                    "flag -{name} (NodeLocal DNSCache) not supported yet"
+                ));
             }
             _ => return Err(format!("unknown flag '{arg}' (see --help)")),
         }
@@ -149,7 +157,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
 }
 
 fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("flag -{name}: invalid number '{v}'"))
+    v.parse()
+        .map_err(|_| format!("flag -{name}: invalid number '{v}'"))
 }
 
 fn duration(name: &str, v: &str) -> Result<Duration, String> {
@@ -166,7 +175,15 @@ mod tests {
 
     #[test]
     fn coredns_spellings() {
-        let a = p(&["-conf", "/etc/Corefile", "-dns.port=1053", "-quiet", "--pidfile", "/run/x.pid"]).unwrap();
+        let a = p(&[
+            "-conf",
+            "/etc/Corefile",
+            "-dns.port=1053",
+            "-quiet",
+            "--pidfile",
+            "/run/x.pid",
+        ])
+        .unwrap();
         assert_eq!(a.conf, Some(PathBuf::from("/etc/Corefile")));
         assert_eq!(a.dns_port, 1053);
         assert!(a.quiet);
@@ -174,7 +191,15 @@ mod tests {
         let a = p(&["--conf=x", "-plugins", "-version=false"]).unwrap();
         assert_eq!(a.conf, Some(PathBuf::from("x")));
         assert!(a.plugins && !a.version);
-        let a = p(&["--admin", "off", "--tcp-idle-timeout", "3s", "--max-udp-size", "4096"]).unwrap();
+        let a = p(&[
+            "--admin",
+            "off",
+            "--tcp-idle-timeout",
+            "3s",
+            "--max-udp-size",
+            "4096",
+        ])
+        .unwrap();
         assert_eq!(a.admin, "off");
         assert_eq!(a.tcp_idle_timeout, Duration::from_secs(3));
         assert_eq!(a.max_udp_size, 4096);
@@ -183,10 +208,22 @@ mod tests {
     #[test]
     fn errors() {
         assert!(p(&["-conf"]).unwrap_err().contains("needs a file"));
-        assert!(p(&["-dns.port", "x"]).unwrap_err().contains("invalid number"));
+        assert!(
+            p(&["-dns.port", "x"])
+                .unwrap_err()
+                .contains("invalid number")
+        );
         assert!(p(&["-nonesuch"]).unwrap_err().contains("unknown flag"));
-        assert!(p(&["Corefile"]).unwrap_err().contains("unexpected argument"));
-        assert!(p(&["-localip", "169.254.20.10"]).unwrap_err().contains("not supported"));
+        assert!(
+            p(&["Corefile"])
+                .unwrap_err()
+                .contains("unexpected argument")
+        );
+        assert!(
+            p(&["-localip", "169.254.20.10"])
+                .unwrap_err()
+                .contains("not supported")
+        );
         assert!(p(&["--max-udp-size", "100"]).is_err());
     }
 }

@@ -119,10 +119,13 @@ struct Owner {
     line: u32,
 }
 
+/// Which block defined each zone of a listener.
+type Owners = HashMap<Box<[u8]>, Owner>;
+
 fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
     let mut services = Services::default();
     let mut tasks = Vec::new();
-    let mut routers: BTreeMap<ListenKey, (Router, HashMap<Box<[u8]>, Owner>)> = BTreeMap::new();
+    let mut routers: BTreeMap<ListenKey, (Router, Owners)> = BTreeMap::new();
     for (bi, sb) in blocks.iter().enumerate() {
         check_directives(sb)?;
         // One chain per port the block's keys name.
@@ -154,11 +157,18 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
             let addrs: Vec<Option<IpAddr>> = match bind {
                 None => vec![None],
                 Some(list) => {
-                    let mut v: Vec<IpAddr> = list.into_iter().filter(|a| !bind_except.contains(a)).collect();
+                    let mut v: Vec<IpAddr> = list
+                        .into_iter()
+                        .filter(|a| !bind_except.contains(a))
+                        .collect();
                     v.sort();
                     v.dedup();
                     if v.is_empty() {
-                        return Err(SetupError::new(&sb.file, sb.line, "bind: every address is excluded by 'except'"));
+                        return Err(SetupError::new(
+                            &sb.file,
+                            sb.line,
+                            "bind: every address is excluded by 'except'",
+                        ));
                     }
                     v.into_iter().map(Some).collect()
                 }
@@ -178,7 +188,9 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
                 router.blocks.push(Arc::clone(&block));
                 for z in &zones_here {
                     let wire = zones::to_wire(z)
-                        .ok_or_else(|| SetupError::new(&sb.file, sb.line, format_args!("invalid zone '{z}'")))?
+                        .ok_or_else(|| {
+                            SetupError::new(&sb.file, sb.line, format_args!("invalid zone '{z}'"))
+                        })?
                         .into_boxed_slice();
                     if let Some(prev) = owners.get(&wire) {
                         if prev.block == bi {
@@ -208,7 +220,10 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
     }
     Ok(Config {
         corefile: text.to_string(),
-        listeners: routers.into_iter().map(|(k, (r, _))| (k, Arc::new(r))).collect(),
+        listeners: routers
+            .into_iter()
+            .map(|(k, (r, _))| (k, Arc::new(r)))
+            .collect(),
         services,
         tasks,
     })
@@ -298,7 +313,8 @@ mod tests {
 
     #[test]
     fn same_zone_on_two_ports_and_two_zones_on_one_port() {
-        let c = load_str("example.org:1053 example.org:1054 example.net:1053 {\n whoami\n}\n").unwrap();
+        let c =
+            load_str("example.org:1053 example.org:1054 example.net:1053 {\n whoami\n}\n").unwrap();
         let ports: Vec<u16> = c.listeners.keys().map(|k| k.port).collect();
         assert_eq!(ports, vec![1053, 1054]);
     }
@@ -307,7 +323,10 @@ mod tests {
     fn duplicate_zone_is_an_error() {
         let err = load_str(".:1053 {\n whoami\n}\n.:1053 {\n whoami\n}\n").unwrap_err();
         assert_eq!(err.line, 4);
-        assert!(err.to_string().contains("already defined at Corefile:1"), "{err}");
+        assert!(
+            err.to_string().contains("already defined at Corefile:1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -315,6 +334,9 @@ mod tests {
         let err = load_str(".:1053 {\n whoami\n nonesuch\n}\n").unwrap_err();
         assert_eq!(err.to_string(), "Corefile:3: unknown directive 'nonesuch'");
         let err = load_str(". {\n    cache 30\n}\n").unwrap_err();
-        assert_eq!(err.to_string(), "Corefile:2: cache: plugin not supported yet by nodedns");
+        assert_eq!(
+            err.to_string(),
+            "Corefile:2: cache: plugin not supported yet by nodedns"
+        );
     }
 }

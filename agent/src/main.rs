@@ -32,7 +32,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.version {
-        println!("nodedns-{}\n{}/{}", nodedns::VERSION, std::env::consts::OS, std::env::consts::ARCH);
+        println!(
+            "nodedns-{}\n{}/{}",
+            nodedns::VERSION,
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
         return ExitCode::SUCCESS;
     }
     if args.plugins {
@@ -61,7 +66,8 @@ fn main() -> ExitCode {
 fn load(args: &Args) -> anyhow::Result<Config> {
     let (name, text) = match &args.conf {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading Corefile {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading Corefile {}", p.display()))?;
             (p.display().to_string(), text)
         }
         None if Path::new("Corefile").is_file() => {
@@ -115,13 +121,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let mut seen = std::collections::HashSet::new();
         for h in &config.services.health {
             lameduck = lameduck.max(h.lameduck);
-            if seen.insert(h.addr.clone()) {
-                http.push(("health", bind_http(&h.addr).await.with_context(|| format!("health: binding {}", h.addr))?));
+            if seen.insert(("health", h.addr.clone())) {
+                http.push((
+                    "health",
+                    bind_http(&h.addr)
+                        .await
+                        .with_context(|| format!("health: binding {}", h.addr))?,
+                ));
             }
         }
         for r in &config.services.ready {
-            if seen.insert(r.addr.clone()) {
-                http.push(("ready", bind_http(&r.addr).await.with_context(|| format!("ready: binding {}", r.addr))?));
+            if seen.insert(("ready", r.addr.clone())) {
+                http.push((
+                    "ready",
+                    bind_http(&r.addr)
+                        .await
+                        .with_context(|| format!("ready: binding {}", r.addr))?,
+                ));
             }
         }
         let server = Server::start(&config, &opts)?;
@@ -133,16 +149,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 "health" => tokio::spawn(nodedns_plugins::health::serve(listener, life)),
                 _ => tokio::spawn(nodedns_plugins::ready::serve(listener, life)),
             });
-            announce(args, &format!("listening transport=http service={service} addr={addr}"));
+            announce(
+                args,
+                &format!("listening transport=http service={service} addr={addr}"),
+            );
         }
         for task in std::mem::take(&mut config.tasks) {
             background.push(tokio::spawn(task));
         }
         for (transport, addr) in &server.bound {
-            announce(args, &format!("listening transport={transport} addr={addr}"));
+            announce(
+                args,
+                &format!("listening transport={transport} addr={addr}"),
+            );
         }
         if let Some(p) = &args.pidfile {
-            std::fs::write(p, format!("{}\n", std::process::id())).with_context(|| format!("writing pidfile {}", p.display()))?;
+            std::fs::write(p, format!("{}\n", std::process::id()))
+                .with_context(|| format!("writing pidfile {}", p.display()))?;
         }
         life.set_serving();
         announce(args, &format!("nodedns-{} started", nodedns::VERSION));
@@ -176,9 +199,12 @@ fn announce(args: &Args, line: &str) {
 /// Binds an HTTP endpoint: `:8080` means every address.
 async fn bind_http(addr: &str) -> std::io::Result<TcpListener> {
     if let Some(port) = addr.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid port in '{addr}'")))?;
+        let port: u16 = port.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid port in '{addr}'"),
+            )
+        })?;
         match TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
             Ok(l) => return Ok(l),
             Err(_) => return TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,

@@ -3,8 +3,8 @@
 //! Names without a setup are CoreDNS plugins nodedns does not have yet:
 //! a Corefile that uses one is refused with a clear error.
 
-use nodedns_plugins::SetupFn;
 use nodedns_plugins as p;
+use nodedns_plugins::SetupFn;
 
 /// CoreDNS 1.14's plugin.cfg order, with nodedns's setups where they exist.
 pub const ORDER: &[(&str, Option<SetupFn>)] = &[
@@ -91,7 +91,17 @@ mod tests {
     fn foundation_plugins_are_compiled() {
         let have: Vec<_> = compiled().collect();
         for want in [
-            "whoami", "log", "errors", "health", "ready", "bind", "hosts", "loadbalance", "any", "minimal", "chaos",
+            "whoami",
+            "log",
+            "errors",
+            "health",
+            "ready",
+            "bind",
+            "hosts",
+            "loadbalance",
+            "any",
+            "minimal",
+            "chaos",
         ] {
             assert!(have.contains(&want), "{want} missing");
         }

@@ -1,1 +1,67 @@
-fn main() {}
+//! A query through the whole driver: parse, route, a chain of plugins
+//! that pass it on, whoami answering, encode.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use nodedns::config::load_str;
+use nodedns::server::Limits;
+use nodedns::server::chain::handle;
+use nodedns_plugins::{Reply, Transport};
+
+fn query(name: &str) -> Vec<u8> {
+    let mut m = Message::query();
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let client = "127.0.0.1:5353".parse().unwrap();
+    let limits = Limits::default();
+    for (label, corefile) in [
+        ("whoami alone", ". {\n whoami\n}\n"),
+        (
+            "any, chaos, minimal, hosts (fallthrough) -> whoami",
+            ". {\n any\n chaos\n minimal\n hosts {\n  192.0.2.1 other.example\n  fallthrough\n }\n whoami\n}\n",
+        ),
+    ] {
+        let config = load_str(corefile).unwrap();
+        let router = config.listeners.values().next().unwrap().clone();
+        let raw = query("www.example.org.");
+        let mut reply = Reply::new();
+        c.bench_function(&format!("chain walk: {label}"), |b| {
+            b.iter(|| {
+                assert!(handle(
+                    &router,
+                    black_box(&raw),
+                    client,
+                    Transport::Udp,
+                    &mut reply,
+                    &limits
+                ));
+                black_box(reply.wire().len());
+            })
+        });
+    }
+    let config = load_str("example.org {\n whoami\n}\n").unwrap();
+    let router = config.listeners.values().next().unwrap().clone();
+    let raw = query("www.example.net.");
+    let mut reply = Reply::new();
+    c.bench_function("refused (no zone matches)", |b| {
+        b.iter(|| {
+            assert!(handle(
+                &router,
+                black_box(&raw),
+                client,
+                Transport::Udp,
+                &mut reply,
+                &limits
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

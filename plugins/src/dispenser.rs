@@ -85,6 +85,9 @@ impl<'a> Dispenser<'a> {
     }
 
     /// Moves to the next token, wherever it is. False at the end.
+    // Caddy's name, so setups read like their CoreDNS originals; it is a
+    // cursor move, not an iterator.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> bool {
         if self.cursor + 1 < self.tokens.len() as isize {
             self.cursor += 1;
@@ -187,7 +190,11 @@ impl<'a> Dispenser<'a> {
 
     /// An error at the current token: `FILE:LINE: directive: msg`.
     pub fn err(&self, msg: impl fmt::Display) -> SetupError {
-        SetupError::new(self.file(), self.line(), format_args!("{}: {msg}", self.directive))
+        SetupError::new(
+            self.file(),
+            self.line(),
+            format_args!("{}: {msg}", self.directive),
+        )
     }
 
     /// "wrong argument count or unexpected line ending after 'X'".
@@ -274,7 +281,10 @@ mod tests {
 
     fn toks(lines: &[(&str, u32)]) -> Vec<Token> {
         let file: Arc<str> = Arc::from("Corefile");
-        lines.iter().map(|(t, l)| Token::new(*t, &file, *l)).collect()
+        lines
+            .iter()
+            .map(|(t, l)| Token::new(*t, &file, *l))
+            .collect()
     }
 
     #[test]
@@ -314,7 +324,10 @@ mod tests {
         let mut d = Dispenser::new("cache", &t);
         assert!(d.next());
         assert!(d.next_arg());
-        assert_eq!(d.unsupported().to_string(), "Corefile:7: cache: option 'x' not supported");
+        assert_eq!(
+            d.unsupported().to_string(),
+            "Corefile:7: cache: option 'x' not supported"
+        );
         assert!(d.arg("TTL").is_err());
     }
 

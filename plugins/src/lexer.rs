@@ -53,7 +53,11 @@ pub fn lex(file: &Arc<str>, text: &str) -> Result<Vec<Token>, SetupError> {
                 }
             }
             if !closed {
-                return Err(SetupError::new(file, start_line, "unterminated quoted string"));
+                return Err(SetupError::new(
+                    file,
+                    start_line,
+                    "unterminated quoted string",
+                ));
             }
         } else {
             while let Some(&c) = chars.peek() {
@@ -81,13 +85,27 @@ mod tests {
     #[test]
     fn tokens_lines_comments_quotes() {
         let f: Arc<str> = Arc::from("Corefile");
-        let t = lex(&f, ". {\n  # comment { }\n  log . \"{remote} \\\"x\\\"\n y\" # tail\n}\n").unwrap();
+        let t = lex(
+            &f,
+            ". {\n  # comment { }\n  log . \"{remote} \\\"x\\\"\n y\" # tail\n}\n",
+        )
+        .unwrap();
         let texts: Vec<_> = t.iter().map(|t| (t.text.as_str(), t.line)).collect();
         assert_eq!(
             texts,
-            vec![(".", 1), ("{", 1), ("log", 3), (".", 3), ("{remote} \"x\"\n y", 3), ("}", 5)]
+            vec![
+                (".", 1),
+                ("{", 1),
+                ("log", 3),
+                (".", 3),
+                ("{remote} \"x\"\n y", 3),
+                ("}", 5)
+            ]
         );
         assert_eq!(t[4].newlines, 1);
-        assert_eq!(lex(&f, "a \"b").unwrap_err().to_string(), "Corefile:1: unterminated quoted string");
+        assert_eq!(
+            lex(&f, "a \"b").unwrap_err().to_string(),
+            "Corefile:1: unterminated quoted string"
+        );
     }
 }

@@ -163,7 +163,11 @@ impl fmt::Debug for Request<'_> {
 
 impl<'a> Request<'a> {
     /// Reads a query. Never panics, whatever the bytes.
-    pub fn parse(raw: &'a [u8], client: SocketAddr, transport: Transport) -> Result<Self, ParseError> {
+    pub fn parse(
+        raw: &'a [u8],
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Result<Self, ParseError> {
         let header = Header::read(raw).ok_or(ParseError::TooShort)?;
         if header.is_response() {
             return Err(ParseError::IsResponse);
@@ -245,7 +249,8 @@ impl<'a> Request<'a> {
     /// The largest reply the client accepts over UDP: 512 without EDNS0,
     /// else what it advertised.
     pub fn udp_size(&self) -> u16 {
-        self.edns.map_or(MIN_UDP_SIZE, |e| e.udp_size.max(MIN_UDP_SIZE))
+        self.edns
+            .map_or(MIN_UDP_SIZE, |e| e.udp_size.max(MIN_UDP_SIZE))
     }
     /// The client's address.
     pub fn client(&self) -> SocketAddr {
@@ -353,8 +358,8 @@ fn read_edns(raw: &[u8], mut pos: usize, h: &Header) -> Option<Option<Edns>> {
     Some(found)
 }
 
-/// Writes a wire-form name in presentation form, escaping as RFC 1035
-/// master files do.
+/// Writes a wire-form name in presentation form, escaping as miekg/dns
+/// (and so CoreDNS) does: `\.`, `\ ` and friends, `\DDD` for the rest.
 pub fn write_name(out: &mut String, wire: &[u8]) {
     use std::fmt::Write as _;
     let mut pos = 0usize;
@@ -368,7 +373,8 @@ pub fn write_name(out: &mut String, wire: &[u8]) {
         };
         for &b in label {
             match b {
-                b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => {
+                // miekg/dns's special characters, so names print as CoreDNS prints them.
+                b'.' | b' ' | b'\'' | b'@' | b';' | b'(' | b')' | b'"' | b'\\' => {
                     out.push('\\');
                     out.push(b as char);
                 }
@@ -434,7 +440,10 @@ mod tests {
     fn query(name: &str, edns: Option<(u16, bool)>) -> Vec<u8> {
         let mut m = Message::query();
         m.metadata.id = 0x1234;
-        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::AAAA));
+        m.add_query(Query::query(
+            Name::from_ascii(name).unwrap(),
+            RecordType::AAAA,
+        ));
         if let Some((size, dnssec)) = edns {
             let mut e = HEdns::new();
             e.set_max_payload(size);
@@ -453,7 +462,10 @@ mod tests {
         assert_eq!(r.qclass(), 1);
         assert_eq!(r.qname_display(), "WWW.Example.ORG.");
         assert_eq!(r.qname_lower_display(), "www.example.org.");
-        assert_eq!(r.qname_lower(), &name_to_wire("www.example.org.").unwrap()[..]);
+        assert_eq!(
+            r.qname_lower(),
+            &name_to_wire("www.example.org.").unwrap()[..]
+        );
         assert_eq!(r.udp_size(), 1232);
         assert!(r.dnssec_ok());
         assert!(r.message().is_some());
@@ -470,22 +482,40 @@ mod tests {
 
     #[test]
     fn refuses_what_it_must() {
-        assert_eq!(Request::parse(&[0; 5], client(), Transport::Udp).unwrap_err(), ParseError::TooShort);
+        assert_eq!(
+            Request::parse(&[0; 5], client(), Transport::Udp).unwrap_err(),
+            ParseError::TooShort
+        );
         let mut raw = query("example.org.", None);
         raw[2] |= 0x80;
-        assert_eq!(Request::parse(&raw, client(), Transport::Udp).unwrap_err(), ParseError::IsResponse);
+        assert_eq!(
+            Request::parse(&raw, client(), Transport::Udp).unwrap_err(),
+            ParseError::IsResponse
+        );
         let mut raw = query("example.org.", None);
         raw[2] |= 2 << 3; // STATUS
-        assert!(matches!(Request::parse(&raw, client(), Transport::Udp), Err(ParseError::NotImp(_))));
+        assert!(matches!(
+            Request::parse(&raw, client(), Transport::Udp),
+            Err(ParseError::NotImp(_))
+        ));
         let mut raw = query("example.org.", None);
         raw[5] = 2; // two questions
-        assert!(matches!(Request::parse(&raw, client(), Transport::Udp), Err(ParseError::FormErr(_))));
+        assert!(matches!(
+            Request::parse(&raw, client(), Transport::Udp),
+            Err(ParseError::FormErr(_))
+        ));
         let raw = query("example.org.", None);
-        assert!(matches!(Request::parse(&raw[..raw.len() - 1], client(), Transport::Udp), Err(ParseError::FormErr(_))));
+        assert!(matches!(
+            Request::parse(&raw[..raw.len() - 1], client(), Transport::Udp),
+            Err(ParseError::FormErr(_))
+        ));
         // A compression pointer in the question (here pointing at itself).
         let mut raw = raw[..12].to_vec();
         raw.extend([0xc0, 12, 0, 1, 0, 1]);
-        assert!(matches!(Request::parse(&raw, client(), Transport::Udp), Err(ParseError::FormErr(_))));
+        assert!(matches!(
+            Request::parse(&raw, client(), Transport::Udp),
+            Err(ParseError::FormErr(_))
+        ));
     }
 
     #[test]
@@ -493,7 +523,10 @@ mod tests {
         let mut raw = query("example.org.", Some((4096, false)));
         let n = raw.len();
         raw[n - 5] = 1; // version byte of the OPT TTL
-        assert!(matches!(Request::parse(&raw, client(), Transport::Udp), Err(ParseError::BadVers(_))));
+        assert!(matches!(
+            Request::parse(&raw, client(), Transport::Udp),
+            Err(ParseError::BadVers(_))
+        ));
     }
 
     #[test]
@@ -512,6 +545,13 @@ mod tests {
             }
             let _ = Request::parse(&buf, client(), Transport::Udp);
         }
+    }
+
+    #[test]
+    fn names_escape_as_coredns() {
+        let mut s = String::new();
+        write_name(&mut s, b"\x04a b.\x02x@\x01\x07\x00");
+        assert_eq!(s, "a\\ b\\..x\\@.\\007.");
     }
 
     #[test]

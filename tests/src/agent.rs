@@ -43,7 +43,10 @@ pub fn binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-… → target/<profile>/nodedns
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
     dir.join("nodedns")
 }
 
@@ -210,18 +213,28 @@ impl AgentBuilder {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             let lines = agent.stdout();
-            if lines.iter().any(|l| l.starts_with("nodedns-") && l.ends_with(" started")) {
+            if lines
+                .iter()
+                .any(|l| l.starts_with("nodedns-") && l.ends_with(" started"))
+            {
                 agent.listening = lines.iter().filter_map(|l| parse_listening(l)).collect();
                 return Ok(agent);
             }
-            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 return Err(format!(
                     "nodedns exited during start-up ({status}); stderr:\n{}",
                     agent.stderr().join("\n")
                 ));
             }
             if Instant::now() >= deadline {
-                return Err(format!("nodedns did not start within {START_DEADLINE:?}; stderr:\n{}", agent.stderr().join("\n")));
+                return Err(format!(
+                    "nodedns did not start within {START_DEADLINE:?}; stderr:\n{}",
+                    agent.stderr().join("\n")
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -17,7 +17,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub fn query(name: &str, qtype: RecordType) -> Message {
     let mut m = Message::query();
     m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).expect("valid test name"), qtype));
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("valid test name"),
+        qtype,
+    ));
     m
 }
 
@@ -88,9 +91,13 @@ impl Client {
 
     /// Sends raw bytes over UDP and waits at most `within` for a reply.
     pub async fn udp_raw_within(&self, raw: &[u8], within: Duration) -> Option<Vec<u8>> {
-        let bind: SocketAddr = if self.server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }
-            .parse()
-            .expect("addr");
+        let bind: SocketAddr = if self.server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        }
+        .parse()
+        .expect("addr");
         let sock = UdpSocket::bind(bind).await.expect("bind client socket");
         sock.connect(self.server).await.expect("connect");
         sock.send(raw).await.expect("send");
@@ -119,7 +126,10 @@ pub async fn write_frame(s: &mut TcpStream, raw: &[u8]) {
     let mut buf = Vec::with_capacity(raw.len() + 2);
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(raw);
-    timeout(TIMEOUT, s.write_all(&buf)).await.expect("write timeout").expect("write");
+    timeout(TIMEOUT, s.write_all(&buf))
+        .await
+        .expect("write timeout")
+        .expect("write");
 }
 
 /// Reads a length-prefixed frame; `None` at EOF or timeout.

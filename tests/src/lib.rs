@@ -9,7 +9,7 @@ pub mod upstream;
 
 pub use agent::Agent;
 pub use client::Client;
-pub use upstream::{Fault, FakeUpstream};
+pub use upstream::{FakeUpstream, Fault};
 
 use std::future::Future;
 use std::time::Duration;
@@ -31,4 +31,19 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now (for Corefiles
+/// that need two distinct ports; a single one should use port 0).
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = tcp.local_addr() else { continue };
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free port");
 }

@@ -89,7 +89,13 @@ impl FakeUpstream {
     /// Queries seen for a name (any case) and type.
     pub fn count(&self, name: &str, qtype: RecordType) -> usize {
         let key = (normalize(name), qtype);
-        self.state.counts.lock().expect("counts lock").get(&key).copied().unwrap_or(0)
+        self.state
+            .counts
+            .lock()
+            .expect("counts lock")
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
     /// Queries seen over UDP.
     pub fn udp_queries(&self) -> usize {
@@ -170,7 +176,9 @@ impl FakeUpstreamBuilder {
         let udp_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65535];
             loop {
-                let Ok((n, peer)) = u.recv_from(&mut buf).await else { continue };
+                let Ok((n, peer)) = u.recv_from(&mut buf).await else {
+                    continue;
+                };
                 let q = buf[..n].to_vec();
                 let s = Arc::clone(&s);
                 let u = Arc::clone(&u);
@@ -185,7 +193,9 @@ impl FakeUpstreamBuilder {
         let s = Arc::clone(&state);
         let tcp_task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = tcp.accept().await else { continue };
+                let Ok((stream, _)) = tcp.accept().await else {
+                    continue;
+                };
                 s.tcp_connections.fetch_add(1, Ordering::Relaxed);
                 let s = Arc::clone(&s);
                 tokio::spawn(async move {
@@ -269,7 +279,11 @@ async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
         match (exact, wildcard) {
             (Some(rs), _) => m.answers.extend(rs),
             (None, Some(IpAddr::V4(ip))) if query.query_type() == RecordType::A => {
-                m.add_answer(Record::from_rdata(query.name().clone(), 300, RData::A(A(ip))));
+                m.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    300,
+                    RData::A(A(ip)),
+                ));
             }
             _ => {
                 if !exists && wildcard.is_none() {

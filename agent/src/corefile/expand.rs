@@ -41,17 +41,33 @@ pub(super) fn expand(src: &Source<'_>) -> Result<Vec<Token>, SetupError> {
 }
 
 impl Expander {
-    fn run(&mut self, tokens: &[Token], dir: &Path, depth: usize, top: bool) -> Result<(), SetupError> {
+    fn run(
+        &mut self,
+        tokens: &[Token],
+        dir: &Path,
+        depth: usize,
+        top: bool,
+    ) -> Result<(), SetupError> {
         let mut i = 0usize;
         let mut level = 0usize;
         while i < tokens.len() {
             let t = &tokens[i];
-            let line_start = i == 0 || !same_line(&tokens[i - 1], t) || matches!(tokens[i - 1].text.as_str(), "{" | "}");
+            let line_start = i == 0
+                || !same_line(&tokens[i - 1], t)
+                || matches!(tokens[i - 1].text.as_str(), "{" | "}");
             // A snippet definition: `(name) {` at the top level.
-            if top && level == 0 && is_snippet_name(&t.text) && tokens.get(i + 1).is_some_and(|n| n.text == "{") {
+            if top
+                && level == 0
+                && is_snippet_name(&t.text)
+                && tokens.get(i + 1).is_some_and(|n| n.text == "{")
+            {
                 let name = t.text[1..t.text.len() - 1].to_string();
                 if self.snippets.contains_key(&name) {
-                    return Err(SetupError::new(&t.file, t.line, format_args!("redeclaration of snippet '{name}'")));
+                    return Err(SetupError::new(
+                        &t.file,
+                        t.line,
+                        format_args!("redeclaration of snippet '{name}'"),
+                    ));
                 }
                 let body_start = i + 2;
                 let mut depth_b = 1usize;
@@ -70,7 +86,11 @@ impl Expander {
                     j += 1;
                 }
                 if j >= tokens.len() {
-                    return Err(SetupError::new(&t.file, t.line, format_args!("snippet '{name}': missing '}}'")));
+                    return Err(SetupError::new(
+                        &t.file,
+                        t.line,
+                        format_args!("snippet '{name}': missing '}}'"),
+                    ));
                 }
                 self.snippets.insert(name, tokens[body_start..j].to_vec());
                 i = j + 1;
@@ -78,13 +98,31 @@ impl Expander {
             }
             if line_start && t.text == "import" {
                 let Some(arg) = tokens.get(i + 1).filter(|a| same_line(t, a)) else {
-                    return Err(SetupError::new(&t.file, t.line, "import: missing file or snippet name"));
+                    return Err(SetupError::new(
+                        &t.file,
+                        t.line,
+                        "import: missing file or snippet name",
+                    ));
                 };
-                if tokens.get(i + 2).is_some_and(|x| same_line(arg, x) && x.text != "}") {
-                    return Err(SetupError::new(&t.file, t.line, "import: takes exactly one argument"));
+                if tokens
+                    .get(i + 2)
+                    .is_some_and(|x| same_line(arg, x) && x.text != "}")
+                {
+                    return Err(SetupError::new(
+                        &t.file,
+                        t.line,
+                        "import: takes exactly one argument",
+                    ));
                 }
                 if depth >= MAX_IMPORT_DEPTH {
-                    return Err(SetupError::new(&t.file, t.line, format_args!("import: '{}' nests more than {MAX_IMPORT_DEPTH} deep (an import loop?)", arg.text)));
+                    return Err(SetupError::new(
+                        &t.file,
+                        t.line,
+                        format_args!(
+                            "import: '{}' nests more than {MAX_IMPORT_DEPTH} deep (an import loop?)",
+                            arg.text
+                        ),
+                    ));
                 }
                 let pattern = replace_env(&arg.text);
                 if let Some(body) = self.snippets.get(&pattern).cloned() {
@@ -101,7 +139,11 @@ impl Expander {
                 _ => {}
             }
             if self.out.len() >= MAX_TOKENS {
-                return Err(SetupError::new(&t.file, t.line, format_args!("Corefile expands to more than {MAX_TOKENS} tokens")));
+                return Err(SetupError::new(
+                    &t.file,
+                    t.line,
+                    format_args!("Corefile expands to more than {MAX_TOKENS} tokens"),
+                ));
             }
             self.out.push(t.clone());
             i += 1;
@@ -109,7 +151,13 @@ impl Expander {
         Ok(())
     }
 
-    fn import_files(&mut self, pattern: &str, at: &Token, dir: &Path, depth: usize) -> Result<(), SetupError> {
+    fn import_files(
+        &mut self,
+        pattern: &str,
+        at: &Token,
+        dir: &Path,
+        depth: usize,
+    ) -> Result<(), SetupError> {
         let full: PathBuf = if Path::new(pattern).is_absolute() {
             PathBuf::from(pattern)
         } else {
@@ -119,7 +167,13 @@ impl Expander {
         let is_glob = pattern.contains(['*', '?', '[']);
         let mut files: Vec<PathBuf> = if is_glob {
             glob::glob(&full_str)
-                .map_err(|e| SetupError::new(&at.file, at.line, format_args!("import: bad glob '{pattern}': {e}")))?
+                .map_err(|e| {
+                    SetupError::new(
+                        &at.file,
+                        at.line,
+                        format_args!("import: bad glob '{pattern}': {e}"),
+                    )
+                })?
                 .filter_map(Result::ok)
                 .filter(|p| p.is_file())
                 .collect()
@@ -133,17 +187,34 @@ impl Expander {
         }
         for f in files {
             let meta = std::fs::metadata(&f).map_err(|e| {
-                SetupError::new(&at.file, at.line, format_args!("import: file to import not found: {}: {e}", f.display()))
+                SetupError::new(
+                    &at.file,
+                    at.line,
+                    format_args!("import: file to import not found: {}: {e}", f.display()),
+                )
             })?;
             if meta.len() > MAX_IMPORT_BYTES {
-                return Err(SetupError::new(&at.file, at.line, format_args!("import: {} is larger than {MAX_IMPORT_BYTES} bytes", f.display())));
+                return Err(SetupError::new(
+                    &at.file,
+                    at.line,
+                    format_args!(
+                        "import: {} is larger than {MAX_IMPORT_BYTES} bytes",
+                        f.display()
+                    ),
+                ));
             }
             let text = std::fs::read_to_string(&f).map_err(|e| {
-                SetupError::new(&at.file, at.line, format_args!("import: reading {}: {e}", f.display()))
+                SetupError::new(
+                    &at.file,
+                    at.line,
+                    format_args!("import: reading {}: {e}", f.display()),
+                )
             })?;
             let name: Arc<str> = Arc::from(f.to_string_lossy().as_ref());
             let tokens = lex(&name, &text)?;
-            let sub_dir = f.parent().map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
+            let sub_dir = f
+                .parent()
+                .map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
             self.run(&tokens, &sub_dir, depth + 1, true)?;
         }
         Ok(())
@@ -172,7 +243,9 @@ pub(super) fn replace_env(s: &str) -> String {
             .or_else(|| inner.strip_prefix('%').and_then(|n| n.strip_suffix('%')))
             .or_else(|| inner.strip_prefix("env."));
         match name {
-            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+            Some(n)
+                if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
                 out.push_str(&std::env::var(n).unwrap_or_default());
             }
             _ => out.push_str(&after[..=end]),

@@ -35,7 +35,9 @@ pub fn parse_key(raw: &str, default_port: u16) -> Result<Vec<Key>, String> {
             if s_low == "dns" {
                 ("dns", rest)
             } else if LATER_SCHEMES.contains(&s_low.as_str()) {
-                return Err(format!("transport '{s_low}://' in '{raw}' not supported (only dns:// for now)"));
+                return Err(format!(
+                    "transport '{s_low}://' in '{raw}' not supported (only dns:// for now)"
+                ));
             } else {
                 return Err(format!("unknown transport '{s}://' in '{raw}'"));
             }
@@ -68,7 +70,14 @@ fn split_port(s: &str) -> Option<(&str, Option<u16>)> {
         let end = stripped.find(']')?;
         let host = &stripped[..end];
         let tail = &stripped[end + 1..];
-        (host, if tail.is_empty() { None } else { Some(tail.strip_prefix(':')?) })
+        (
+            host,
+            if tail.is_empty() {
+                None
+            } else {
+                Some(tail.strip_prefix(':')?)
+            },
+        )
     } else {
         match s.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -94,10 +103,18 @@ fn reverse_zones(cidr: &str) -> Option<Vec<String>> {
             }
             let v = u32::from(v4) & u32::MAX.checked_shl(32 - bits).unwrap_or(0);
             let octets = bits.div_ceil(8);
-            let spread = if bits % 8 == 0 { 1 } else { 1u32 << (8 - bits % 8) };
+            let spread = if bits.is_multiple_of(8) {
+                1
+            } else {
+                1u32 << (8 - bits % 8)
+            };
             let mut out = Vec::new();
             for k in 0..spread {
-                let base = if octets == 0 { v } else { v + (k << (32 - octets * 8)) };
+                let base = if octets == 0 {
+                    v
+                } else {
+                    v + (k << (32 - octets * 8))
+                };
                 let bytes = base.to_be_bytes();
                 let mut z = String::new();
                 for b in bytes[..octets as usize].iter().rev() {
@@ -114,10 +131,18 @@ fn reverse_zones(cidr: &str) -> Option<Vec<String>> {
             }
             let v = u128::from(v6) & u128::MAX.checked_shl(128 - bits).unwrap_or(0);
             let nibbles = bits.div_ceil(4);
-            let spread = if bits % 4 == 0 { 1 } else { 1u128 << (4 - bits % 4) };
+            let spread = if bits.is_multiple_of(4) {
+                1
+            } else {
+                1u128 << (4 - bits % 4)
+            };
             let mut out = Vec::new();
             for k in 0..spread {
-                let base = if nibbles == 0 { v } else { v + (k << (128 - nibbles * 4)) };
+                let base = if nibbles == 0 {
+                    v
+                } else {
+                    v + (k << (128 - nibbles * 4))
+                };
                 let mut z = String::new();
                 for n in (0..nibbles).rev() {
                     let nib = (base >> (124 - n * 4)) & 0xf;
@@ -136,20 +161,38 @@ mod tests {
     use super::*;
 
     fn zones(raw: &str) -> Vec<String> {
-        parse_key(raw, 53).unwrap().into_iter().map(|k| k.zone).collect()
+        parse_key(raw, 53)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.zone)
+            .collect()
     }
 
     #[test]
     fn keys() {
         let k = &parse_key("dns://Example.ORG:1053", 53).unwrap()[0];
-        assert_eq!((k.scheme, k.zone.as_str(), k.port), ("dns", "example.org.", 1053));
+        assert_eq!(
+            (k.scheme, k.zone.as_str(), k.port),
+            ("dns", "example.org.", 1053)
+        );
         let k = &parse_key(".", 5353).unwrap()[0];
         assert_eq!((k.zone.as_str(), k.port), (".", 5353));
         let k = &parse_key(":1053", 53).unwrap()[0];
         assert_eq!((k.zone.as_str(), k.port), (".", 1053));
-        assert_eq!(parse_key("example.org:x", 53).unwrap_err(), "invalid port in 'example.org:x'");
-        assert!(parse_key("tls://example.org", 53).unwrap_err().contains("not supported"));
-        assert!(parse_key("foo://example.org", 53).unwrap_err().contains("unknown transport"));
+        assert_eq!(
+            parse_key("example.org:x", 53).unwrap_err(),
+            "invalid port in 'example.org:x'"
+        );
+        assert!(
+            parse_key("tls://example.org", 53)
+                .unwrap_err()
+                .contains("not supported")
+        );
+        assert!(
+            parse_key("foo://example.org", 53)
+                .unwrap_err()
+                .contains("unknown transport")
+        );
         assert!(parse_key("a..b", 53).is_err());
     }
 
@@ -165,7 +208,10 @@ mod tests {
         );
         assert_eq!(zones("0.0.0.0/0"), vec!["in-addr.arpa."]);
         assert_eq!(zones("fd00::/8"), vec!["d.f.ip6.arpa."]);
-        assert_eq!(zones("2001:db8::/31"), vec!["8.b.d.0.1.0.0.2.ip6.arpa.", "9.b.d.0.1.0.0.2.ip6.arpa."]);
+        assert_eq!(
+            zones("2001:db8::/31"),
+            vec!["8.b.d.0.1.0.0.2.ip6.arpa.", "9.b.d.0.1.0.0.2.ip6.arpa."]
+        );
         assert!(parse_key("10.0.0.0/33", 53).is_err());
     }
 }

@@ -95,11 +95,18 @@ fn blocks(tokens: &[Token], default_port: u16) -> Result<Vec<ServerBlock>, Setup
         let mut keys = Vec::new();
         for t in &raw_keys {
             for part in t.text.split(',').filter(|p| !p.is_empty()) {
-                keys.extend(parse_key(part, default_port).map_err(|m| SetupError::new(&t.file, t.line, m))?);
+                keys.extend(
+                    parse_key(part, default_port)
+                        .map_err(|m| SetupError::new(&t.file, t.line, m))?,
+                );
             }
         }
         if keys.is_empty() {
-            return Err(SetupError::new(&first.file, first.line, "server block without a key"));
+            return Err(SetupError::new(
+                &first.file,
+                first.line,
+                "server block without a key",
+            ));
         }
         let directives;
         if i < tokens.len() && tokens[i].text == "{" {
@@ -118,7 +125,11 @@ fn blocks(tokens: &[Token], default_port: u16) -> Result<Vec<ServerBlock>, Setup
             directives = Vec::new();
         } else {
             let last = raw_keys.last().unwrap_or(&first);
-            return Err(SetupError::new(&last.file, last.line, "expected '{' to open the server block"));
+            return Err(SetupError::new(
+                &last.file,
+                last.line,
+                "expected '{' to open the server block",
+            ));
         }
         out.push(ServerBlock {
             keys,
@@ -141,7 +152,11 @@ fn directives_until_close(
     loop {
         let Some(t) = tokens.get(i) else {
             return match open {
-                Some(o) => Err(SetupError::new(&o.file, o.line, "unclosed '{': missing '}'")),
+                Some(o) => Err(SetupError::new(
+                    &o.file,
+                    o.line,
+                    "unclosed '{': missing '}'",
+                )),
                 None => Ok((out, i)),
             };
         };
@@ -165,7 +180,11 @@ fn directives_until_close(
                 let mut depth = 0usize;
                 loop {
                     let Some(b) = tokens.get(i) else {
-                        return Err(SetupError::new(&n.file, n.line, "unclosed '{': missing '}'"));
+                        return Err(SetupError::new(
+                            &n.file,
+                            n.line,
+                            "unclosed '{': missing '}'",
+                        ));
                     };
                     match b.text.as_str() {
                         "{" => depth += 1,

@@ -5,13 +5,28 @@ use std::path::{Path, PathBuf};
 use super::*;
 
 fn src(text: &str) -> Vec<ServerBlock> {
-    parse(&Source { name: "Corefile", text, dir: Path::new(".") }, DEFAULT_PORT).unwrap()
+    parse(
+        &Source {
+            name: "Corefile",
+            text,
+            dir: Path::new("."),
+        },
+        DEFAULT_PORT,
+    )
+    .unwrap()
 }
 
 fn err(text: &str) -> String {
-    parse(&Source { name: "Corefile", text, dir: Path::new(".") }, DEFAULT_PORT)
-        .unwrap_err()
-        .to_string()
+    parse(
+        &Source {
+            name: "Corefile",
+            text,
+            dir: Path::new("."),
+        },
+        DEFAULT_PORT,
+    )
+    .unwrap_err()
+    .to_string()
 }
 
 /// (zones with ports, directive names) of each block.
@@ -20,7 +35,10 @@ fn shape(blocks: &[ServerBlock]) -> Vec<(Vec<String>, Vec<String>)> {
         .iter()
         .map(|b| {
             (
-                b.keys.iter().map(|k| format!("{}:{}", k.zone, k.port)).collect(),
+                b.keys
+                    .iter()
+                    .map(|k| format!("{}:{}", k.zone, k.port))
+                    .collect(),
                 b.directives.iter().map(|d| d.name.clone()).collect(),
             )
         })
@@ -28,7 +46,9 @@ fn shape(blocks: &[ServerBlock]) -> Vec<(Vec<String>, Vec<String>)> {
 }
 
 fn golden(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/corefiles").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/corefiles")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -43,7 +63,9 @@ fn golden_kubernetes_default() {
         shape(&b),
         vec![(
             names(".:53"),
-            names("errors health ready kubernetes prometheus forward cache loop reload loadbalance")
+            names(
+                "errors health ready kubernetes prometheus forward cache loop reload loadbalance"
+            )
         )]
     );
     let k = &b[0].directives[3];
@@ -52,8 +74,19 @@ fn golden_kubernetes_default() {
     assert_eq!(
         texts,
         vec![
-            "kubernetes", "cluster.local", "in-addr.arpa", "ip6.arpa", "{", "pods", "insecure", "fallthrough",
-            "in-addr.arpa", "ip6.arpa", "ttl", "30", "}"
+            "kubernetes",
+            "cluster.local",
+            "in-addr.arpa",
+            "ip6.arpa",
+            "{",
+            "pods",
+            "insecure",
+            "fallthrough",
+            "in-addr.arpa",
+            "ip6.arpa",
+            "ttl",
+            "30",
+            "}"
         ]
     );
     assert_eq!(b[0].directives[1].tokens.last().unwrap().line, 5);
@@ -66,25 +99,53 @@ fn golden_nodelocaldns() {
     assert_eq!(
         shape(&b),
         vec![
-            (names("cluster.local.:53"), names(&format!("{common} health"))),
+            (
+                names("cluster.local.:53"),
+                names(&format!("{common} health"))
+            ),
             (names("in-addr.arpa.:53"), names(common)),
             (names("ip6.arpa.:53"), names(common)),
-            (names(".:53"), names("errors cache reload loop bind forward prometheus")),
+            (
+                names(".:53"),
+                names("errors cache reload loop bind forward prometheus")
+            ),
         ]
     );
     let fwd = &b[0].directives[5];
     let texts: Vec<&str> = fwd.tokens.iter().map(|t| t.text.as_str()).collect();
-    assert_eq!(texts, vec!["forward", ".", "__PILLAR__CLUSTER__DNS__", "{", "force_tcp", "}"]);
+    assert_eq!(
+        texts,
+        vec![
+            "forward",
+            ".",
+            "__PILLAR__CLUSTER__DNS__",
+            "{",
+            "force_tcp",
+            "}"
+        ]
+    );
     assert_eq!(b[3].line, 38);
 }
 
 #[test]
 fn golden_seeds() {
     let cases = [
-        ("seed-financeflow.Corefile", "errors health cache kubernetes forward prometheus log loadbalance"),
-        ("seed-gamestream.Corefile", "errors health cache kubernetes forward prometheus log loadbalance"),
-        ("seed-healthtech.Corefile", "errors health cache kubernetes forward prometheus log loadbalance"),
-        ("seed-phase2.Corefile", "errors health cache kubernetes forward prometheus log loadbalance reload"),
+        (
+            "seed-financeflow.Corefile",
+            "errors health cache kubernetes forward prometheus log loadbalance",
+        ),
+        (
+            "seed-gamestream.Corefile",
+            "errors health cache kubernetes forward prometheus log loadbalance",
+        ),
+        (
+            "seed-healthtech.Corefile",
+            "errors health cache kubernetes forward prometheus log loadbalance",
+        ),
+        (
+            "seed-phase2.Corefile",
+            "errors health cache kubernetes forward prometheus log loadbalance reload",
+        ),
         (
             "seed-week2.Corefile",
             "errors health ready kubernetes prometheus forward cache loop reload loadbalance log",
@@ -96,7 +157,11 @@ fn golden_seeds() {
     ];
     for (file, directives) in cases {
         let b = src(&golden(file));
-        assert_eq!(shape(&b), vec![(names(".:53"), names(directives))], "{file}");
+        assert_eq!(
+            shape(&b),
+            vec![(names(".:53"), names(directives))],
+            "{file}"
+        );
         // Every token of a directive is on or after its line, in order.
         for d in &b[0].directives {
             let mut line = d.line();
@@ -115,18 +180,31 @@ fn golden_seeds() {
 #[test]
 fn every_golden_corefile_is_covered() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/corefiles");
-    let count = std::fs::read_dir(&dir).unwrap().filter(|e| {
-        e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "Corefile"))
-    }).count();
-    assert_eq!(count, 8, "a golden Corefile was added: give it a shape test");
+    let count = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "Corefile"))
+        })
+        .count();
+    assert_eq!(
+        count, 8,
+        "a golden Corefile was added: give it a shape test"
+    );
 }
 
 #[test]
 fn several_keys_ports_and_schemes() {
     let b = src("example.org:1053 dns://Example.NET {\n whoami\n}\n");
-    assert_eq!(shape(&b), vec![(names("example.org.:1053 example.net.:53"), names("whoami"))]);
+    assert_eq!(
+        shape(&b),
+        vec![(names("example.org.:1053 example.net.:53"), names("whoami"))]
+    );
     let b = src("a.example, b.example,\n  c.example {\n whoami\n}\n");
-    assert_eq!(shape(&b)[0].0, names("a.example.:53 b.example.:53 c.example.:53"));
+    assert_eq!(
+        shape(&b)[0].0,
+        names("a.example.:53 b.example.:53 c.example.:53")
+    );
     let b = src("10.0.0.0/8 {\n whoami\n}\n");
     assert_eq!(shape(&b)[0].0, names("10.in-addr.arpa.:53"));
 }
@@ -150,21 +228,34 @@ fn comments_and_quotes() {
 #[test]
 fn environment_variables() {
     let home = std::env::var("HOME").unwrap_or_default();
-    let b = src(". {\n hosts {$HOME} {env.HOME} {%HOME%} {$NODEDNS_SURELY_UNSET_VAR}x {notenv}\n}\n");
-    let texts: Vec<&str> = b[0].directives[0].tokens.iter().map(|t| t.text.as_str()).collect();
+    let b =
+        src(". {\n hosts {$HOME} {env.HOME} {%HOME%} {$NODEDNS_SURELY_UNSET_VAR}x {notenv}\n}\n");
+    let texts: Vec<&str> = b[0].directives[0]
+        .tokens
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect();
     assert_eq!(texts, vec!["hosts", &home, &home, &home, "x", "{notenv}"]);
 }
 
 #[test]
 fn snippets() {
-    let b = src("(common) {\n  errors\n  log\n}\n.:1053 {\n  import common\n  whoami\n}\nexample.org:1053 {\n  import common\n}\n");
+    let b = src(
+        "(common) {\n  errors\n  log\n}\n.:1053 {\n  import common\n  whoami\n}\nexample.org:1053 {\n  import common\n}\n",
+    );
     assert_eq!(
         shape(&b),
-        vec![(names(".:1053"), names("errors log whoami")), (names("example.org.:1053"), names("errors log"))]
+        vec![
+            (names(".:1053"), names("errors log whoami")),
+            (names("example.org.:1053"), names("errors log"))
+        ]
     );
     // Imported tokens keep the lines where the snippet wrote them.
     assert_eq!(b[0].directives[0].line(), 2);
-    assert!(err("(a) {\n errors\n}\n(a) {\n log\n}\n").contains("Corefile:4: redeclaration of snippet 'a'"));
+    assert!(
+        err("(a) {\n errors\n}\n(a) {\n log\n}\n")
+            .contains("Corefile:4: redeclaration of snippet 'a'")
+    );
     assert!(err("(a) {\n import a\n}\n. {\n import a\n}\n").contains("import loop"));
 }
 
@@ -188,10 +279,26 @@ fn imports_files_and_globs() {
     let dir = TempDir::new("import");
     std::fs::create_dir_all(dir.0.join("conf.d")).unwrap();
     std::fs::write(dir.0.join("common.conf"), "errors\nlog\n").unwrap();
-    std::fs::write(dir.0.join("conf.d/a.server"), "a.example:1053 {\n  whoami\n}\n").unwrap();
-    std::fs::write(dir.0.join("conf.d/b.server"), "b.example:1053 {\n  import ../common.conf\n  whoami\n}\n").unwrap();
+    std::fs::write(
+        dir.0.join("conf.d/a.server"),
+        "a.example:1053 {\n  whoami\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.0.join("conf.d/b.server"),
+        "b.example:1053 {\n  import ../common.conf\n  whoami\n}\n",
+    )
+    .unwrap();
     let text = ".:1053 {\n  import common.conf\n  whoami\n}\nimport conf.d/*.server\nimport nothing/*.here\n";
-    let blocks = parse(&Source { name: "Corefile", text, dir: &dir.0 }, DEFAULT_PORT).unwrap();
+    let blocks = parse(
+        &Source {
+            name: "Corefile",
+            text,
+            dir: &dir.0,
+        },
+        DEFAULT_PORT,
+    )
+    .unwrap();
     assert_eq!(
         shape(&blocks),
         vec![
@@ -204,15 +311,32 @@ fn imports_files_and_globs() {
     let errors = &blocks[0].directives[0].tokens[0];
     assert!(errors.file.ends_with("common.conf"), "{}", errors.file);
     assert_eq!(errors.line, 1);
-    let missing = parse(&Source { name: "Corefile", text: ". {\n import missing.conf\n}\n", dir: &dir.0 }, DEFAULT_PORT)
-        .unwrap_err()
-        .to_string();
-    assert!(missing.starts_with("Corefile:2: import: file to import not found"), "{missing}");
+    let missing = parse(
+        &Source {
+            name: "Corefile",
+            text: ". {\n import missing.conf\n}\n",
+            dir: &dir.0,
+        },
+        DEFAULT_PORT,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        missing.starts_with("Corefile:2: import: file to import not found"),
+        "{missing}"
+    );
     // A file importing itself is a loop, stopped by depth.
     std::fs::write(dir.0.join("self.conf"), "import self.conf\n").unwrap();
-    let looped = parse(&Source { name: "Corefile", text: ". {\n import self.conf\n}\n", dir: &dir.0 }, DEFAULT_PORT)
-        .unwrap_err()
-        .to_string();
+    let looped = parse(
+        &Source {
+            name: "Corefile",
+            text: ". {\n import self.conf\n}\n",
+            dir: &dir.0,
+        },
+        DEFAULT_PORT,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(looped.contains("import loop"), "{looped}");
 }
 
@@ -221,12 +345,27 @@ fn errors_name_the_line() {
     let cases = [
         (". {\n whoami\n", "Corefile:1: unclosed '{': missing '}'"),
         (". {\n whoami\n}\n}\n", "Corefile:4: unexpected '}'"),
-        (". {\n hosts {\n}\n", "Corefile:1: unclosed '{': missing '}'"),
-        ("tls://. {\n whoami\n}\n", "Corefile:1: transport 'tls://' in 'tls://.' not supported (only dns:// for now)"),
+        (
+            ". {\n hosts {\n}\n",
+            "Corefile:1: unclosed '{': missing '}'",
+        ),
+        (
+            "tls://. {\n whoami\n}\n",
+            "Corefile:1: transport 'tls://' in 'tls://.' not supported (only dns:// for now)",
+        ),
         (".:x {\n whoami\n}\n", "Corefile:1: invalid port in '.:x'"),
-        (". {\n}\n\nexample.org\nwhoami\n", "Corefile:4: expected '{' to open the server block"),
-        (". {\n import\n}\n", "Corefile:2: import: missing file or snippet name"),
-        (". {\n log \"unterminated\n}\n", "Corefile:2: unterminated quoted string"),
+        (
+            ". {\n}\n\nexample.org\nwhoami\n",
+            "Corefile:4: expected '{' to open the server block",
+        ),
+        (
+            ". {\n import\n}\n",
+            "Corefile:2: import: missing file or snippet name",
+        ),
+        (
+            ". {\n log \"unterminated\n}\n",
+            "Corefile:2: unterminated quoted string",
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(err(text), want, "{text:?}");

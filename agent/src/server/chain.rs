@@ -79,7 +79,10 @@ pub fn handle(
     let flow = loop {
         let Some(p) = chain.get(reached) else {
             let plugin = chain.last().map_or("server", |p| p.name());
-            break Flow::Fail(ResponseCode::ServFail, Some(PluginError::NoNextPlugin { plugin }));
+            break Flow::Fail(
+                ResponseCode::ServFail,
+                Some(PluginError::NoNextPlugin { plugin }),
+            );
         };
         match p.query(&mut cx) {
             Flow::Next => reached += 1,
@@ -129,12 +132,23 @@ fn truncate(reply: &mut Reply, req: &Request<'_>, limit: usize) {
         header_only(reply, req.header(), ResponseCode::ServFail);
         return;
     };
-    let mut full = std::mem::replace(msg, Message::new(0, msg.metadata.message_type, msg.metadata.op_code));
+    let mut full = std::mem::replace(
+        msg,
+        Message::new(0, msg.metadata.message_type, msg.metadata.op_code),
+    );
     let records: Vec<(u8, hickory_proto::rr::Record)> = std::mem::take(&mut full.answers)
         .into_iter()
         .map(|r| (0, r))
-        .chain(std::mem::take(&mut full.authorities).into_iter().map(|r| (1, r)))
-        .chain(std::mem::take(&mut full.additionals).into_iter().map(|r| (2, r)))
+        .chain(
+            std::mem::take(&mut full.authorities)
+                .into_iter()
+                .map(|r| (1, r)),
+        )
+        .chain(
+            std::mem::take(&mut full.additionals)
+                .into_iter()
+                .map(|r| (2, r)),
+        )
         .collect();
     let build = |base: &Message, k: usize| {
         let mut m = base.clone();
@@ -220,8 +234,15 @@ mod tests {
 
     fn ask(r: &Router, raw: &[u8], t: Transport) -> Option<Message> {
         let mut reply = Reply::new();
-        handle(r, raw, "127.0.0.1:9".parse().unwrap(), t, &mut reply, &Limits::default())
-            .then(|| Message::from_vec(reply.wire()).unwrap())
+        handle(
+            r,
+            raw,
+            "127.0.0.1:9".parse().unwrap(),
+            t,
+            &mut reply,
+            &Limits::default(),
+        )
+        .then(|| Message::from_vec(reply.wire()).unwrap())
     }
 
     #[test]
@@ -243,7 +264,14 @@ mod tests {
         let mut raw = query("example.org.", None);
         raw.truncate(raw.len() - 2);
         let mut reply = Reply::new();
-        assert!(handle(&r, &raw, "127.0.0.1:9".parse().unwrap(), Transport::Udp, &mut reply, &Limits::default()));
+        assert!(handle(
+            &r,
+            &raw,
+            "127.0.0.1:9".parse().unwrap(),
+            Transport::Udp,
+            &mut reply,
+            &Limits::default()
+        ));
         assert_eq!(reply.wire().len(), 12);
         assert_eq!(reply.wire()[3] & 0x0f, 1);
         assert_eq!(reply.wire()[2] & 0x80, 0x80);
@@ -253,7 +281,14 @@ mod tests {
         let mut raw = query("example.org.", None);
         raw[2] |= 4 << 3; // NOTIFY
         let mut reply = Reply::new();
-        assert!(handle(&r, &raw, "127.0.0.1:9".parse().unwrap(), Transport::Udp, &mut reply, &Limits::default()));
+        assert!(handle(
+            &r,
+            &raw,
+            "127.0.0.1:9".parse().unwrap(),
+            Transport::Udp,
+            &mut reply,
+            &Limits::default()
+        ));
         assert_eq!(reply.wire()[3] & 0x0f, 4);
     }
 

@@ -162,7 +162,10 @@ impl Server {
         for t in self.tcp_tasks {
             let _ = t.await;
         }
-        if tokio::time::timeout(grace, self.conns.wait_idle()).await.is_err() {
+        if tokio::time::timeout(grace, self.conns.wait_idle())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown: connections still open after {grace:?}; closing them");
         }
         let threads = self.udp_threads;
@@ -177,11 +180,18 @@ impl Server {
 
 /// Binds a TCP listener and `n` UDP sockets on the same port. For port 0,
 /// TCP picks the port and UDP follows (retrying if UDP's is taken).
-fn bind_pair(key: &ListenKey, n: usize, rcvbuf: usize) -> io::Result<(std::net::TcpListener, Vec<std::net::UdpSocket>)> {
+fn bind_pair(
+    key: &ListenKey,
+    n: usize,
+    rcvbuf: usize,
+) -> io::Result<(std::net::TcpListener, Vec<std::net::UdpSocket>)> {
     let candidates: Vec<IpAddr> = match key.addr {
         Some(a) => vec![a],
         // Every address: dual-stack if the host has IPv6, else IPv4.
-        None => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+        None => vec![
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ],
     };
     let mut last_err = io::Error::other("no address to bind");
     for ip in candidates {
@@ -199,7 +209,11 @@ fn bind_pair(key: &ListenKey, n: usize, rcvbuf: usize) -> io::Result<(std::net::
     Err(last_err)
 }
 
-fn bind_on(addr: SocketAddr, n: usize, rcvbuf: usize) -> io::Result<(std::net::TcpListener, Vec<std::net::UdpSocket>)> {
+fn bind_on(
+    addr: SocketAddr,
+    n: usize,
+    rcvbuf: usize,
+) -> io::Result<(std::net::TcpListener, Vec<std::net::UdpSocket>)> {
     let tcp = tcp_bind(addr)?;
     let port = tcp.local_addr()?.port();
     let addr = SocketAddr::new(addr.ip(), port);

@@ -113,12 +113,19 @@ async fn connection(
         };
         if answered {
             let wire = reply.wire();
-            let Ok(len) = u16::try_from(wire.len()) else { break };
-            if wr.write_all(&len.to_be_bytes()).await.is_err() || wr.write_all(wire).await.is_err() {
+            let Ok(len) = u16::try_from(wire.len()) else {
+                break;
+            };
+            if wr.write_all(&len.to_be_bytes()).await.is_err() || wr.write_all(wire).await.is_err()
+            {
                 break;
             }
         }
-        if rd.buffer().is_empty() && timeout(opts.idle_timeout, wr.flush()).await.map_or(true, |r| r.is_err()) {
+        if rd.buffer().is_empty()
+            && timeout(opts.idle_timeout, wr.flush())
+                .await
+                .map_or(true, |r| r.is_err())
+        {
             break;
         }
     }

@@ -50,7 +50,12 @@ pub(super) fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<UdpSocket> {
 }
 
 /// Serves one socket until `stop` is set. Runs on its own thread.
-pub(super) fn serve(sock: UdpSocket, router: Arc<ArcSwap<Router>>, limits: Limits, stop: Arc<AtomicBool>) {
+pub(super) fn serve(
+    sock: UdpSocket,
+    router: Arc<ArcSwap<Router>>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+) {
     let fd = sock.as_raw_fd();
     let mut recv_buf = vec![0u8; BATCH * RECV_SIZE];
     let mut recv_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
@@ -64,7 +69,13 @@ pub(super) fn serve(sock: UdpSocket, router: Arc<ArcSwap<Router>>, limits: Limit
             let mut chunks = recv_buf.chunks_exact_mut(RECV_SIZE);
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
                 std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-            match recvmmsg(fd, &mut recv_headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+            match recvmmsg(
+                fd,
+                &mut recv_headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
                 Ok(results) => {
                     let mut n = 0;
                     for (slot, r) in got.iter_mut().zip(results) {
@@ -89,9 +100,15 @@ pub(super) fn serve(sock: UdpSocket, router: Arc<ArcSwap<Router>>, limits: Limit
         for i in 0..n {
             let (len, addr, truncated) = got[i];
             let Some(addr) = addr else { continue };
-            let Some(client) = to_std(&addr) else { continue };
+            let Some(client) = to_std(&addr) else {
+                continue;
+            };
             let raw = &recv_buf[i * RECV_SIZE..i * RECV_SIZE + len.min(RECV_SIZE)];
-            let raw = if truncated { &raw[..raw.len().min(12)] } else { raw };
+            let raw = if truncated {
+                &raw[..raw.len().min(12)]
+            } else {
+                raw
+            };
             let reply = &mut replies[out];
             let send = if truncated {
                 // The kernel cut it: answer FORMERR from the header alone.
@@ -114,7 +131,12 @@ pub(super) fn serve(sock: UdpSocket, router: Arc<ArcSwap<Router>>, limits: Limit
 
 /// Sends the replies with `sendmmsg`, skipping one that fails and going on
 /// with the rest. Bounded: at most one call per reply.
-fn send_batch(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, replies: &[Reply], to: &[Option<SockaddrStorage>]) {
+fn send_batch(
+    fd: i32,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    replies: &[Reply],
+    to: &[Option<SockaddrStorage>],
+) {
     let mut start = 0usize;
     for _ in 0..=replies.len() {
         if start >= replies.len() {
@@ -122,8 +144,16 @@ fn send_batch(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, replies: &[R
         }
         let rest = &replies[start..];
         let mut wires = rest.iter().map(Reply::wire);
-        let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(wires.next().unwrap_or_default())]);
-        match sendmmsg(fd, headers, iovs[..rest.len()].iter(), &to[start..], [], MsgFlags::empty()) {
+        let iovs: [[IoSlice<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSlice::new(wires.next().unwrap_or_default())]);
+        match sendmmsg(
+            fd,
+            headers,
+            iovs[..rest.len()].iter(),
+            &to[start..],
+            [],
+            MsgFlags::empty(),
+        ) {
             // A short count means the next message failed: the next call
             // reports its error, and the message is skipped below.
             Ok(results) => start += results.count().max(1),

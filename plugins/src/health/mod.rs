@@ -1,10 +1,40 @@
-//! *health*: being written.
+//! *health* asks the agent for a process-wide HTTP endpoint, `/health`,
+//! that answers 200 `OK` while the process runs, lame duck included (as
+//! CoreDNS's *health*: a stopping server is still alive; *ready* is what
+//! turns 503). Setup only: *health* adds nothing to the chain. The agent
+//! binds the address and runs [`serve`].
 
-use crate::dispenser::SetupError;
-use crate::setup::Controller;
+mod setup;
+#[cfg(test)]
+mod tests;
 
-/// Parses the directive (not built yet).
-pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
-    c.d.next();
-    Err(c.d.err("not supported yet"))
+pub use setup::{DEFAULT_ADDR, check_listen_addr, setup};
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::any;
+use tokio::net::TcpListener;
+
+use crate::pkg::lifecycle::Lifecycle;
+
+/// The endpoint's path (fixed, as in CoreDNS).
+pub const PATH: &str = "/health";
+
+/// Serves `/health` on `listener` until the task running it is aborted.
+/// Every method is answered, as Go's `ServeMux` does; other paths get 404.
+pub async fn serve(listener: TcpListener, life: Arc<Lifecycle>) {
+    let app = Router::new().route(PATH, any(health)).with_state(life);
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::warn!(%error, "health endpoint stopped");
+    }
+}
+
+async fn health(State(life): State<Arc<Lifecycle>>) -> (StatusCode, &'static str) {
+    if life.is_stopping() {
+        tracing::debug!("lame duck: /health still reports OK");
+    }
+    (StatusCode::OK, "OK")
 }

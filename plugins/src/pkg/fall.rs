@@ -14,7 +14,9 @@ pub struct Fall {
 impl Fall {
     /// Falls through for every name (`fallthrough` with no zones).
     pub fn root() -> Self {
-        Self { zones: vec![vec![0]] }
+        Self {
+            zones: vec![vec![0]],
+        }
     }
 
     /// Whether a (lower-cased wire form) name falls through.

@@ -3,7 +3,8 @@
 
 pub mod fall;
 pub mod lifecycle;
+pub mod names;
 pub mod response;
-pub mod zones;
 #[cfg(test)]
 pub(crate) mod test;
+pub mod zones;

@@ -88,8 +88,14 @@ pub fn typify(m: &Message) -> Type {
     if rcode == ResponseCode::NoError && !m.answers.is_empty() {
         return Type::NoError;
     }
-    let soa = m.authorities.iter().any(|r| r.record_type() == RecordType::SOA);
-    let ns = m.authorities.iter().any(|r| r.record_type() == RecordType::NS);
+    let soa = m
+        .authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::SOA);
+    let ns = m
+        .authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::NS);
     match rcode {
         ResponseCode::NoError if soa => Type::NoData,
         ResponseCode::NXDomain if soa => Type::NameError,

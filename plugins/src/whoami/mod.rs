@@ -28,10 +28,7 @@ impl Plugin for Whoami {
 
     fn query(&self, cx: &mut Context<'_>) -> Flow {
         let Some(q) = question(cx.req) else {
-            return Flow::Fail(
-                hickory_proto::op::ResponseCode::FormErr,
-                None,
-            );
+            return Flow::Fail(hickory_proto::op::ResponseCode::FormErr, None);
         };
         let qname = q.name().clone();
         let class = DNSClass::from(cx.req.qclass());

@@ -1,1 +1,10 @@
+//! End-to-end tests: the real `nodedns` binary on loopback, queried by a
+//! real client. One binary, one module per area.
 
+mod cli;
+mod harness;
+mod plugins;
+mod readme;
+mod robustness;
+mod server;
+mod shutdown;

@@ -1,0 +1,1 @@
+//! Criterion benches live in `benches/`; the dnsperf load test in `load/`.

@@ -1,0 +1,84 @@
+//! `health [ADDRESS] [{ lameduck DURATION }]`.
+
+use std::time::Duration;
+
+use crate::dispenser::{Dispenser, SetupError};
+use crate::setup::{Controller, HealthConfig};
+
+/// Where `/health` listens when the Corefile does not say (CoreDNS's).
+pub const DEFAULT_ADDR: &str = ":8080";
+
+/// Checks a listen address as Go's `net.SplitHostPort` does (`HOST:PORT`,
+/// `[IPv6]:PORT`, `:PORT`), and that the port is a number.
+pub fn check_listen_addr(addr: &str) -> Result<(), &'static str> {
+    let port = if let Some(rest) = addr.strip_prefix('[') {
+        let (_, after) = rest.split_once(']').ok_or("missing ']' in address")?;
+        after.strip_prefix(':').ok_or("missing port in address")?
+    } else {
+        let (host, port) = addr.rsplit_once(':').ok_or("missing port in address")?;
+        if host.contains(':') {
+            return Err("too many colons in address (write IPv6 as [ADDRESS]:PORT)");
+        }
+        port
+    };
+    if port.is_empty() {
+        return Err("missing port in address");
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
+        return Err("invalid port");
+    }
+    Ok(())
+}
+
+/// Reads every `health` line of a block: the last address and the last
+/// lame duck duration win, as in CoreDNS.
+pub(super) fn parse(d: &mut Dispenser<'_>) -> Result<HealthConfig, SetupError> {
+    let mut config = HealthConfig {
+        addr: DEFAULT_ADDR.to_string(),
+        lameduck: Duration::ZERO,
+    };
+    while d.next() {
+        let args = d.remaining_args();
+        match args.as_slice() {
+            [] => {}
+            [addr] => {
+                check_listen_addr(addr).map_err(|why| {
+                    d.err(format_args!(
+                        "invalid address '{addr}': {why} (want HOST:PORT, such as :8080)"
+                    ))
+                })?;
+                config.addr.clone_from(addr);
+            }
+            _ => return Err(d.arg_err()),
+        }
+        while d.next_block() {
+            match d.val() {
+                "lameduck" => {
+                    let args = d.remaining_args();
+                    let [dur] = args.as_slice() else {
+                        return Err(d.arg_err());
+                    };
+                    config.lameduck = crate::dispenser::parse_duration(dur).ok_or_else(|| {
+                        d.err(format_args!(
+                            "unable to parse lameduck duration value: '{dur}'"
+                        ))
+                    })?;
+                }
+                other => return Err(d.err(format_args!("unknown property '{other}'"))),
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// Parses `health` and asks for the endpoint. Several server blocks may
+/// name the same address: that is one endpoint, with the longest lame duck.
+pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
+    let config = parse(&mut c.d)?;
+    if let Some(same) = c.services.health.iter_mut().find(|h| h.addr == config.addr) {
+        same.lameduck = same.lameduck.max(config.lameduck);
+    } else {
+        c.services.health.push(config);
+    }
+    Ok(())
+}

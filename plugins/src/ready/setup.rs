@@ -1,0 +1,91 @@
+//! `ready [ADDRESS] [{ monitor continuously }]`, once per server block.
+
+use crate::dispenser::{Dispenser, SetupError};
+use crate::setup::{Controller, ReadyConfig};
+
+/// Where `/ready` listens when the Corefile does not say (CoreDNS's).
+pub const DEFAULT_ADDR: &str = ":8181";
+
+/// Checks a listen address as Go's `net.SplitHostPort` does (`HOST:PORT`,
+/// `[IPv6]:PORT`, `:PORT`), and that the port is a number. (The same rule
+/// as *health*'s; plugins do not share code outside `pkg`.)
+fn check_listen_addr(addr: &str) -> Result<(), &'static str> {
+    let port = if let Some(rest) = addr.strip_prefix('[') {
+        let (_, after) = rest.split_once(']').ok_or("missing ']' in address")?;
+        after.strip_prefix(':').ok_or("missing port in address")?
+    } else {
+        let (host, port) = addr.rsplit_once(':').ok_or("missing port in address")?;
+        if host.contains(':') {
+            return Err("too many colons in address (write IPv6 as [ADDRESS]:PORT)");
+        }
+        port
+    };
+    if port.is_empty() {
+        return Err("missing port in address");
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
+        return Err("invalid port");
+    }
+    Ok(())
+}
+
+/// Reads the block's `ready` line (only one is allowed, as in CoreDNS).
+pub(super) fn parse(d: &mut Dispenser<'_>) -> Result<ReadyConfig, SetupError> {
+    let mut config = ReadyConfig {
+        addr: DEFAULT_ADDR.to_string(),
+    };
+    let mut seen = false;
+    while d.next() {
+        if seen {
+            return Err(d.err("this plugin can only be used once per Server Block"));
+        }
+        seen = true;
+        let args = d.remaining_args();
+        match args.as_slice() {
+            [] => {}
+            [addr] => {
+                check_listen_addr(addr).map_err(|why| {
+                    d.err(format_args!(
+                        "invalid address '{addr}': {why} (want HOST:PORT, such as :8181)"
+                    ))
+                })?;
+                config.addr.clone_from(addr);
+            }
+            _ => return Err(d.arg_err()),
+        }
+        while d.next_block() {
+            match d.val() {
+                "monitor" => {
+                    let args = d.remaining_args();
+                    let [kind] = args.as_slice() else {
+                        return Err(d.arg_err());
+                    };
+                    match kind.as_str() {
+                        // What nodedns always does: ask every plugin on every request.
+                        "continuously" => {}
+                        "until-ready" => {
+                            return Err(d.err(
+                                "monitor type 'until-ready' not supported (nodedns always monitors continuously)",
+                            ));
+                        }
+                        other => {
+                            return Err(d.err(format_args!("monitor type '{other}' not supported")));
+                        }
+                    }
+                }
+                other => return Err(d.err(format_args!("unknown property '{other}'"))),
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// Parses `ready` and asks for the endpoint; blocks naming the same
+/// address share one endpoint.
+pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
+    let config = parse(&mut c.d)?;
+    if !c.services.ready.contains(&config) {
+        c.services.ready.push(config);
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Serving over UDP and TCP: routing, truncation, pipelining, limits.
+
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+use nodedns_tests::client::{query, read_frame, with_edns, write_frame};
+use nodedns_tests::{Agent, Client};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn whoami_over_udp_and_tcp() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+        .start()
+        .await;
+    assert_eq!(
+        agent.udp().port(),
+        agent.tcp().port(),
+        "UDP and TCP share the port"
+    );
+    let c = Client::new(agent.udp());
+    for (m, proto) in [
+        (c.udp("example.org.", RecordType::A).await, "_udp"),
+        (c.tcp("example.org.", RecordType::A).await, "_tcp"),
+    ] {
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.additionals.len(), 2);
+        let RData::A(a) = &m.additionals[0].data else {
+            panic!("not A: {m:?}")
+        };
+        assert_eq!(a.0, std::net::Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            m.additionals[1].name.to_ascii(),
+            format!("{proto}.example.org.")
+        );
+    }
+}
+
+#[tokio::test]
+async fn longest_zone_wins_and_unknown_zones_are_refused() {
+    let agent = Agent::corefile(
+        "example.org:0 {\n    bind 127.0.0.1\n    whoami\n}\n\
+         sub.example.org:0 {\n    bind 127.0.0.1\n    hosts {\n        192.0.2.7 www.sub.example.org\n    }\n}\n",
+    )
+    .start()
+    .await;
+    let c = Client::new(agent.udp());
+    let m = c.udp("www.sub.example.org.", RecordType::A).await;
+    let RData::A(a) = &m.answers[0].data else {
+        panic!("{m:?}")
+    };
+    assert_eq!(
+        a.0.to_string(),
+        "192.0.2.7",
+        "the longer zone's block (hosts) answered"
+    );
+    let m = c.udp("www.example.org.", RecordType::A).await;
+    assert!(
+        m.answers.is_empty() && m.additionals.len() == 2,
+        "whoami answered: {m:?}"
+    );
+    for m in [
+        c.udp("example.net.", RecordType::A).await,
+        c.tcp("example.net.", RecordType::A).await,
+    ] {
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    }
+}
+
+/// A hosts entry with many addresses makes an answer larger than 512 bytes.
+fn big_hosts() -> String {
+    let mut s = String::new();
+    for i in 1..=100 {
+        s.push_str(&format!("192.0.2.{i} big.example.org\n"));
+    }
+    s
+}
+
+#[tokio::test]
+async fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    hosts hosts.txt\n}\n")
+        .file("hosts.txt", big_hosts())
+        .start()
+        .await;
+    let c = Client::new(agent.udp());
+    // No EDNS: 512 bytes at most, TC set, what fits kept.
+    let m = c.udp_msg(&query("big.example.org.", RecordType::A)).await;
+    assert!(m.metadata.truncation, "TC set");
+    assert!(
+        m.answers.len() < 100 && !m.answers.is_empty(),
+        "{} answers",
+        m.answers.len()
+    );
+    assert!(m.to_vec().unwrap().len() <= 512);
+    // EDNS 4096, but the server caps UDP at 1232 by default.
+    let m = c
+        .udp_msg(&with_edns(query("big.example.org.", RecordType::A), 4096))
+        .await;
+    assert!(m.metadata.truncation);
+    let len = m.to_vec().unwrap().len();
+    assert!(len > 512 && len <= 1232, "{len} bytes");
+    assert!(m.edns.is_some(), "the OPT record survives truncation");
+    // TCP: everything.
+    let m = c.tcp("big.example.org.", RecordType::A).await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 100);
+}
+
+#[tokio::test]
+async fn max_udp_size_is_configurable() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    hosts hosts.txt\n}\n")
+        .file("hosts.txt", big_hosts())
+        .arg("--max-udp-size")
+        .arg("4096")
+        .start()
+        .await;
+    let c = Client::new(agent.udp());
+    let m = c
+        .udp_msg(&with_edns(query("big.example.org.", RecordType::A), 4096))
+        .await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 100);
+}
+
+#[tokio::test]
+async fn tcp_pipelined_queries_on_one_connection() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+        .start()
+        .await;
+    let c = Client::new(agent.tcp());
+    let mut s = c.connect().await;
+    // Twenty queries in one write, then read twenty answers.
+    let mut ids = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..20u16 {
+        let mut q = query(&format!("q{i}.example.org."), RecordType::A);
+        q.metadata.id = 1000 + i;
+        ids.push(q.metadata.id);
+        let raw = q.to_vec().unwrap();
+        buf.extend_from_slice(&u16::try_from(raw.len()).unwrap().to_be_bytes());
+        buf.extend_from_slice(&raw);
+    }
+    s.write_all(&buf).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let raw = read_frame(&mut s).await.expect("answer");
+        let m = Message::from_vec(&raw).unwrap();
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            format!("q{}.example.org.", m.metadata.id - 1000)
+        );
+        got.push(m.metadata.id);
+    }
+    got.sort_unstable();
+    assert_eq!(got, ids);
+}
+
+#[tokio::test]
+async fn tcp_length_prefix_split_across_writes() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+        .start()
+        .await;
+    let c = Client::new(agent.tcp());
+    let mut s = c.connect().await;
+    let q = query("split.example.org.", RecordType::A);
+    let raw = q.to_vec().unwrap();
+    let len = u16::try_from(raw.len()).unwrap().to_be_bytes();
+    // One byte of the prefix, then the other with half the message, then the rest.
+    s.write_all(&len[..1]).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(&len[1..]).await.unwrap();
+    s.write_all(&raw[..raw.len() / 2]).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(&raw[raw.len() / 2..]).await.unwrap();
+    let m = Message::from_vec(&read_frame(&mut s).await.expect("answer")).unwrap();
+    assert_eq!(m.metadata.id, q.metadata.id);
+}
+
+#[tokio::test]
+async fn tcp_idle_connections_are_closed() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+        .arg("--tcp-idle-timeout")
+        .arg("200ms")
+        .start()
+        .await;
+    let c = Client::new(agent.tcp());
+    let mut s = c.connect().await;
+    write_frame(
+        &mut s,
+        &query("a.example.org.", RecordType::A).to_vec().unwrap(),
+    )
+    .await;
+    assert!(read_frame(&mut s).await.is_some());
+    // Then nothing: the server closes (EOF) well before the client's timeout.
+    let started = std::time::Instant::now();
+    assert!(read_frame(&mut s).await.is_none(), "connection closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn tcp_connection_limit_holds() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+        .arg("--max-tcp-conns")
+        .arg("2")
+        .start()
+        .await;
+    let c = Client::new(agent.tcp());
+    let mut a = c.connect().await;
+    let mut b = c.connect().await;
+    for s in [&mut a, &mut b] {
+        write_frame(s, &query("a.example.org.", RecordType::A).to_vec().unwrap()).await;
+        assert!(read_frame(s).await.is_some(), "within the limit");
+    }
+    // The third is closed at once.
+    let mut third = c.connect().await;
+    let q = query("a.example.org.", RecordType::A).to_vec().unwrap();
+    let len = u16::try_from(q.len()).unwrap().to_be_bytes();
+    let _ = third.write_all(&len).await;
+    let _ = third.write_all(&q).await;
+    assert!(
+        read_frame(&mut third).await.is_none(),
+        "over the limit: closed"
+    );
+    // Closing one makes room.
+    drop(a);
+    let ok = nodedns_tests::wait_until(Duration::from_secs(5), || async {
+        let mut s = c.connect().await;
+        let q = query("b.example.org.", RecordType::A).to_vec().unwrap();
+        let len = u16::try_from(q.len()).unwrap().to_be_bytes();
+        if s.write_all(&len).await.is_err() || s.write_all(&q).await.is_err() {
+            return false;
+        }
+        read_frame(&mut s).await.is_some()
+    })
+    .await;
+    assert!(ok, "a slot frees when a connection closes");
+}
+
+#[tokio::test]
+async fn same_zone_on_two_ports() {
+    let (p1, p2) = (nodedns_tests::free_port(), nodedns_tests::free_port());
+    let agent = Agent::corefile(format!(
+        "example.org:{p1} example.org:{p2} {{\n    bind 127.0.0.1\n    whoami\n}}\n"
+    ))
+    .start()
+    .await;
+    let ports: Vec<u16> = agent
+        .listening
+        .iter()
+        .filter(|(t, _)| t == "udp")
+        .map(|(_, a)| a.port())
+        .collect();
+    assert_eq!(ports.len(), 2, "{:?}", agent.listening);
+    for p in ports {
+        let c = Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+        assert_eq!(
+            c.udp("a.example.org.", RecordType::A)
+                .await
+                .metadata
+                .response_code,
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            c.tcp("a.example.org.", RecordType::A)
+                .await
+                .metadata
+                .response_code,
+            ResponseCode::NoError
+        );
+    }
+}
+
+#[tokio::test]
+async fn several_zones_on_one_port() {
+    let agent = Agent::corefile(
+        "example.org:0 {\n    bind 127.0.0.1\n    whoami\n}\n\
+         example.net:0 {\n    bind 127.0.0.1\n    whoami\n}\n",
+    )
+    .start()
+    .await;
+    // Both blocks on port 0 share one listener (the same key), and route by zone.
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        c.udp("a.example.org.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        c.udp("a.example.net.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        c.udp("a.example.com.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::Refused
+    );
+}

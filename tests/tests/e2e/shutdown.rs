@@ -1,0 +1,97 @@
+//! Stopping: SIGTERM and SIGINT end the process cleanly; `health`'s
+//! lameduck keeps serving (and reporting healthy) for its duration.
+
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use nix::sys::signal::Signal;
+use nodedns_tests::{Agent, Client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` over plain HTTP/1.1; the status code, or `None` if the
+/// connection failed.
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        text.split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_exit_zero() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+            .start()
+            .await;
+        agent.signal(sig);
+        let status = agent
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("exits");
+        assert!(status.success(), "{sig}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn lameduck_keeps_serving_then_stops() {
+    let mut agent = Agent::corefile(
+        ".:0 {\n    bind 127.0.0.1\n    health 127.0.0.1:0 {\n        lameduck 1s\n    }\n    ready 127.0.0.1:0\n    whoami\n}\n",
+    )
+    .start()
+    .await;
+    let health = agent.http("health");
+    let ready = agent.http("ready");
+    assert_eq!(http_status(health, "/health").await, Some(200));
+    assert_eq!(http_status(ready, "/ready").await, Some(200));
+    let c = Client::new(agent.udp());
+    let sent = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    // During the lame duck: healthy, not ready, still answering. (Ready
+    // turning 503 proves the signal was handled before these queries.)
+    let ok = nodedns_tests::wait_until(Duration::from_secs(5), || async {
+        http_status(ready, "/ready").await == Some(503)
+    })
+    .await;
+    assert!(ok, "ready turns 503 at the stop signal");
+    assert_eq!(
+        http_status(health, "/health").await,
+        Some(200),
+        "healthy during lameduck"
+    );
+    assert_eq!(
+        c.udp("example.org.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        c.tcp("example.org.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits after lameduck");
+    assert!(status.success(), "{status}");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(1),
+        "not before the lameduck ended"
+    );
+}

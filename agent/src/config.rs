@@ -150,27 +150,16 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
             let BlockSetup {
                 plugins,
                 bind,
-                bind_except,
                 tasks: block_tasks,
             } = out;
             tasks.extend(block_tasks);
             let addrs: Vec<Option<IpAddr>> = match bind {
                 None => vec![None],
-                Some(list) => {
-                    let mut v: Vec<IpAddr> = list
-                        .into_iter()
-                        .filter(|a| !bind_except.contains(a))
-                        .collect();
-                    v.sort();
-                    v.dedup();
-                    if v.is_empty() {
-                        return Err(SetupError::new(
-                            &sb.file,
-                            sb.line,
-                            "bind: every address is excluded by 'except'",
-                        ));
-                    }
-                    v.into_iter().map(Some).collect()
+                // `bind` already resolved interfaces and applied `except`.
+                Some(mut list) => {
+                    list.sort();
+                    list.dedup();
+                    list.into_iter().map(Some).collect()
                 }
             };
             let block = Arc::new(Block {

@@ -49,8 +49,6 @@ pub struct BlockSetup {
     pub plugins: Vec<Box<dyn Plugin>>,
     /// Addresses from `bind`; `None` means every address.
     pub bind: Option<Vec<IpAddr>>,
-    /// `bind … { except … }` addresses to leave out.
-    pub bind_except: Vec<IpAddr>,
     /// Background tasks to run while this config serves.
     pub tasks: Vec<Task>,
 }
@@ -60,7 +58,6 @@ impl std::fmt::Debug for BlockSetup {
         f.debug_struct("BlockSetup")
             .field("plugins", &self.plugins)
             .field("bind", &self.bind)
-            .field("bind_except", &self.bind_except)
             .field("tasks", &self.tasks.len())
             .finish()
     }

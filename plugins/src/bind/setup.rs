@@ -121,10 +121,5 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
             bind.push(ip);
         }
     }
-    for ip in config.except {
-        if !bind.contains(&ip) && !c.out.bind_except.contains(&ip) {
-            c.out.bind_except.push(ip);
-        }
-    }
     Ok(())
 }

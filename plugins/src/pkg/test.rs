@@ -68,34 +68,7 @@ pub(crate) fn client() -> SocketAddr {
 
 /// Runs `plugin` then `next` on `raw`, as the server's chain would.
 pub(crate) fn run(plugin: &dyn Plugin, raw: &[u8], transport: Transport, next: Stub) -> Outcome {
-    let req = Request::parse(raw, client(), transport).expect("test query parses");
-    let server = ServerInfo {
-        name: Arc::from("dns://:53"),
-        zones: vec![".".into()],
-        port: 53,
-    };
-    let mut reply = Reply::new();
-    let mut cx = Context {
-        req: &req,
-        server: &server,
-        zone: &[0],
-        reply: &mut reply,
-        start: Instant::now(),
-    };
-    let flow = plugin.query(&mut cx);
-    match &flow {
-        Flow::Next => {
-            let _ = next.query(&mut cx);
-            plugin.response(&mut cx);
-        }
-        Flow::Fail(rc, _) => cx.reply.set_failed(*rc, None),
-        Flow::Answered | Flow::Drop => {}
-    }
-    let failed = reply.failed();
-    let msg = reply
-        .is_written()
-        .then(|| Message::from_vec(reply.finish().expect("encodes")).expect("decodes"));
-    Outcome { flow, msg, failed }
+    run_next(plugin, raw, transport, &next, Instant::now())
 }
 
 /// Runs a setup function on a one-block Corefile fragment such as
@@ -162,37 +135,7 @@ pub(crate) fn run_with(
     transport: Transport,
     next: &dyn Plugin,
 ) -> Outcome {
-    let req = Request::parse(raw, client(), transport).expect("test query parses");
-    let server = ServerInfo {
-        name: Arc::from("dns://:53"),
-        zones: vec![".".into()],
-        port: 53,
-    };
-    let mut reply = Reply::new();
-    let mut cx = Context {
-        req: &req,
-        server: &server,
-        zone: &[0],
-        reply: &mut reply,
-        start: Instant::now(),
-    };
-    let flow = plugin.query(&mut cx);
-    match &flow {
-        Flow::Next => {
-            match next.query(&mut cx) {
-                Flow::Fail(rc, _) => cx.reply.set_failed(rc, None),
-                Flow::Answered | Flow::Next | Flow::Drop => {}
-            }
-            plugin.response(&mut cx);
-        }
-        Flow::Fail(rc, _) => cx.reply.set_failed(*rc, None),
-        Flow::Answered | Flow::Drop => {}
-    }
-    let failed = reply.failed();
-    let msg = reply
-        .is_written()
-        .then(|| Message::from_vec(reply.finish().expect("encodes")).expect("decodes"));
-    Outcome { flow, msg, failed }
+    run_next(plugin, raw, transport, next, Instant::now())
 }
 
 // === Next plugins and a runner for response-phase plugins (log, errors) ===

@@ -36,6 +36,8 @@ pub struct Args {
     pub tcp_idle_timeout: Duration,
     /// `--max-tcp-conns N`.
     pub max_tcp_conns: usize,
+    /// `--max-inflight N`: queries waiting on upstreams at once.
+    pub max_inflight: usize,
     /// `--shutdown-timeout DURATION`: how long in-flight queries may take at stop.
     pub shutdown_timeout: Duration,
     /// `-h`, `--help`.
@@ -58,6 +60,7 @@ impl Default for Args {
             max_udp_size: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_conns: 1024,
+            max_inflight: 10_000,
             shutdown_timeout: Duration::from_secs(5),
             help: false,
         }
@@ -87,6 +90,7 @@ nodedns flags:
   --max-udp-size BYTES  cap on UDP replies, whatever the client advertises (default 1232)
   --tcp-idle-timeout D  close a TCP connection idle this long (default 10s)
   --max-tcp-conns N     most TCP connections at once (default 1024)
+  --max-inflight N      most queries waiting on upstreams at once; more are dropped (default 10000)
   --shutdown-timeout D  how long in-flight queries may finish at stop (default 5s)
   -h, --help            this text
 ";
@@ -142,6 +146,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             }
             "tcp-idle-timeout" => out.tcp_idle_timeout = duration(name, &value("a duration")?)?,
             "max-tcp-conns" => out.max_tcp_conns = number(name, &value("a count")?)?,
+            "max-inflight" => out.max_inflight = number(name, &value("a count")?)?,
             "shutdown-timeout" => out.shutdown_timeout = duration(name, &value("a duration")?)?,
             "h" | "help" => out.help = true,
             "localip" | "upstreamsvc" | "setupinterface" | "setupiptables" | "skipteardown"

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use nodedns_plugins::pkg::zones;
-use nodedns_plugins::setup::Task;
+use nodedns_plugins::setup::{BoundAddrs, Task};
 use nodedns_plugins::{
     BlockInfo, BlockSetup, Controller, Dispenser, Plugin, ServerInfo, Services, SetupError, Token,
 };
@@ -25,6 +25,8 @@ pub struct Block {
     pub info: ServerInfo,
     /// The plugins, in order.
     pub chain: Box<[Box<dyn Plugin>]>,
+    /// Where its listeners are bound (the server fills this in).
+    pub bound: Arc<BoundAddrs>,
 }
 
 /// Routes a query to the block with the longest matching zone.
@@ -35,8 +37,31 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router with one block for the root zone (tests build chains by hand).
+    #[cfg(test)]
+    pub(crate) fn single(chain: Vec<Box<dyn Plugin>>) -> Self {
+        let block = Block {
+            info: ServerInfo {
+                name: Arc::from("dns://:53"),
+                zones: vec![".".into()],
+                port: 53,
+            },
+            chain: chain.into_boxed_slice(),
+            bound: Arc::default(),
+        };
+        Self {
+            zones: HashMap::from([(Box::from(&[0u8][..]), 0)]),
+            blocks: vec![Arc::new(block)],
+        }
+    }
+
+    /// Every block this router serves.
+    pub fn blocks(&self) -> &[Arc<Block>] {
+        &self.blocks
+    }
+
     /// The block for a lower-cased wire-form name, and the zone that matched.
-    pub fn route<'a>(&'a self, name: &'a [u8]) -> Option<(&'a Block, &'a [u8])> {
+    pub fn route<'a>(&'a self, name: &'a [u8]) -> Option<(&'a Arc<Block>, &'a [u8])> {
         let mut pos = 0usize;
         loop {
             let suffix = name.get(pos..)?;
@@ -140,10 +165,12 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
                 .map(|k| k.zone.clone())
                 .collect();
             let server_name: Arc<str> = Arc::from(format!("dns://:{port}"));
+            let bound = Arc::new(BoundAddrs::default());
             let info = BlockInfo {
                 zones: zones_here.clone(),
                 port,
                 server_name: Arc::clone(&server_name),
+                bound: Arc::clone(&bound),
             };
             let mut out = BlockSetup::default();
             run_setups(sb, &info, &mut out, &mut services)?;
@@ -169,6 +196,7 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
                     port,
                 },
                 chain: plugins.into_boxed_slice(),
+                bound,
             });
             for addr in addrs {
                 let key = ListenKey { addr, port };

@@ -109,6 +109,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 idle_timeout: args.tcp_idle_timeout,
                 max_conns: args.max_tcp_conns,
             },
+            max_inflight: args.max_inflight,
         };
         // Signals are caught from here on, so a stop during start-up is graceful too.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

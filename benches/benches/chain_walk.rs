@@ -8,7 +8,7 @@ use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use nodedns::config::load_str;
 use nodedns::server::Limits;
-use nodedns::server::chain::handle;
+use nodedns::server::chain::{Handled, handle};
 use nodedns_plugins::{Reply, Transport};
 
 fn query(name: &str) -> Vec<u8> {
@@ -33,13 +33,16 @@ fn bench(c: &mut Criterion) {
         let mut reply = Reply::new();
         c.bench_function(&format!("chain walk: {label}"), |b| {
             b.iter(|| {
-                assert!(handle(
-                    &router,
-                    black_box(&raw),
-                    client,
-                    Transport::Udp,
-                    &mut reply,
-                    &limits
+                assert!(matches!(
+                    handle(
+                        &router,
+                        black_box(&raw),
+                        client,
+                        Transport::Udp,
+                        &mut reply,
+                        &limits
+                    ),
+                    Handled::Reply
                 ));
                 black_box(reply.wire().len());
             })
@@ -51,13 +54,16 @@ fn bench(c: &mut Criterion) {
     let mut reply = Reply::new();
     c.bench_function("refused (no zone matches)", |b| {
         b.iter(|| {
-            assert!(handle(
-                &router,
-                black_box(&raw),
-                client,
-                Transport::Udp,
-                &mut reply,
-                &limits
+            assert!(matches!(
+                handle(
+                    &router,
+                    black_box(&raw),
+                    client,
+                    Transport::Udp,
+                    &mut reply,
+                    &limits
+                ),
+                Handled::Reply
             ))
         })
     });

@@ -7,6 +7,8 @@
 //! async code would box a future per plugin per query.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -29,6 +31,10 @@ pub enum Flow {
     Fail(ResponseCode, Option<PluginError>),
     /// Send nothing at all.
     Drop,
+    /// The answer needs the network: the server copies the query and calls
+    /// this plugin's [`Plugin::upstream`] exchange off the receive path.
+    /// Returned only by plugins whose `upstream()` is `Some`.
+    Upstream,
 }
 
 /// Errors a plugin reports with [`Flow::Fail`].
@@ -62,6 +68,24 @@ pub trait Plugin: Send + Sync + 'static {
     /// Response phase, in reverse order, for every plugin that returned
     /// [`Flow::Next`]. The reply (or the failure) is in `cx.reply`.
     fn response(&self, _cx: &mut Context<'_>) {}
+    /// The network step of a plugin that returns [`Flow::Upstream`]
+    /// (forward, grpc). Others have none.
+    fn upstream(&self) -> Option<&dyn Upstream> {
+        None
+    }
+}
+
+/// The boxed future an [`Upstream`] exchange returns.
+pub type UpstreamFuture<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
+
+/// The asynchronous half of a plugin that waits on the network. Called
+/// only on a miss, on a task of its own, with the query copied out of the
+/// receive buffer. It writes the reply into `cx.reply` and returns
+/// [`Flow::Answered`], or returns [`Flow::Next`] (hand on, as forward's
+/// `next RCODE`) or [`Flow::Fail`].
+pub trait Upstream: Send + Sync {
+    /// Does the exchange.
+    fn exchange<'a>(&'a self, cx: &'a mut Context<'_>) -> UpstreamFuture<'a>;
 }
 
 impl fmt::Debug for dyn Plugin {

@@ -6,9 +6,9 @@
 //! NOTIMP, BADVERS). Nothing here allocates; the full `hickory_proto`
 //! message is parsed only when a plugin asks for it.
 
-use std::cell::OnceCell;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use hickory_proto::op::Message;
 
@@ -144,7 +144,7 @@ pub struct Request<'a> {
     edns: Option<Edns>,
     client: SocketAddr,
     transport: Transport,
-    message: OnceCell<Option<Message>>,
+    message: OnceLock<Option<Message>>,
 }
 
 impl fmt::Debug for Request<'_> {
@@ -202,7 +202,7 @@ impl<'a> Request<'a> {
             edns,
             client,
             transport,
-            message: OnceCell::new(),
+            message: OnceLock::new(),
         })
     }
 

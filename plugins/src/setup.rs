@@ -11,7 +11,7 @@ use crate::pkg::lifecycle::Readiness;
 use crate::plugin::Plugin;
 
 /// The server block a directive sits in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BlockInfo {
     /// The block's zones, normalised (`example.org.`, `.`).
     pub zones: Vec<String>,
@@ -19,6 +19,34 @@ pub struct BlockInfo {
     pub port: u16,
     /// CoreDNS's `server` label for this block: `dns://:53`.
     pub server_name: Arc<str>,
+    /// Where the block's listeners are bound, filled in when the server
+    /// starts (so a port 0 is known): for plugins that query their own
+    /// server, as `loop` does.
+    pub bound: Arc<BoundAddrs>,
+}
+
+/// The UDP addresses a block listens on, known once the server has bound.
+#[derive(Debug, Default)]
+pub struct BoundAddrs(std::sync::Mutex<Vec<std::net::SocketAddr>>);
+
+impl BoundAddrs {
+    /// Records an address (the server does this when it binds).
+    pub fn add(&self, addr: std::net::SocketAddr) {
+        let mut v = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !v.contains(&addr) {
+            v.push(addr);
+        }
+    }
+    /// The addresses recorded so far.
+    pub fn get(&self) -> Vec<std::net::SocketAddr> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A `health` endpoint asked for by a Corefile.

@@ -6,6 +6,7 @@
 //! the reply for a failure, and truncates to the client's UDP size.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::serialize::binary::BinEncodable;
@@ -14,7 +15,7 @@ use nodedns_plugins::request::{Header, ParseError};
 use nodedns_plugins::{Context, Flow, PluginError, Reply, Request, Transport};
 use tokio::time::Instant;
 
-use crate::config::Router;
+use crate::config::{Block, Router};
 
 /// Largest DNS message (the TCP length prefix is 16 bits).
 pub const MAX_MESSAGE: usize = 65535;
@@ -34,9 +35,26 @@ impl Default for Limits {
     }
 }
 
-/// Answers one packet. Returns false when nothing must be sent (not a
-/// query, too short, or a plugin dropped it); otherwise the reply is in
-/// `reply.wire()`.
+/// What the server must do with a packet.
+#[must_use]
+pub enum Handled {
+    /// Send `reply.wire()`.
+    Reply,
+    /// Send nothing (not a query, too short, or a plugin dropped it).
+    Drop,
+    /// A plugin needs the network: copy the query and [`resume`] it on a task.
+    Upstream(Pending),
+}
+
+/// Where a query that needs the network stopped.
+pub struct Pending {
+    block: Arc<Block>,
+    zone: Box<[u8]>,
+    at: usize,
+}
+
+/// Answers one packet as far as it can without waiting: the reply, a
+/// drop, or the plugin that must go to the network.
 pub fn handle(
     router: &Router,
     raw: &[u8],
@@ -44,23 +62,23 @@ pub fn handle(
     transport: Transport,
     reply: &mut Reply,
     limits: &Limits,
-) -> bool {
+) -> Handled {
     reply.clear();
     let start = Instant::now();
     let req = match Request::parse(raw, client, transport) {
         Ok(r) => r,
-        Err(ParseError::TooShort | ParseError::IsResponse) => return false,
+        Err(ParseError::TooShort | ParseError::IsResponse) => return Handled::Drop,
         Err(ParseError::FormErr(h)) => {
             header_only(reply, &h, ResponseCode::FormErr);
-            return true;
+            return Handled::Reply;
         }
         Err(ParseError::NotImp(h)) => {
             header_only(reply, &h, ResponseCode::NotImp);
-            return true;
+            return Handled::Reply;
         }
         Err(ParseError::BadVers(h)) => {
             bad_version(reply, &h);
-            return true;
+            return Handled::Reply;
         }
     };
     let Some((block, zone)) = router.route(req.qname_lower()) else {
@@ -74,44 +92,129 @@ pub fn handle(
         reply,
         start,
     };
+    let (flow, reached) = walk(&block.chain, &mut cx, 0);
+    if let Flow::Upstream = flow {
+        return Handled::Upstream(Pending {
+            block: Arc::clone(block),
+            zone: zone.into(),
+            at: reached,
+        });
+    }
+    complete(&block.chain, &mut cx, flow, reached, limits)
+}
+
+/// Continues a query after its plugin's network step, through the rest of
+/// the chain, and returns the reply to send (`None`: send nothing).
+pub async fn resume(
+    pending: Pending,
+    raw: &[u8],
+    client: SocketAddr,
+    transport: Transport,
+    limits: Limits,
+) -> Option<Vec<u8>> {
+    let start = Instant::now();
+    let req = Request::parse(raw, client, transport).ok()?;
+    let Pending {
+        block,
+        zone,
+        mut at,
+    } = pending;
     let chain = &block.chain;
-    let mut reached = 0usize;
+    let mut reply = Reply::new();
+    let mut cx = Context {
+        req: &req,
+        server: &block.info,
+        zone: &zone,
+        reply: &mut reply,
+        start,
+    };
+    // Bounded: each round moves `at` forward through the chain.
     let flow = loop {
-        let Some(p) = chain.get(reached) else {
-            let plugin = chain.last().map_or("server", |p| p.name());
-            break Flow::Fail(
-                ResponseCode::ServFail,
-                Some(PluginError::NoNextPlugin { plugin }),
-            );
+        let Some(up) = chain.get(at).and_then(|p| p.upstream()) else {
+            break Flow::Fail(ResponseCode::ServFail, None);
         };
-        match p.query(&mut cx) {
-            Flow::Next => reached += 1,
+        match up.exchange(&mut cx).await {
+            Flow::Next => {
+                let (flow, reached) = walk(chain, &mut cx, at + 1);
+                at = reached;
+                if !matches!(flow, Flow::Upstream) {
+                    break flow;
+                }
+            }
+            // Only `query` may ask for the network.
+            Flow::Upstream => break Flow::Fail(ResponseCode::ServFail, None),
             other => break other,
         }
     };
+    match complete(chain, &mut cx, flow, at, &limits) {
+        Handled::Reply => Some(reply.wire().to_vec()),
+        Handled::Drop | Handled::Upstream(_) => None,
+    }
+}
+
+/// Runs the `query` steps from `from` until a plugin decides. Returns the
+/// decision and the index of the plugin that made it (the chain's length
+/// when the chain ran out).
+fn walk(
+    chain: &[Box<dyn nodedns_plugins::Plugin>],
+    cx: &mut Context<'_>,
+    from: usize,
+) -> (Flow, usize) {
+    let mut at = from;
+    loop {
+        let Some(p) = chain.get(at) else {
+            let plugin = chain.last().map_or("server", |p| p.name());
+            return (
+                Flow::Fail(
+                    ResponseCode::ServFail,
+                    Some(PluginError::NoNextPlugin { plugin }),
+                ),
+                at,
+            );
+        };
+        match p.query(cx) {
+            Flow::Next => at += 1,
+            Flow::Upstream if p.upstream().is_none() => {
+                return (Flow::Fail(ResponseCode::ServFail, None), at);
+            }
+            other => return (other, at),
+        }
+    }
+}
+
+/// After the chain decided: records a failure, runs the `response` steps
+/// of the plugins before `reached` in reverse, writes the reply for a
+/// failure, and encodes.
+fn complete(
+    chain: &[Box<dyn nodedns_plugins::Plugin>],
+    cx: &mut Context<'_>,
+    flow: Flow,
+    reached: usize,
+    limits: &Limits,
+) -> Handled {
     match flow {
-        Flow::Drop => return false,
+        Flow::Drop => return Handled::Drop,
         Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
-        Flow::Answered | Flow::Next => {}
+        Flow::Answered | Flow::Next | Flow::Upstream => {}
     }
     for p in chain[..reached.min(chain.len())].iter().rev() {
-        p.response(&mut cx);
+        p.response(cx);
     }
-    if !reply.is_written() {
-        let rc = reply.failed().unwrap_or(ResponseCode::ServFail);
-        reply.set_message(error_for(&req, rc));
+    if !cx.reply.is_written() {
+        let rc = cx.reply.failed().unwrap_or(ResponseCode::ServFail);
+        cx.reply.set_message(error_for(cx.req, rc));
     }
-    finish(reply, &req, limits)
+    finish(cx.reply, cx.req, limits)
 }
 
 /// Encodes the reply and fits it to the transport's size.
-fn finish(reply: &mut Reply, req: &Request<'_>, limits: &Limits) -> bool {
+fn finish(reply: &mut Reply, req: &Request<'_>, limits: &Limits) -> Handled {
     let len = match reply.finish() {
         Ok(w) => w.len(),
         Err(e) => {
             tracing::debug!(error = %e, "encoding reply failed");
             header_only(reply, req.header(), ResponseCode::ServFail);
-            return true;
+            return Handled::Reply;
         }
     };
     let limit = match req.transport() {
@@ -121,7 +224,7 @@ fn finish(reply: &mut Reply, req: &Request<'_>, limits: &Limits) -> bool {
     if len > limit {
         truncate(reply, req, limit);
     }
-    true
+    Handled::Reply
 }
 
 /// Keeps as many records as fit in `limit` (answer, then authority, then
@@ -215,7 +318,7 @@ mod tests {
     use hickory_proto::op::{Edns, Query};
     use hickory_proto::rr::{Name, RecordType};
 
-    fn router(corefile: &str) -> std::sync::Arc<Router> {
+    fn router(corefile: &str) -> Arc<Router> {
         let c = load_str(corefile).unwrap();
         c.listeners.values().next().unwrap().clone()
     }
@@ -234,15 +337,114 @@ mod tests {
 
     fn ask(r: &Router, raw: &[u8], t: Transport) -> Option<Message> {
         let mut reply = Reply::new();
-        handle(
+        let handled = handle(
             r,
             raw,
             "127.0.0.1:9".parse().unwrap(),
             t,
             &mut reply,
             &Limits::default(),
-        )
-        .then(|| Message::from_vec(reply.wire()).unwrap())
+        );
+        matches!(handled, Handled::Reply).then(|| Message::from_vec(reply.wire()).unwrap())
+    }
+
+    /// A plugin that goes to the "network" (a timer) and answers, or hands on.
+    struct Slow {
+        hand_on: bool,
+    }
+    impl nodedns_plugins::Plugin for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn query(&self, _cx: &mut Context<'_>) -> Flow {
+            Flow::Upstream
+        }
+        fn upstream(&self) -> Option<&dyn nodedns_plugins::plugin::Upstream> {
+            Some(self)
+        }
+    }
+    impl nodedns_plugins::plugin::Upstream for Slow {
+        fn exchange<'a>(
+            &'a self,
+            cx: &'a mut Context<'_>,
+        ) -> nodedns_plugins::plugin::UpstreamFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                if self.hand_on {
+                    return Flow::Next;
+                }
+                let mut m = nodedns_plugins::pkg::response::reply_for(cx.req);
+                m.metadata.authoritative = true;
+                cx.answer(m)
+            })
+        }
+    }
+
+    /// Counts response hooks, to see they run after the network step.
+    struct Hook(std::sync::atomic::AtomicUsize);
+    impl nodedns_plugins::Plugin for Hook {
+        fn name(&self) -> &'static str {
+            "hook"
+        }
+        fn query(&self, _cx: &mut Context<'_>) -> Flow {
+            Flow::Next
+        }
+        fn response(&self, _cx: &mut Context<'_>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn upstream_flow_resumes_off_the_receive_path() {
+        let raw = query("example.org.", None);
+        let client = "127.0.0.1:9".parse().unwrap();
+        for hand_on in [false, true] {
+            let hook = Arc::new(Hook(std::sync::atomic::AtomicUsize::new(0)));
+            struct Shared(Arc<Hook>);
+            impl nodedns_plugins::Plugin for Shared {
+                fn name(&self) -> &'static str {
+                    "hook"
+                }
+                fn query(&self, cx: &mut Context<'_>) -> Flow {
+                    self.0.query(cx)
+                }
+                fn response(&self, cx: &mut Context<'_>) {
+                    self.0.response(cx);
+                }
+            }
+            let mut chain: Vec<Box<dyn nodedns_plugins::Plugin>> = vec![
+                Box::new(Shared(Arc::clone(&hook))),
+                Box::new(Slow { hand_on }),
+            ];
+            if hand_on {
+                chain.push(Box::new(nodedns_plugins::whoami::Whoami));
+            }
+            let r = Router::single(chain);
+            let mut reply = Reply::new();
+            let Handled::Upstream(p) = handle(
+                &r,
+                &raw,
+                client,
+                Transport::Udp,
+                &mut reply,
+                &Limits::default(),
+            ) else {
+                panic!("expected the upstream step");
+            };
+            assert_eq!(
+                hook.0.load(std::sync::atomic::Ordering::Relaxed),
+                0,
+                "hooks wait for the reply"
+            );
+            let bytes = resume(p, &raw, client, Transport::Udp, Limits::default())
+                .await
+                .expect("a reply");
+            let m = Message::from_vec(&bytes).unwrap();
+            assert_eq!(m.metadata.id, 7);
+            assert_eq!(hook.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+            // Handing on reaches whoami (additional records); answering does not.
+            assert_eq!(m.additionals.len(), if hand_on { 2 } else { 0 });
+        }
     }
 
     #[test]
@@ -264,13 +466,16 @@ mod tests {
         let mut raw = query("example.org.", None);
         raw.truncate(raw.len() - 2);
         let mut reply = Reply::new();
-        assert!(handle(
-            &r,
-            &raw,
-            "127.0.0.1:9".parse().unwrap(),
-            Transport::Udp,
-            &mut reply,
-            &Limits::default()
+        assert!(matches!(
+            handle(
+                &r,
+                &raw,
+                "127.0.0.1:9".parse().unwrap(),
+                Transport::Udp,
+                &mut reply,
+                &Limits::default()
+            ),
+            Handled::Reply
         ));
         assert_eq!(reply.wire().len(), 12);
         assert_eq!(reply.wire()[3] & 0x0f, 1);
@@ -281,13 +486,16 @@ mod tests {
         let mut raw = query("example.org.", None);
         raw[2] |= 4 << 3; // NOTIFY
         let mut reply = Reply::new();
-        assert!(handle(
-            &r,
-            &raw,
-            "127.0.0.1:9".parse().unwrap(),
-            Transport::Udp,
-            &mut reply,
-            &Limits::default()
+        assert!(matches!(
+            handle(
+                &r,
+                &raw,
+                "127.0.0.1:9".parse().unwrap(),
+                Transport::Udp,
+                &mut reply,
+                &Limits::default()
+            ),
+            Handled::Reply
         ));
         assert_eq!(reply.wire()[3] & 0x0f, 4);
     }

@@ -32,6 +32,9 @@ pub struct Options {
     pub limits: Limits,
     /// TCP settings.
     pub tcp: TcpOptions,
+    /// Most queries waiting on upstreams at once, over every listener;
+    /// past it new ones are dropped.
+    pub max_inflight: usize,
 }
 
 impl Default for Options {
@@ -41,8 +44,17 @@ impl Default for Options {
             udp_rcvbuf: 8 << 20,
             limits: Limits::default(),
             tcp: TcpOptions::default(),
+            max_inflight: 10_000,
         }
     }
+}
+
+/// What a listener needs to continue a query on the runtime.
+#[derive(Debug)]
+pub(crate) struct UpstreamCtx {
+    runtime: tokio::runtime::Handle,
+    permits: Arc<tokio::sync::Semaphore>,
+    tracker: Arc<Tracker>,
 }
 
 /// Counts tasks in flight so shutdown can wait for them.
@@ -114,6 +126,11 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let stop_udp = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Tracker::default());
+        let up = Arc::new(UpstreamCtx {
+            runtime: tokio::runtime::Handle::current(),
+            permits: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
+            tracker: Arc::clone(&conns),
+        });
         let mut server = Self {
             stop_udp: Arc::clone(&stop_udp),
             shutdown,
@@ -129,14 +146,29 @@ impl Server {
             let tcp_addr = tcp.local_addr()?;
             for (i, u) in udps.into_iter().enumerate() {
                 if i == 0 {
-                    server.bound.push((Transport::Udp, u.local_addr()?));
+                    let addr = u.local_addr()?;
+                    server.bound.push((Transport::Udp, addr));
+                    let reachable = match addr.ip() {
+                        ip if ip.is_unspecified() && addr.is_ipv6() => {
+                            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+                        }
+                        ip if ip.is_unspecified() => {
+                            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+                        }
+                        _ => addr,
+                    };
+                    for b in router_blocks(&shared) {
+                        b.bound.add(reachable);
+                    }
                 }
                 let shared = Arc::clone(&shared);
                 let stop = Arc::clone(&stop_udp);
                 let limits = opts.limits;
+                let up = Arc::clone(&up);
+                let u = Arc::new(u);
                 let handle = std::thread::Builder::new()
                     .name(format!("udp-{}-{i}", tcp_addr.port()))
-                    .spawn(move || udp::serve(u, shared, limits, stop))?;
+                    .spawn(move || udp::serve(u, shared, limits, stop, up))?;
                 server.udp_threads.push(handle);
             }
             server.bound.push((Transport::Tcp, tcp_addr));
@@ -148,7 +180,7 @@ impl Server {
                 opts.limits,
                 opts.tcp,
                 server.shutdown.subscribe(),
-                Arc::clone(&conns),
+                Arc::clone(&up),
             )));
         }
         Ok(server)
@@ -176,6 +208,10 @@ impl Server {
         })
         .await;
     }
+}
+
+fn router_blocks(shared: &ArcSwap<Router>) -> Vec<Arc<crate::config::Block>> {
+    shared.load().blocks().to_vec()
 }
 
 /// Binds a TCP listener and `n` UDP sockets on the same port. For port 0,

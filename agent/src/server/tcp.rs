@@ -8,12 +8,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use nodedns_plugins::{Reply, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::timeout;
 
-use super::Tracker;
-use super::chain::{Limits, handle};
+use super::UpstreamCtx;
+use super::chain::{Handled, Limits, handle, resume};
 use crate::config::Router;
 
 /// TCP settings.
@@ -34,6 +35,12 @@ impl Default for TcpOptions {
     }
 }
 
+/// Replies a connection may have waiting on upstreams at once; past it,
+/// the connection stops reading until one completes.
+const PENDING_PER_CONN: usize = 128;
+/// Replies queued for the writer.
+const WRITE_QUEUE: usize = 64;
+
 /// Accepts connections until shutdown.
 pub(super) async fn serve(
     listener: TcpListener,
@@ -41,7 +48,7 @@ pub(super) async fn serve(
     limits: Limits,
     opts: TcpOptions,
     mut shutdown: watch::Receiver<bool>,
-    tracker: Arc<Tracker>,
+    up: Arc<UpstreamCtx>,
 ) {
     let permits = Arc::new(Semaphore::new(opts.max_conns));
     loop {
@@ -65,17 +72,18 @@ pub(super) async fn serve(
         };
         let router = Arc::clone(&router);
         let shutdown = shutdown.clone();
-        let guard = tracker.enter();
+        let guard = up.tracker.enter();
+        let up = Arc::clone(&up);
         tokio::spawn(async move {
-            connection(stream, peer, router, limits, opts, shutdown).await;
+            connection(stream, peer, router, limits, opts, shutdown, up).await;
             drop(permit);
             drop(guard);
         });
     }
 }
 
-/// Serves one connection: reads queries, answers each, and flushes when
-/// no further query is already buffered (so pipelined answers batch).
+/// Serves one connection: reads queries and answers each as it completes
+/// (out of order when some wait on an upstream), through a writer task.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -83,12 +91,15 @@ async fn connection(
     limits: Limits,
     opts: TcpOptions,
     mut shutdown: watch::Receiver<bool>,
+    up: Arc<UpstreamCtx>,
 ) {
     let _ = stream.set_nodelay(true);
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(8 * 1024, rd);
-    let mut wr = BufWriter::with_capacity(8 * 1024, wr);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writer = tokio::spawn(write_replies(wr, rx, opts.idle_timeout));
+    let pending = Arc::new(Semaphore::new(PENDING_PER_CONN));
     let mut buf = Vec::new();
     let mut reply = Reply::new();
     loop {
@@ -107,31 +118,69 @@ async fn connection(
             Ok(Ok(_)) => {}
             _ => break,
         }
-        let answered = {
+        let handled = {
             let current = router.load();
             handle(&current, &buf, peer, Transport::Tcp, &mut reply, &limits)
         };
-        if answered {
-            let wire = reply.wire();
-            let Ok(len) = u16::try_from(wire.len()) else {
-                break;
-            };
-            if wr.write_all(&len.to_be_bytes()).await.is_err() || wr.write_all(wire).await.is_err()
-            {
-                break;
+        match handled {
+            Handled::Reply => {
+                if tx.send(reply.wire().to_vec()).await.is_err() {
+                    break;
+                }
+            }
+            Handled::Drop => {}
+            Handled::Upstream(p) => {
+                let Ok(slot) = Arc::clone(&pending).acquire_owned().await else {
+                    break;
+                };
+                let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many queries waiting on upstreams; dropping one");
+                    continue;
+                };
+                let guard = up.tracker.enter();
+                let tx = tx.clone();
+                let raw = buf.clone();
+                tokio::spawn(async move {
+                    if let Some(bytes) = resume(p, &raw, peer, Transport::Tcp, limits).await {
+                        let _ = tx.send(bytes).await;
+                    }
+                    drop((slot, permit, guard));
+                });
             }
         }
-        if rd.buffer().is_empty()
-            && timeout(opts.idle_timeout, wr.flush())
-                .await
-                .map_or(true, |r| r.is_err())
-        {
-            break;
+    }
+    // The writer ends once the last pending reply is sent.
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Writes length-prefixed replies as they arrive, flushing when none is queued.
+async fn write_replies(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, limit: Duration) {
+    let mut out = BufWriter::with_capacity(8 * 1024, wr);
+    while let Some(mut bytes) = rx.recv().await {
+        loop {
+            let Ok(len) = u16::try_from(bytes.len()) else {
+                return;
+            };
+            let written = timeout(limit, async {
+                out.write_all(&len.to_be_bytes()).await?;
+                out.write_all(&bytes).await
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
+                return;
+            }
+            match rx.try_recv() {
+                Ok(next) => bytes = next,
+                Err(_) => break,
+            }
+        }
+        if !matches!(timeout(limit, out.flush()).await, Ok(Ok(()))) {
+            return;
         }
     }
     let _ = timeout(Duration::from_secs(1), async {
-        let _ = wr.flush().await;
-        let _ = wr.shutdown().await;
+        let _ = out.shutdown().await;
     })
     .await;
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use nix::errno::Errno;
 use nix::sys::socket::{
-    MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, setsockopt, sockopt,
+    MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto, setsockopt, sockopt,
 };
 use nodedns_plugins::{Reply, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -21,7 +21,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use hickory_proto::op::ResponseCode;
 use nodedns_plugins::request::Header;
 
-use super::chain::{Limits, handle, header_only};
+use super::UpstreamCtx;
+use super::chain::{Handled, Limits, Pending, handle, header_only, resume};
 use crate::config::Router;
 
 /// Datagrams read per `recvmmsg`.
@@ -51,10 +52,11 @@ pub(super) fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<UdpSocket> {
 
 /// Serves one socket until `stop` is set. Runs on its own thread.
 pub(super) fn serve(
-    sock: UdpSocket,
+    sock: Arc<UdpSocket>,
     router: Arc<ArcSwap<Router>>,
     limits: Limits,
     stop: Arc<AtomicBool>,
+    up: Arc<UpstreamCtx>,
 ) {
     let fd = sock.as_raw_fd();
     let mut recv_buf = vec![0u8; BATCH * RECV_SIZE];
@@ -110,18 +112,27 @@ pub(super) fn serve(
                 raw
             };
             let reply = &mut replies[out];
-            let send = if truncated {
+            let handled = if truncated {
                 // The kernel cut it: answer FORMERR from the header alone.
-                Header::read(raw).is_some_and(|h| {
-                    header_only(reply, &h, ResponseCode::FormErr);
-                    true
-                })
+                match Header::read(raw) {
+                    Some(h) => {
+                        header_only(reply, &h, ResponseCode::FormErr);
+                        Handled::Reply
+                    }
+                    None => Handled::Drop,
+                }
             } else {
                 handle(&current, raw, client, Transport::Udp, reply, &limits)
             };
-            if send {
-                to[out] = Some(addr);
-                out += 1;
+            match handled {
+                Handled::Reply => {
+                    to[out] = Some(addr);
+                    out += 1;
+                }
+                Handled::Drop => {}
+                Handled::Upstream(pending) => {
+                    spawn_upstream(&up, &sock, pending, raw, client, addr, limits);
+                }
             }
         }
         drop(current);
@@ -161,6 +172,49 @@ fn send_batch(
             Err(e) => {
                 tracing::debug!(error = %e, "udp send failed");
                 start += 1;
+            }
+        }
+    }
+}
+
+/// Continues a query that needs the network on a task, then sends its
+/// reply from there. Over the in-flight bound, the query is dropped (the
+/// client retries), as a loaded server must.
+fn spawn_upstream(
+    up: &Arc<UpstreamCtx>,
+    sock: &Arc<UdpSocket>,
+    pending: Pending,
+    raw: &[u8],
+    client: SocketAddr,
+    addr: SockaddrStorage,
+    limits: Limits,
+) {
+    let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
+        tracing::debug!(%client, "too many queries waiting on upstreams; dropping one");
+        return;
+    };
+    let guard = up.tracker.enter();
+    let sock = Arc::clone(sock);
+    let raw = raw.to_vec();
+    up.runtime.spawn(async move {
+        if let Some(bytes) = resume(pending, &raw, client, Transport::Udp, limits).await {
+            send_one(&sock, &bytes, &addr).await;
+        }
+        drop(permit);
+        drop(guard);
+    });
+}
+
+/// Sends one datagram without blocking the runtime: a full socket buffer
+/// is retried a few times, then the reply is dropped.
+async fn send_one(sock: &UdpSocket, bytes: &[u8], to: &SockaddrStorage) {
+    for _ in 0..4 {
+        match sendto(sock.as_raw_fd(), bytes, to, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => return,
+            Err(Errno::EAGAIN | Errno::EINTR) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "udp send failed");
+                return;
             }
         }
     }

@@ -125,6 +125,7 @@ fn setup_blocks(blocks: &[&str]) -> Vec<HealthConfig> {
         zones: vec![".".into()],
         port: 53,
         server_name: Arc::from("dns://:53"),
+        bound: Arc::default(),
     };
     let mut services = Services::default();
     for text in blocks {

@@ -23,6 +23,7 @@ fn block() -> BlockInfo {
         zones: vec![".".into()],
         port: 53,
         server_name: Arc::from("dns://:53"),
+        bound: Arc::default(),
     }
 }
 
@@ -265,7 +266,7 @@ fn ask(p: &dyn Plugin, name: &str, qtype: RecordType) -> Got {
             assert_eq!(m.queries[0].name().to_string(), name);
             Got::Answer(m.answers.iter().map(ToString::to_string).collect())
         }
-        Flow::Drop => panic!("dropped"),
+        Flow::Drop | Flow::Upstream => panic!("hosts never drops or goes upstream"),
     }
 }
 

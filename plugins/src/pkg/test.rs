@@ -84,6 +84,7 @@ pub(crate) fn setup(
         zones: vec![".".into()],
         port: 53,
         server_name: Arc::from("dns://:53"),
+        bound: Arc::default(),
     };
     let mut out = BlockSetup::default();
     let mut services = Services::default();
@@ -239,7 +240,7 @@ pub(crate) fn run_next(
             plugin.response(&mut cx);
         }
         Flow::Fail(rc, _) => cx.reply.set_failed(*rc, None),
-        Flow::Answered | Flow::Drop => {}
+        Flow::Answered | Flow::Drop | Flow::Upstream => {}
     }
     let failed = reply.failed();
     let msg = reply

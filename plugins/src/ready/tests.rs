@@ -82,6 +82,7 @@ fn blocks_share_an_address() {
         zones: vec![".".into()],
         port: 53,
         server_name: Arc::from("dns://:53"),
+        bound: Arc::default(),
     };
     let mut services = Services::default();
     for text in ["ready", "ready :8181", "ready 127.0.0.1:8182", "ready"] {

@@ -40,6 +40,8 @@ pub struct Args {
     pub max_inflight: usize,
     /// `--shutdown-timeout DURATION`: how long in-flight queries may take at stop.
     pub shutdown_timeout: Duration,
+    /// `--resolv-conf FILE`: the upstreams of the embedded default.
+    pub resolv_conf: PathBuf,
     /// `-h`, `--help`.
     pub help: bool,
 }
@@ -62,6 +64,7 @@ impl Default for Args {
             max_tcp_conns: 1024,
             max_inflight: 10_000,
             shutdown_timeout: Duration::from_secs(5),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
             help: false,
         }
     }
@@ -74,7 +77,8 @@ nodedns: a node-local DNS cache agent that runs CoreDNS Corefiles
 Usage: nodedns [-conf FILE] [flags]
 
 CoreDNS flags (one or two dashes; `-flag value` or `-flag=value`):
-  -conf FILE            Corefile to load (default: ./Corefile, else the embedded default)
+  -conf FILE            Corefile to load (default: ./Corefile, else the embedded default,
+                        a forwarder to the --resolv-conf resolvers with loop detection)
   -dns.port N           port for server blocks that name none (default 53)
   -plugins              list the compiled plugins in chain order and exit
   -version              print the version and exit
@@ -92,6 +96,7 @@ nodedns flags:
   --max-tcp-conns N     most TCP connections at once (default 1024)
   --max-inflight N      most queries waiting on upstreams at once; more are dropped (default 10000)
   --shutdown-timeout D  how long in-flight queries may finish at stop (default 5s)
+  --resolv-conf FILE    upstreams of the embedded default (default /etc/resolv.conf)
   -h, --help            this text
 ";
 
@@ -148,6 +153,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             "max-tcp-conns" => out.max_tcp_conns = number(name, &value("a count")?)?,
             "max-inflight" => out.max_inflight = number(name, &value("a count")?)?,
             "shutdown-timeout" => out.shutdown_timeout = duration(name, &value("a duration")?)?,
+            "resolv-conf" => out.resolv_conf = PathBuf::from(value("a file")?),
             "h" | "help" => out.help = true,
             "localip" | "upstreamsvc" | "setupinterface" | "setupiptables" | "skipteardown"
             | "interfacename" | "health-port" => {

@@ -16,8 +16,14 @@ use nodedns::server::{Limits, Options, Server, TcpOptions};
 use nodedns_plugins::pkg::lifecycle::Lifecycle;
 use tokio::net::TcpListener;
 
-/// Served when no Corefile is given or found.
-const DEFAULT_COREFILE: &str = ". {\n    whoami\n    log\n}\n";
+/// Served when no Corefile is given or found: a forwarder to the node's
+/// resolvers (`--resolv-conf`), with loop detection.
+fn default_corefile(resolv_conf: &Path) -> String {
+    format!(
+        ". {{\n    errors\n    loop\n    forward . {}\n}}\n",
+        resolv_conf.display()
+    )
+}
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args().skip(1)) {
@@ -74,7 +80,7 @@ fn load(args: &Args) -> anyhow::Result<Config> {
             let text = std::fs::read_to_string("Corefile").context("reading ./Corefile")?;
             ("Corefile".to_string(), text)
         }
-        None => ("Corefile".to_string(), DEFAULT_COREFILE.to_string()),
+        None => ("Corefile".to_string(), default_corefile(&args.resolv_conf)),
     };
     let dir = args
         .conf

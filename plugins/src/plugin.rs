@@ -47,6 +47,32 @@ pub enum PluginError {
         /// The plugin that passed the query on (or `server`).
         plugin: &'static str,
     },
+    /// Every upstream is marked down and `failfast_all_unhealthy_upstreams` is set,
+    /// or no upstream could be tried before the deadline.
+    #[error("plugin/{plugin}: no healthy upstreams")]
+    NoHealthy {
+        /// The plugin.
+        plugin: &'static str,
+    },
+    /// `max_concurrent` queries are already waiting on upstreams.
+    #[error("plugin/{plugin}: concurrent queries exceeded maximum {max}")]
+    MaxConcurrent {
+        /// The plugin.
+        plugin: &'static str,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The last upstream tried failed (timeout, connection, TLS).
+    #[error("plugin/{plugin}: {to}: {source}")]
+    Upstream {
+        /// The plugin.
+        plugin: &'static str,
+        /// The upstream's address.
+        to: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A reply could not be built or encoded.
     #[error("plugin/{plugin}: encoding the reply: {source}")]
     Encode {

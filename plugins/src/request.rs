@@ -427,6 +427,21 @@ pub fn is_subdomain(name: &[u8], zone: &[u8]) -> bool {
     }
 }
 
+/// Reads the question of a message: its name lower-cased into `lower`
+/// (uncompressed, as the first name of a message must be), type and class.
+/// Returns the name's length in wire form, the type, the class and the
+/// offset just past the question. `None` when it does not read.
+pub(crate) fn read_question(
+    raw: &[u8],
+    lower: &mut [u8; MAX_NAME],
+) -> Option<(usize, u16, u16, usize)> {
+    let name_end = read_question_name(raw, lower)?;
+    let fixed = raw.get(name_end..name_end + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    Some((name_end - HEADER_LEN, qtype, qclass, name_end + 4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 
 /// How long one exchange may take.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub const TIMEOUT: Duration = Duration::from_secs(6);
+/// UDP tries within [`TIMEOUT`].
+const UDP_TRIES: u32 = 3;
 
 /// Builds a query: RD set, random ID.
 pub fn query(name: &str, qtype: RecordType) -> Message {
@@ -84,12 +86,19 @@ impl Client {
     }
 
     /// Sends raw bytes over UDP; the reply bytes, or `None` if none came
-    /// within the timeout.
+    /// within the timeout. Like a real client (dig tries three times), it
+    /// sends again when a try goes unanswered: loopback drops datagrams
+    /// when a receive buffer fills under load.
     pub async fn udp_raw(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        self.udp_raw_within(raw, TIMEOUT).await
+        for _ in 0..UDP_TRIES {
+            if let Some(r) = self.udp_raw_within(raw, TIMEOUT / UDP_TRIES).await {
+                return Some(r);
+            }
+        }
+        None
     }
 
-    /// Sends raw bytes over UDP and waits at most `within` for a reply.
+    /// Sends raw bytes over UDP once and waits at most `within` for a reply.
     pub async fn udp_raw_within(&self, raw: &[u8], within: Duration) -> Option<Vec<u8>> {
         let bind: SocketAddr = if self.server.is_ipv6() {
             "[::1]:0"

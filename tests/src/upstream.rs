@@ -42,6 +42,7 @@ struct State {
     udp_queries: AtomicUsize,
     tcp_queries: AtomicUsize,
     tcp_connections: AtomicUsize,
+    tcp_open: AtomicUsize,
 }
 
 /// Builder for a [`FakeUpstream`].
@@ -49,6 +50,7 @@ struct State {
 pub struct FakeUpstreamBuilder {
     state: State,
     ttl: u32,
+    tls: bool,
 }
 
 /// A running fake upstream. Stops on drop.
@@ -56,6 +58,10 @@ pub struct FakeUpstreamBuilder {
 pub struct FakeUpstream {
     /// Its address (UDP and TCP).
     pub addr: SocketAddr,
+    /// With [`FakeUpstreamBuilder::tls`]: its DNS-over-TLS address and the
+    /// PEM of the CA that signed its certificate (for `dns.example.test`
+    /// and 127.0.0.1).
+    pub tls: Option<(SocketAddr, String)>,
     state: Arc<State>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -78,8 +84,10 @@ impl FakeUpstream {
                 udp_queries: AtomicUsize::new(0),
                 tcp_queries: AtomicUsize::new(0),
                 tcp_connections: AtomicUsize::new(0),
+                tcp_open: AtomicUsize::new(0),
             },
             ttl: 300,
+            tls: false,
         }
     }
     /// Changes the fault mode.
@@ -105,9 +113,13 @@ impl FakeUpstream {
     pub fn tcp_queries(&self) -> usize {
         self.state.tcp_queries.load(Ordering::Relaxed)
     }
-    /// TCP connections accepted.
+    /// TCP (and TLS) connections accepted.
     pub fn tcp_connections(&self) -> usize {
         self.state.tcp_connections.load(Ordering::Relaxed)
+    }
+    /// TCP (and TLS) connections open now.
+    pub fn tcp_open(&self) -> usize {
+        self.state.tcp_open.load(Ordering::Relaxed)
     }
 }
 
@@ -146,6 +158,12 @@ impl FakeUpstreamBuilder {
     /// TTL of the records added after this call.
     pub fn ttl(mut self, ttl: u32) -> Self {
         self.ttl = ttl;
+        self
+    }
+    /// Also serves DNS-over-TLS, on another port, with a certificate from a
+    /// CA made for this upstream.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
     /// The fault mode to start with.
@@ -196,39 +214,102 @@ impl FakeUpstreamBuilder {
                 let Ok((stream, _)) = tcp.accept().await else {
                     continue;
                 };
-                s.tcp_connections.fetch_add(1, Ordering::Relaxed);
-                let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    let (mut rd, wr) = stream.into_split();
-                    let wr = Arc::new(tokio::sync::Mutex::new(wr));
-                    // Bounded: a test connection carries at most this many queries.
-                    for _ in 0..100_000 {
-                        let Ok(len) = rd.read_u16().await else { return };
-                        let mut q = vec![0u8; usize::from(len)];
-                        if rd.read_exact(&mut q).await.is_err() {
-                            return;
-                        }
-                        let s = Arc::clone(&s);
-                        let wr = Arc::clone(&wr);
-                        tokio::spawn(async move {
-                            s.tcp_queries.fetch_add(1, Ordering::Relaxed);
-                            if let Some(r) = answer(&s, &q, true).await {
-                                let mut w = wr.lock().await;
-                                let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
-                                let _ = w.write_all(&len.to_be_bytes()).await;
-                                let _ = w.write_all(&r).await;
-                            }
-                        });
-                    }
-                });
+                tokio::spawn(serve_stream(Arc::clone(&s), stream));
             }
         });
+        let mut tasks = vec![udp_task, tcp_task];
+        let mut tls = None;
+        if self.tls {
+            let (acceptor, ca_pem) = tls_acceptor();
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
+            let tls_addr = listener.local_addr().expect("addr");
+            let s = Arc::clone(&state);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let s = Arc::clone(&s);
+                    tokio::spawn(async move {
+                        if let Ok(Ok(tls)) =
+                            tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream))
+                                .await
+                        {
+                            serve_stream(s, tls).await;
+                        }
+                    });
+                }
+            }));
+            tls = Some((tls_addr, ca_pem));
+        }
         FakeUpstream {
             addr,
+            tls,
             state,
-            tasks: vec![udp_task, tcp_task],
+            tasks,
         }
     }
+}
+
+/// Serves length-prefixed queries on a stream, answering each as it
+/// completes (a delayed answer does not hold up the next).
+async fn serve_stream<S>(s: Arc<State>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    s.tcp_connections.fetch_add(1, Ordering::Relaxed);
+    s.tcp_open.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, wr) = tokio::io::split(stream);
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    // Bounded: a test connection carries at most this many queries.
+    for _ in 0..100_000 {
+        let Ok(len) = rd.read_u16().await else { break };
+        let mut q = vec![0u8; usize::from(len)];
+        if rd.read_exact(&mut q).await.is_err() {
+            break;
+        }
+        let s = Arc::clone(&s);
+        let wr = Arc::clone(&wr);
+        tokio::spawn(async move {
+            s.tcp_queries.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = answer(&s, &q, true).await {
+                let mut w = wr.lock().await;
+                let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
+                let _ = w.write_all(&len.to_be_bytes()).await;
+                let _ = w.write_all(&r).await;
+            }
+        });
+    }
+    s.tcp_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A TLS acceptor with a fresh CA and a certificate for
+/// `dns.example.test` and 127.0.0.1; returns the CA's PEM too.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec![
+        "dns.example.test".to_string(),
+        "127.0.0.1".to_string(),
+    ])
+    .expect("params");
+    let cert = params.signed_by(&key, &ca).expect("cert");
+    let chain = vec![cert.der().clone()];
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)
+    .expect("server config");
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca.pem())
 }
 
 async fn bind_pair() -> (UdpSocket, TcpListener) {
@@ -247,12 +328,14 @@ async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
     let q = Message::from_vec(raw).ok()?;
     let query = q.queries.first()?.clone();
     let name = normalize(&query.name().to_ascii());
+    // The fault is read before the query is counted, so a test that saw
+    // the count knows which fault the query met.
+    let fault = *s.fault.lock().expect("fault lock");
     *s.counts
         .lock()
         .expect("counts lock")
         .entry((name.clone(), query.query_type()))
         .or_default() += 1;
-    let fault = *s.fault.lock().expect("fault lock");
     match fault {
         Fault::Drop => return None,
         Fault::Delay(d) => tokio::time::sleep(d).await,

@@ -3,7 +3,9 @@
 
 pub mod fall;
 pub mod lifecycle;
+pub mod metrics;
 pub mod names;
+pub mod proxy;
 pub mod response;
 #[cfg(test)]
 pub(crate) mod test;

@@ -130,35 +130,51 @@ pub(crate) fn write_class(out: &mut String, c: u16) {
     out.push_str(name);
 }
 
+/// Rcode mnemonics as CoreDNS prints them (16 prints as BADSIG, as miekg does).
+const RCODES: &[(u16, &str)] = &[
+    (0, "NOERROR"),
+    (1, "FORMERR"),
+    (2, "SERVFAIL"),
+    (3, "NXDOMAIN"),
+    (4, "NOTIMP"),
+    (5, "REFUSED"),
+    (6, "YXDOMAIN"),
+    (7, "YXRRSET"),
+    (8, "NXRRSET"),
+    (9, "NOTAUTH"),
+    (10, "NOTZONE"),
+    (11, "DSOTYPENI"),
+    (16, "BADSIG"),
+    (17, "BADKEY"),
+    (18, "BADTIME"),
+    (19, "BADMODE"),
+    (20, "BADNAME"),
+    (21, "BADALG"),
+    (22, "BADTRUNC"),
+    (23, "BADCOOKIE"),
+];
+
+/// The mnemonic of an rcode, if it has one.
+pub(crate) fn rcode_name(rcode: u16) -> Option<&'static str> {
+    RCODES.iter().find(|(c, _)| *c == rcode).map(|(_, n)| *n)
+}
+
+/// The rcode of a mnemonic (case-insensitive), as Corefiles spell them.
+pub(crate) fn rcode_from_name(name: &str) -> Option<u16> {
+    RCODES
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case(name))
+        .map(|(c, _)| *c)
+}
+
 /// Writes an rcode as CoreDNS prints it (`NOERROR`, `SERVFAIL`, `12`).
 pub(crate) fn write_rcode(out: &mut String, rcode: u16) {
-    let name = match rcode {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
-        9 => "NOTAUTH",
-        10 => "NOTZONE",
-        11 => "DSOTYPENI",
-        16 => "BADSIG",
-        17 => "BADKEY",
-        18 => "BADTIME",
-        19 => "BADMODE",
-        20 => "BADNAME",
-        21 => "BADALG",
-        22 => "BADTRUNC",
-        23 => "BADCOOKIE",
-        _ => {
+    match rcode_name(rcode) {
+        Some(n) => out.push_str(n),
+        None => {
             let _ = write!(out, "{rcode}");
-            return;
         }
-    };
-    out.push_str(name);
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ fn plugins_lists_the_chain_order() {
             "loadbalance",
             "minimal",
             "hosts",
+            "loop",
+            "forward",
             "whoami"
         ]
     );
@@ -130,14 +132,21 @@ async fn pidfile_and_dns_port() {
 }
 
 #[tokio::test]
-async fn embedded_default_serves_whoami_without_a_corefile() {
+async fn embedded_default_forwards_to_resolv_conf() {
+    let up = nodedns_tests::FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
     let port = nodedns_tests::free_port();
     let dir = std::env::temp_dir().join(format!("nodedns-default-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {}\n", up.addr)).unwrap();
     let mut child = tokio::process::Command::new(binary())
-        .args(["-dns.port", &port.to_string()])
+        .args(["-dns.port", &port.to_string(), "--resolv-conf"])
+        .arg(&resolv)
         .current_dir(&dir)
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -147,11 +156,19 @@ async fn embedded_default_serves_whoami_without_a_corefile() {
         tokio::net::TcpStream::connect(c.server).await.is_ok()
     })
     .await;
-    assert!(ok, "default config listens on -dns.port");
+    assert!(ok, "the default config listens on -dns.port");
     let m = c
-        .udp("example.org.", hickory_proto::rr::RecordType::A)
+        .udp("www.example.org.", hickory_proto::rr::RecordType::A)
         .await;
-    assert_eq!(m.additionals.len(), 2, "whoami answers: {m:?}");
+    assert_eq!(
+        m.answers.len(),
+        1,
+        "forwarded to the resolv.conf upstream: {m:?}"
+    );
+    assert_eq!(
+        up.count("www.example.org.", hickory_proto::rr::RecordType::A),
+        1
+    );
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

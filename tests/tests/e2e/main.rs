@@ -2,6 +2,7 @@
 //! real client. One binary, one module per area.
 
 mod cli;
+mod forward;
 mod harness;
 mod plugins;
 mod readme;

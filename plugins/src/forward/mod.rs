@@ -1,0 +1,588 @@
+//! *forward* proxies queries to upstream resolvers over pooled UDP, TCP and
+//! DNS-over-TLS connections, with in-band health checks, policies for
+//! choosing an upstream, failover and a bound on queries in flight.
+//!
+//! `query` only decides whether the name is forwarded (FROM, `except`);
+//! the exchange runs off the receive path as the plugin's [`Upstream`]
+//! step. Each upstream carries its own failure count, smoothed RTT (for an
+//! adaptive per-attempt timeout) and health-check loop.
+
+mod metrics;
+mod resolv;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+pub use setup::{ForwardConfig, Policy, To, parse, setup};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::ResponseCode;
+use prometheus::IntCounter;
+use rustls::pki_types::ServerName;
+use tokio::time::Instant;
+
+use crate::pkg::names::rcode_name;
+use crate::pkg::proxy::{Proto, Proxy, ProxyConfig, TlsSettings, tls_client_config};
+use crate::plugin::{Context, Flow, Plugin, PluginError, Upstream, UpstreamFuture};
+use crate::request::{Transport, is_subdomain, name_to_wire};
+use crate::setup::Task;
+
+/// The overall deadline of one forwarded query (CoreDNS's `defaultTimeout`).
+const DEADLINE: Duration = Duration::from_secs(5);
+/// The adaptive attempt timeout: four smoothed RTTs plus this, at most
+/// `read_timeout`. Used only when another upstream can be tried: with one,
+/// waiting longer beats asking the same server twice.
+const RTT_SLACK: Duration = Duration::from_millis(100);
+/// How often a resolv.conf upstream list is checked for changes.
+const RESOLV_POLL: Duration = Duration::from_secs(2);
+/// Sockets in each upstream's UDP pool.
+const UDP_SOCKETS: usize = 4;
+/// Queries in flight per upstream.
+const MAX_IN_FLIGHT: usize = 16_384;
+
+/// One upstream: its pool, health and RTT.
+struct Up {
+    proxy: Proxy,
+    to: String,
+    tls: bool,
+    fails: AtomicU32,
+    checking: AtomicBool,
+    /// Smoothed RTT in microseconds (0: no sample yet).
+    srtt_us: AtomicU64,
+    requests: IntCounter,
+    hc_failures: IntCounter,
+}
+
+impl Up {
+    fn down(&self, max_fails: u32) -> bool {
+        max_fails != 0 && self.fails.load(Ordering::Relaxed) >= max_fails
+    }
+
+    fn timeout(&self, read_timeout: Duration) -> Duration {
+        match self.srtt_us.load(Ordering::Relaxed) {
+            0 => read_timeout,
+            us => (Duration::from_micros(us) * 4 + RTT_SLACK).min(read_timeout),
+        }
+    }
+
+    fn observe(&self, rtt: Duration) {
+        let sample = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.srtt_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.srtt_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    fn proto_label(&self, proto: Proto) -> &'static str {
+        match (self.tls, proto) {
+            (true, _) => "tcp-tls",
+            (false, Proto::Udp) => "udp",
+            (false, Proto::Tcp) => "tcp",
+        }
+    }
+}
+
+/// What health checks ask and how often.
+#[derive(Debug, Clone)]
+struct HealthCheck {
+    query: Arc<[u8]>,
+    interval: Duration,
+    timeout: Duration,
+    proto: Proto,
+}
+
+/// The forward handler.
+pub struct Forward {
+    cfg: ForwardConfig,
+    from: Vec<u8>,
+    except: Vec<Vec<u8>>,
+    upstreams: Arc<ArcSwap<Vec<Arc<Up>>>>,
+    concurrent: AtomicUsize,
+    rr: AtomicUsize,
+    hc: HealthCheck,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// Everything needed to (re)build the upstream list.
+#[derive(Clone)]
+struct Builder {
+    cfg: ForwardConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Builder {
+    /// Expands files into addresses.
+    fn targets(&self) -> Result<Vec<(SocketAddr, bool, Option<String>)>, String> {
+        let mut out = Vec::new();
+        for t in &self.cfg.to {
+            match t {
+                To::Addr {
+                    addr,
+                    tls,
+                    server_name,
+                } => out.push((*addr, *tls, server_name.clone())),
+                To::File(p) => {
+                    let list =
+                        resolv::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+                    if list.is_empty() {
+                        return Err(format!("{} lists no nameserver", p.display()));
+                    }
+                    out.extend(list.into_iter().map(|a| (a, false, None)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn up(
+        &self,
+        addr: SocketAddr,
+        tls: bool,
+        server_name: Option<String>,
+    ) -> Result<Arc<Up>, String> {
+        let tls_settings = if tls {
+            let config = self
+                .tls
+                .clone()
+                .ok_or("internal: TLS upstream without TLS config")?;
+            let name = server_name.or_else(|| self.cfg.tls_servername.clone());
+            let server_name = match name {
+                Some(n) => ServerName::try_from(n.clone())
+                    .map_err(|_| format!("invalid TLS server name '{n}'"))?,
+                None => ServerName::IpAddress(addr.ip().into()),
+            };
+            Some(TlsSettings {
+                config,
+                server_name,
+            })
+        } else {
+            None
+        };
+        let proxy = Proxy::new(ProxyConfig {
+            addr,
+            tls: tls_settings,
+            expire: self.cfg.expire,
+            max_idle_conns: self.cfg.max_idle_conns,
+            source_address: self.cfg.source_address,
+            udp_sockets: UDP_SOCKETS,
+            max_in_flight: MAX_IN_FLIGHT,
+        });
+        let to = addr.to_string();
+        Ok(Arc::new(Up {
+            proxy,
+            requests: metrics::REQUESTS.with_label_values(&[&to]),
+            hc_failures: metrics::PROXY_HC_FAILURES.with_label_values(&["forward", &to, ""]),
+            to,
+            tls,
+            fails: AtomicU32::new(0),
+            checking: AtomicBool::new(false),
+            srtt_us: AtomicU64::new(0),
+        }))
+    }
+
+    fn build_all(&self, keep: &[Arc<Up>]) -> Result<Vec<Arc<Up>>, String> {
+        let mut out = Vec::new();
+        for (addr, tls, name) in self.targets()? {
+            // An upstream that stays keeps its pool and health.
+            match keep.iter().find(|u| u.proxy.addr() == addr && u.tls == tls) {
+                Some(u) => out.push(Arc::clone(u)),
+                None => out.push(self.up(addr, tls, name)?),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Forward {
+    /// Builds the handler (no I/O but reading resolv.conf files and TLS
+    /// files) and, for file upstreams, the task that re-reads them.
+    pub fn build(cfg: ForwardConfig) -> Result<(Self, Option<Task>), String> {
+        let from = name_to_wire(&cfg.from).ok_or_else(|| format!("invalid FROM '{}'", cfg.from))?;
+        let except = cfg
+            .except
+            .iter()
+            .map(|e| name_to_wire(e).ok_or_else(|| format!("invalid except '{e}'")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let any_tls = cfg
+            .to
+            .iter()
+            .any(|t| matches!(t, To::Addr { tls: true, .. }));
+        let tls = if any_tls {
+            let files = cfg.tls.clone().unwrap_or_default();
+            let ck = files
+                .cert_key
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            Some(tls_client_config(files.ca.as_deref(), ck).map_err(|e| format!("tls: {e}"))?)
+        } else {
+            None
+        };
+        let builder = Builder {
+            cfg: cfg.clone(),
+            tls,
+        };
+        let ups = builder.build_all(&[])?;
+        let hc_proto = if cfg.force_tcp {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        };
+        let hc = HealthCheck {
+            query: health_query(&cfg.hc_domain, cfg.hc_recursion_desired)?.into(),
+            interval: cfg.health_check,
+            timeout: cfg.read_timeout,
+            proto: hc_proto,
+        };
+        let upstreams = Arc::new(ArcSwap::from_pointee(ups));
+        let files: Vec<PathBuf> = cfg
+            .to
+            .iter()
+            .filter_map(|t| match t {
+                To::File(p) => Some(p.clone()),
+                To::Addr { .. } => None,
+            })
+            .collect();
+        let task: Option<Task> = (!files.is_empty()).then(|| {
+            let weak = Arc::downgrade(&upstreams);
+            Box::pin(watch_files(weak, builder, files)) as Task
+        });
+        Ok((
+            Self {
+                cfg,
+                from,
+                except,
+                upstreams,
+                concurrent: AtomicUsize::new(0),
+                rr: AtomicUsize::new(0),
+                hc,
+            },
+            task,
+        ))
+    }
+
+    /// Whether this forward handles the (lower-cased wire) name.
+    fn matches(&self, qname: &[u8]) -> bool {
+        if !is_subdomain(qname, &self.from) {
+            return false;
+        }
+        qname == self.from.as_slice() || !self.except.iter().any(|e| is_subdomain(qname, e))
+    }
+
+    /// The order to try upstreams in, as indexes.
+    fn order(&self, n: usize) -> ([u8; setup::MAX_UPSTREAMS], usize) {
+        let n = n.min(setup::MAX_UPSTREAMS);
+        let mut idx = [0u8; setup::MAX_UPSTREAMS];
+        for (i, slot) in idx.iter_mut().enumerate().take(n) {
+            *slot = i as u8;
+        }
+        match self.cfg.policy {
+            Policy::Sequential => {}
+            Policy::RoundRobin if n > 0 => {
+                let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+                idx[..n].rotate_left(start);
+            }
+            Policy::RoundRobin => {}
+            Policy::Random => {
+                use rand::seq::SliceRandom;
+                idx[..n].shuffle(&mut rand::rng());
+            }
+        }
+        (idx, n)
+    }
+
+    fn start_health_check(&self, up: &Arc<Up>) {
+        if self.cfg.max_fails == 0 || up.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(up);
+        let hc = self.hc.clone();
+        tokio::spawn(health_loop(weak, hc));
+    }
+
+    async fn forward(&self, cx: &mut Context<'_>) -> Flow {
+        let _slot = if self.cfg.max_concurrent > 0 {
+            let n = self.concurrent.fetch_add(1, Ordering::AcqRel) + 1;
+            let guard = Decrement(&self.concurrent);
+            if n > self.cfg.max_concurrent {
+                metrics::MAX_CONCURRENT_REJECTS.inc();
+                return Flow::Fail(
+                    ResponseCode::Refused,
+                    Some(PluginError::MaxConcurrent {
+                        plugin: "forward",
+                        max: self.cfg.max_concurrent,
+                    }),
+                );
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        let list = self.upstreams.load_full();
+        let n = list.len();
+        if n == 0 {
+            return Flow::Fail(
+                ResponseCode::ServFail,
+                Some(PluginError::NoHealthy { plugin: "forward" }),
+            );
+        }
+        let (order, n) = self.order(n);
+        let proto = if self.cfg.force_tcp {
+            Proto::Tcp
+        } else if self.cfg.prefer_udp {
+            Proto::Udp
+        } else {
+            match cx.req.transport() {
+                Transport::Udp => Proto::Udp,
+                Transport::Tcp => Proto::Tcp,
+            }
+        };
+        let deadline = Instant::now() + DEADLINE;
+        let max_attempts = if self.cfg.max_connect_attempts > 0 {
+            self.cfg.max_connect_attempts as usize
+        } else {
+            // Bounded even when every upstream fails at once.
+            2 * n + 1
+        };
+        let query = cx.req.raw();
+        let mut i = 0usize;
+        let mut fails = 0usize;
+        let mut attempts = 0usize;
+        let mut last_err: Option<PluginError> = None;
+        let mut last_reply: Option<Vec<u8>> = None;
+        while attempts < max_attempts {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if i >= n {
+                i = 0;
+                fails = 0;
+            }
+            let mut up = &list[usize::from(order[i])];
+            i += 1;
+            if up.down(self.cfg.max_fails) {
+                fails += 1;
+                if fails < n {
+                    continue;
+                }
+                metrics::HEALTHCHECK_BROKEN.inc();
+                if self.cfg.failfast {
+                    break;
+                }
+                // Health checking itself may be what is broken: try one at random.
+                up = &list[rand::random_range(0..n)];
+            }
+            attempts += 1;
+            let timeout = if n > 1 {
+                up.timeout(self.cfg.read_timeout)
+            } else {
+                self.cfg.read_timeout
+            }
+            .min(deadline - now);
+            up.requests.inc();
+            let started = Instant::now();
+            let mut result = up.proxy.exchange(query, proto, timeout).await;
+            // A truncated UDP answer is asked again over TCP, for the full answer.
+            if proto == Proto::Udp
+                && !up.tls
+                && let Ok(x) = &result
+                && x.reply.get(2).is_some_and(|b| b & 0x02 != 0)
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    let tcp = up
+                        .proxy
+                        .exchange(
+                            query,
+                            Proto::Tcp,
+                            up.timeout(self.cfg.read_timeout).min(left),
+                        )
+                        .await;
+                    if tcp.is_ok() {
+                        result = tcp;
+                    }
+                }
+            }
+            let x = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(upstream = %up.to, error = %e, "forward: exchange failed");
+                    up.fails.fetch_add(1, Ordering::Relaxed);
+                    self.start_health_check(up);
+                    last_err = Some(PluginError::Upstream {
+                        plugin: "forward",
+                        to: up.to.clone(),
+                        source: Box::new(e),
+                    });
+                    continue;
+                }
+            };
+            up.observe(x.rtt);
+            let proto_label = up.proto_label(proto);
+            let cache = if x.reused_conn {
+                &metrics::CONN_CACHE_HITS
+            } else {
+                &metrics::CONN_CACHE_MISSES
+            };
+            cache
+                .with_label_values(&["forward", &up.to, proto_label])
+                .inc();
+            let rcode = x.reply.get(3).map_or(2, |b| u16::from(b & 0x0f));
+            let rcode_label = rcode_name(rcode).unwrap_or("OTHER");
+            let secs = started.elapsed().as_secs_f64();
+            metrics::PROXY_DURATION
+                .with_label_values(&["forward", &up.to, rcode_label])
+                .observe(secs);
+            metrics::DURATION
+                .with_label_values(&[&up.to, rcode_label])
+                .observe(secs);
+            metrics::RESPONSES
+                .with_label_values(&[&up.to, rcode_label])
+                .inc();
+            if self.cfg.failover.contains(&rcode) && fails < n {
+                fails += 1;
+                last_reply = Some(x.reply);
+                continue;
+            }
+            if self.cfg.next.contains(&rcode) || (self.cfg.next_on_nodata && is_nodata(&x.reply)) {
+                return Flow::Next;
+            }
+            cx.reply.set_wire(&x.reply);
+            return Flow::Answered;
+        }
+        if let Some(r) = last_reply {
+            cx.reply.set_wire(&r);
+            return Flow::Answered;
+        }
+        Flow::Fail(
+            ResponseCode::ServFail,
+            Some(last_err.unwrap_or(PluginError::NoHealthy { plugin: "forward" })),
+        )
+    }
+}
+
+/// Decrements a counter when dropped.
+struct Decrement<'a>(&'a AtomicUsize);
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Plugin for Forward {
+    fn name(&self) -> &'static str {
+        "forward"
+    }
+    fn query(&self, cx: &mut Context<'_>) -> Flow {
+        if self.matches(cx.req.qname_lower()) {
+            Flow::Upstream
+        } else {
+            Flow::Next
+        }
+    }
+    fn upstream(&self) -> Option<&dyn Upstream> {
+        Some(self)
+    }
+}
+
+impl Upstream for Forward {
+    fn exchange<'a>(&'a self, cx: &'a mut Context<'_>) -> UpstreamFuture<'a> {
+        Box::pin(self.forward(cx))
+    }
+}
+
+/// NOERROR with no answer records.
+fn is_nodata(reply: &[u8]) -> bool {
+    reply.len() >= 12 && reply[3] & 0x0f == 0 && reply[6] == 0 && reply[7] == 0
+}
+
+/// `. IN NS` (or the configured domain), RD unless `no_rec`.
+fn health_query(domain: &str, rd: bool) -> Result<Vec<u8>, String> {
+    let name =
+        name_to_wire(domain).ok_or_else(|| format!("invalid health_check domain '{domain}'"))?;
+    let mut q = Vec::with_capacity(12 + name.len() + 4);
+    q.extend_from_slice(&[0, 0, if rd { 0x01 } else { 0 }, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(&name);
+    q.extend_from_slice(&[0, 2, 0, 1]);
+    Ok(q)
+}
+
+/// Checks a failing upstream every interval until a check passes (any
+/// reply counts, as CoreDNS), or the upstream is gone.
+async fn health_loop(up: Weak<Up>, hc: HealthCheck) {
+    loop {
+        let Some(u) = up.upgrade() else { return };
+        let ok = u
+            .proxy
+            .exchange(&hc.query, hc.proto, hc.timeout)
+            .await
+            .is_ok();
+        if ok {
+            u.fails.store(0, Ordering::Relaxed);
+            u.checking.store(false, Ordering::Release);
+            tracing::debug!(upstream = %u.to, "forward: health check passed");
+            return;
+        }
+        u.fails.fetch_add(1, Ordering::Relaxed);
+        u.hc_failures.inc();
+        tracing::warn!(upstream = %u.to, "forward: health check failed");
+        drop(u);
+        tokio::time::sleep(hc.interval).await;
+    }
+}
+
+/// Re-reads resolv.conf-style upstream files when they change, and swaps
+/// the upstream list; stops when the forward is gone.
+async fn watch_files(target: Weak<ArcSwap<Vec<Arc<Up>>>>, builder: Builder, files: Vec<PathBuf>) {
+    let stamp = |files: &[PathBuf]| -> Vec<Option<(std::time::SystemTime, u64)>> {
+        files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    };
+    let mut last = stamp(&files);
+    let mut tick = tokio::time::interval(RESOLV_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(current) = target.upgrade() else {
+            return;
+        };
+        let now = stamp(&files);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match builder.build_all(&current.load()) {
+            Ok(list) if !list.is_empty() => {
+                let addrs: Vec<String> = list.iter().map(|u| u.to.clone()).collect();
+                tracing::info!(upstreams = ?addrs, "forward: upstream file changed");
+                current.store(Arc::new(list));
+            }
+            Ok(_) => {
+                tracing::warn!("forward: upstream file lists no nameserver; keeping the old list")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "forward: re-reading upstream file failed; keeping the old list")
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+use std::time::Duration;
+
+use super::setup::{Policy, To, parse};
+use super::*;
+use crate::dispenser::Dispenser;
+use crate::lexer::lex;
+
+fn parse_text(text: &str) -> Result<Vec<ForwardConfig>, String> {
+    let file: Arc<str> = Arc::from("Corefile");
+    let tokens = lex(&file, text).map_err(|e| e.to_string())?;
+    let mut d = Dispenser::new("forward", &tokens);
+    parse(&mut d).map_err(|e| e.to_string())
+}
+
+fn one(text: &str) -> ForwardConfig {
+    let mut v = parse_text(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    assert_eq!(v.len(), 1);
+    v.remove(0)
+}
+
+#[test]
+fn defaults_as_coredns() {
+    let c = one("forward . 192.0.2.1");
+    assert_eq!(c.from, ".");
+    assert_eq!(
+        c.to,
+        vec![To::Addr {
+            addr: "192.0.2.1:53".parse().unwrap(),
+            tls: false,
+            server_name: None
+        }]
+    );
+    assert_eq!(c.expire, Duration::from_secs(10));
+    assert_eq!(c.max_fails, 2);
+    assert_eq!(c.health_check, Duration::from_millis(500));
+    assert_eq!(c.read_timeout, Duration::from_secs(2));
+    assert_eq!(c.policy, Policy::Random);
+    assert!(c.hc_recursion_desired);
+    assert_eq!(c.hc_domain, ".");
+}
+
+#[test]
+fn every_option() {
+    let c = one(
+        "forward example.org dns://192.0.2.1:1053 [2001:db8::1]:53 2001:db8::2 tls://192.0.2.3%dns.example.net:8853 {
+            except a.example.org b.example.org
+            force_tcp
+            prefer_udp
+            expire 30s
+            max_idle_conns 4
+            read_timeout 500ms
+            max_fails 3
+            max_connect_attempts 2
+            tls ca.pem
+            policy sequential
+            health_check 1s no_rec domain example.net
+            max_concurrent 100
+            next NXDOMAIN servfail
+            next_on_nodata
+            failover SERVFAIL REFUSED
+            failfast_all_unhealthy_upstreams
+            source_address 127.0.0.2
+        }",
+    );
+    assert_eq!(c.from, "example.org.");
+    assert_eq!(c.to.len(), 4);
+    assert_eq!(
+        c.to[3],
+        To::Addr {
+            addr: "192.0.2.3:8853".parse().unwrap(),
+            tls: true,
+            server_name: Some("dns.example.net".into())
+        }
+    );
+    assert_eq!(
+        c.to[2],
+        To::Addr {
+            addr: "[2001:db8::2]:53".parse().unwrap(),
+            tls: false,
+            server_name: None
+        }
+    );
+    assert_eq!(c.except, vec!["a.example.org.", "b.example.org."]);
+    assert!(c.force_tcp && c.prefer_udp && c.next_on_nodata && c.failfast);
+    assert_eq!(c.expire, Duration::from_secs(30));
+    assert_eq!(c.max_idle_conns, 4);
+    assert_eq!(c.read_timeout, Duration::from_millis(500));
+    assert_eq!((c.max_fails, c.max_connect_attempts), (3, 2));
+    assert_eq!(
+        c.tls.as_ref().unwrap().ca.as_deref(),
+        Some(std::path::Path::new("ca.pem"))
+    );
+    assert_eq!(c.policy, Policy::Sequential);
+    assert_eq!(c.health_check, Duration::from_secs(1));
+    assert!(!c.hc_recursion_desired);
+    assert_eq!(c.hc_domain, "example.net.");
+    assert_eq!(c.max_concurrent, 100);
+    assert_eq!(c.next, vec![3, 2]);
+    assert_eq!(c.failover, vec![2, 5]);
+    assert_eq!(c.source_address, Some("127.0.0.2".parse().unwrap()));
+}
+
+#[test]
+fn several_forward_lines_and_cidr_from() {
+    let v = parse_text("forward 10.0.0.0/8 192.0.2.1\nforward . 192.0.2.2").unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[0].from, "10.in-addr.arpa.");
+    assert_eq!(v[1].from, ".");
+}
+
+#[test]
+fn resolv_conf_upstreams() {
+    let dir = std::env::temp_dir().join(format!("nodedns-forward-resolv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("resolv.conf");
+    std::fs::write(&f, "nameserver 192.0.2.53\nnameserver 192.0.2.54\n").unwrap();
+    let c = one(&format!("forward . {}", f.display()));
+    assert_eq!(c.to, vec![To::File(f.clone())]);
+    let (fwd, task) = Forward::build(c).unwrap();
+    assert!(task.is_some(), "a file upstream is watched");
+    let addrs: Vec<String> = fwd.upstreams.load().iter().map(|u| u.to.clone()).collect();
+    assert_eq!(addrs, vec!["192.0.2.53:53", "192.0.2.54:53"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_name_the_line() {
+    let many: String = (1..=16).map(|i| format!(" 192.0.2.{i}")).collect();
+    let cases = [
+        ("forward", "Corefile:1: forward: missing FROM"),
+        (
+            "forward .",
+            "Corefile:1: forward: missing TO: at least one upstream address or file",
+        ),
+        (
+            "forward . example.com",
+            "Corefile:1: forward: upstream 'example.com' is not an IP address, [IPv6]:port or file (host names are not supported)",
+        ),
+        (
+            "forward . https://192.0.2.1",
+            "Corefile:1: forward: upstream 'https://192.0.2.1': transport 'https://' not supported (dns:// and tls:// are)",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  bogus\n}",
+            "Corefile:2: forward: option 'bogus' not supported",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  max_age 10s\n}",
+            "Corefile:2: forward: option 'max_age' not supported",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  policy fastest\n}",
+            "Corefile:2: forward: unknown policy 'fastest'",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  expire x\n}",
+            "Corefile:2: forward: invalid duration 'x'",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  max_fails -1\n}",
+            "Corefile:2: forward: invalid number '-1'",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  max_concurrent 0\n}",
+            "Corefile:2: forward: max_concurrent must be at least 1",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  failover NOERROR\n}",
+            "Corefile:2: forward: failover: NOERROR cannot be used",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  next BOGUS\n}",
+            "Corefile:2: forward: unknown rcode 'BOGUS'",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  health_check 1s maybe\n}",
+            "Corefile:2: forward: health_check: unknown argument 'maybe'",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  tls a b c d\n}",
+            "Corefile:2: forward: wrong argument count or unexpected line ending after 'd'",
+        ),
+        (
+            "forward . 192.0.2.1 {\n  source_address nope\n}",
+            "Corefile:2: forward: invalid source_address 'nope'",
+        ),
+        (
+            "forward . tls://192.0.2.1%a.example {\n  tls_servername b.example\n}",
+            "Corefile:3: forward: tls_servername cannot be combined with tls://IP%NAME upstreams",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_text(text).unwrap_err(), want, "{text}");
+    }
+    assert_eq!(
+        parse_text(&format!("forward .{many}")).unwrap_err(),
+        "Corefile:1: forward: more than 15 upstreams (16)"
+    );
+}
+
+#[test]
+fn matching_from_and_except() {
+    let (f, _) = Forward::build(one(
+        "forward example.org 192.0.2.1 {\n except skip.example.org\n}",
+    ))
+    .unwrap();
+    let w = |n: &str| name_to_wire(n).unwrap();
+    assert!(f.matches(&w("example.org.")));
+    assert!(f.matches(&w("www.example.org.")));
+    assert!(!f.matches(&w("skip.example.org.")));
+    assert!(!f.matches(&w("a.skip.example.org.")));
+    assert!(!f.matches(&w("example.net.")));
+}
+
+#[test]
+fn policies_order_upstreams() {
+    let text = |p: &str| format!("forward . 192.0.2.1 192.0.2.2 192.0.2.3 {{\n policy {p}\n}}");
+    let (seq, _) = Forward::build(one(&text("sequential"))).unwrap();
+    for _ in 0..5 {
+        assert_eq!(&seq.order(3).0[..3], &[0, 1, 2]);
+    }
+    let (rr, _) = Forward::build(one(&text("round_robin"))).unwrap();
+    let firsts: Vec<u8> = (0..6).map(|_| rr.order(3).0[0]).collect();
+    assert_eq!(firsts, vec![0, 1, 2, 0, 1, 2]);
+    let (random, _) = Forward::build(one(&text("random"))).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let (o, n) = random.order(3);
+        let mut sorted = o[..n].to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2], "a permutation");
+        seen.insert(o[0]);
+    }
+    assert_eq!(seen.len(), 3, "random starts anywhere");
+}
+
+#[test]
+fn adaptive_timeout_is_bounded() {
+    let (f, _) = Forward::build(one("forward . 192.0.2.1")).unwrap();
+    let up = &f.upstreams.load()[0];
+    assert_eq!(
+        up.timeout(Duration::from_secs(2)),
+        Duration::from_secs(2),
+        "no sample yet"
+    );
+    up.observe(Duration::from_micros(100));
+    let t = up.timeout(Duration::from_secs(2));
+    assert!(
+        t >= RTT_SLACK && t < RTT_SLACK + Duration::from_millis(10),
+        "{t:?}"
+    );
+    for _ in 0..50 {
+        up.observe(Duration::from_secs(3));
+    }
+    assert_eq!(up.timeout(Duration::from_secs(2)), Duration::from_secs(2));
+}
+
+#[test]
+fn health_query_is_root_ns() {
+    let q = health_query(".", true).unwrap();
+    assert_eq!(q, vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1]);
+    let q = health_query("example.org.", false).unwrap();
+    assert_eq!(q[2], 0, "no_rec clears RD");
+}

@@ -1,0 +1,358 @@
+//! Pooled connections to one upstream DNS server (CoreDNS's
+//! `plugin/pkg/proxy`), used by the `forward` plugin.
+//!
+//! A [`Proxy`] owns everything that talks to one upstream address:
+//!
+//! - **UDP**: a few sockets ([`ProxyConfig::udp_sockets`]), each bound to a
+//!   random source port and `connect()`ed to the upstream, each carrying
+//!   many queries in flight. Every query goes out with a fresh random ID
+//!   (never one in flight on that socket) and a reply is accepted only when
+//!   its ID *and* question (name compared without case, type, class) match
+//!   a waiting query. Anything else is dropped and counted in
+//!   [`ProxyStats::mismatched`]: this is what makes spoofing a reply hard.
+//! - **TCP and TLS (DoT)**: persistent connections with pipelined queries
+//!   (many in flight per connection, replies matched by ID and question, in
+//!   any order), reused across exchanges and closed after
+//!   [`ProxyConfig::expire`] idle. A connection that breaks before the
+//!   reply (write error, EOF, reset) is retried once on a fresh connection,
+//!   within the same timeout.
+//!
+//! Limits (all per proxy):
+//!
+//! - [`ProxyConfig::max_in_flight`] exchanges at a time; past it
+//!   [`Proxy::exchange`] returns [`ProxyError::Busy`] at once.
+//! - At most [`MAX_STREAMS`] open stream connections (TCP or TLS, busy or
+//!   idle, counting those being opened). A query goes to the first
+//!   connection with fewer than [`STREAM_PIPELINE_SOFT`] queries in flight;
+//!   when there is none, a new connection is opened (so an upstream that
+//!   answers a connection's queries one by one, as CoreDNS does, is not
+//!   made to queue them); at [`MAX_STREAMS`], queries pipeline on the least
+//!   loaded connection, up to [`STREAM_PIPELINE_MAX`] each, and past that
+//!   the exchange is `Busy`.
+//! - Idle connections beyond [`ProxyConfig::max_idle_conns`] (when not 0)
+//!   are closed as soon as they become idle.
+//! - A UDP reply is read into a 65535-byte buffer; a stream frame is at most
+//!   65535 bytes by its length prefix. Queues are bounded: a connection's
+//!   outgoing queue holds at most [`STREAM_PIPELINE_MAX`] frames.
+//!
+//! Nothing happens until the first exchange: [`Proxy::new`] does no I/O and
+//! spawns nothing (it also runs when a Corefile is only validated, without a
+//! runtime). The first exchange opens sockets and spawns one reader task
+//! per UDP socket and one task per stream connection. When the `Proxy` is
+//! dropped, those tasks end (they watch a channel the proxy holds) and
+//! their sockets close.
+//!
+//! Replies are not parsed: the 12-byte header and the question are read in
+//! place. The client's ID is put back into the reply before it is returned.
+
+mod stream;
+#[cfg(test)]
+mod tests;
+mod tls;
+mod udp;
+mod wire;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use tls::{TlsConfigError, TlsSettings, tls_client_config};
+
+use self::stream::StreamPool;
+use self::udp::UdpPool;
+use self::wire::Question;
+
+/// CoreDNS's default for closing idle pooled connections (`expire`).
+pub const DEFAULT_EXPIRE: Duration = Duration::from_secs(10);
+/// Sockets in a proxy's UDP pool unless configured otherwise.
+pub const DEFAULT_UDP_SOCKETS: usize = 4;
+/// Exchanges in flight per proxy unless configured otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+/// Most open stream (TCP or TLS) connections per proxy, busy or idle.
+pub const MAX_STREAMS: usize = 16;
+/// A stream connection with fewer queries in flight than this is preferred
+/// to opening a new one.
+pub const STREAM_PIPELINE_SOFT: usize = 8;
+/// Most queries in flight on one stream connection.
+pub const STREAM_PIPELINE_MAX: usize = 256;
+/// Largest DNS message: TCP's two-byte length prefix.
+pub const MAX_MESSAGE: usize = 65535;
+
+/// Which wire an exchange uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// Plain DNS over UDP.
+    Udp,
+    /// DNS over TCP (pipelined on pooled connections).
+    Tcp,
+}
+
+/// How to reach one upstream, and the pool's limits.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The upstream's address.
+    pub addr: SocketAddr,
+    /// `Some`: every exchange is DNS over TLS on TCP, whatever `Proto` says.
+    pub tls: Option<TlsSettings>,
+    /// Close pooled TCP/TLS connections idle this long.
+    pub expire: Duration,
+    /// Most idle pooled stream connections kept (0 = no limit but
+    /// [`MAX_STREAMS`], CoreDNS's default).
+    pub max_idle_conns: usize,
+    /// Bind outgoing sockets to this address (port chosen by the system).
+    pub source_address: Option<IpAddr>,
+    /// Sockets in the UDP pool (0 reads as 1). Each carries many queries.
+    pub udp_sockets: usize,
+    /// Most exchanges in flight; past it [`Proxy::exchange`] returns
+    /// [`ProxyError::Busy`] (0 = no limit but the pools' own).
+    pub max_in_flight: usize,
+}
+
+impl ProxyConfig {
+    /// Settings for `addr` with the defaults: plain DNS, CoreDNS's expire,
+    /// no idle limit, [`DEFAULT_UDP_SOCKETS`], [`DEFAULT_MAX_IN_FLIGHT`].
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tls: None,
+            expire: DEFAULT_EXPIRE,
+            max_idle_conns: 0,
+            source_address: None,
+            udp_sockets: DEFAULT_UDP_SOCKETS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+/// A reply and how it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchanged {
+    /// The reply in wire form, with the client's ID.
+    pub reply: Vec<u8>,
+    /// An already-open connection carried it: a pooled TCP/TLS connection
+    /// or a UDP socket opened by an earlier exchange. For
+    /// `coredns_proxy_conn_cache_hits_total` / `_misses_total`.
+    pub reused_conn: bool,
+    /// Time from the call to the reply, connection setup and a retry
+    /// included.
+    pub rtt: Duration,
+}
+
+/// A snapshot of a proxy's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Exchanges under way.
+    pub in_flight: usize,
+    /// Open stream (TCP or TLS) connections.
+    pub open_streams: usize,
+    /// Replies dropped because their ID or question matched no query.
+    pub mismatched: u64,
+    /// Stream connections opened since the proxy was made.
+    pub streams_opened: u64,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// No matching reply within the timeout.
+    #[error("no reply within the timeout")]
+    Timeout,
+    /// The proxy's in-flight limit (or its pools' limits) was reached; the
+    /// query was not sent.
+    #[error("too many queries in flight to this upstream")]
+    Busy,
+    /// Sending, receiving or connecting failed.
+    #[error("network error: {0}")]
+    Io(#[from] io::Error),
+    /// The TLS handshake failed (certificate not trusted, name mismatch…).
+    #[error("TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The query cannot be sent: no header, not exactly one readable
+    /// question, or longer than 65535 bytes.
+    #[error("malformed query: it cannot be sent upstream")]
+    Malformed,
+    /// The upstream closed the connection before replying (after one
+    /// retry on a fresh connection).
+    #[error("connection closed by the upstream before the reply")]
+    Closed,
+}
+
+impl ProxyError {
+    /// The upstream, or the path to it, failed: counts against its health.
+    /// `false` for [`Busy`](Self::Busy) and [`Malformed`](Self::Malformed),
+    /// which are local and say nothing about the upstream.
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::Io(_) | Self::Tls(_) | Self::Closed
+        )
+    }
+    /// No reply came in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout)
+    }
+    /// The query was refused locally because of a limit; another upstream
+    /// may take it.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy)
+    }
+}
+
+/// Counters shared with the proxy's tasks.
+#[derive(Debug, Default)]
+struct Counters {
+    mismatched: AtomicU64,
+    streams_opened: AtomicU64,
+}
+
+/// What the pools need to reach the upstream and to report.
+struct Shared {
+    addr: SocketAddr,
+    source_address: Option<IpAddr>,
+    tls: Option<TlsSettings>,
+    expire: Duration,
+    max_idle_conns: usize,
+    counters: Arc<Counters>,
+    /// Ends (returns `Err`) when the proxy is dropped: tasks stop then.
+    shutdown: watch::Receiver<()>,
+}
+
+/// A connection pool to one upstream. See the module docs.
+pub struct Proxy {
+    shared: Shared,
+    max_in_flight: usize,
+    in_flight: AtomicUsize,
+    udp: UdpPool,
+    streams: StreamPool,
+    /// Dropped with the proxy, which tells every task to end.
+    _alive: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addr", &self.shared.addr)
+            .field("tls", &self.shared.tls.is_some())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// A proxy to `cfg.addr`. No I/O and no task: sockets open on the
+    /// first exchange.
+    pub fn new(cfg: ProxyConfig) -> Self {
+        let (alive, shutdown) = watch::channel(());
+        Self {
+            udp: UdpPool::new(cfg.udp_sockets.max(1)),
+            streams: StreamPool::new(),
+            max_in_flight: cfg.max_in_flight,
+            in_flight: AtomicUsize::new(0),
+            shared: Shared {
+                addr: cfg.addr,
+                source_address: cfg.source_address,
+                tls: cfg.tls,
+                expire: cfg.expire,
+                max_idle_conns: cfg.max_idle_conns,
+                counters: Arc::default(),
+                shutdown,
+            },
+            _alive: alive,
+        }
+    }
+
+    /// The upstream's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Sends `query` (a full DNS query in wire form; its ID is replaced on
+    /// the wire by a fresh random one and the client's ID is restored in
+    /// the reply) and returns the matching reply, or an error after
+    /// `timeout`. With TLS configured, `proto` is ignored: it is DoT.
+    pub async fn exchange(
+        &self,
+        query: &[u8],
+        proto: Proto,
+        timeout: Duration,
+    ) -> Result<Exchanged, ProxyError> {
+        let start = Instant::now();
+        if query.len() > MAX_MESSAGE {
+            return Err(ProxyError::Malformed);
+        }
+        let question = Question::of_query(query).ok_or(ProxyError::Malformed)?;
+        let client_id = [query[0], query[1]];
+        let _slot = InFlight::take(&self.in_flight, self.max_in_flight)?;
+        let stream = proto == Proto::Tcp || self.shared.tls.is_some();
+        let work = async {
+            if stream {
+                self.streams.exchange(&self.shared, query, &question).await
+            } else {
+                self.udp.exchange(&self.shared, query, &question).await
+            }
+        };
+        let (mut reply, reused_conn) = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ProxyError::Timeout)??;
+        if let Some(id) = reply.get_mut(..2) {
+            id.copy_from_slice(&client_id);
+        }
+        Ok(Exchanged {
+            reply,
+            reused_conn,
+            rtt: start.elapsed(),
+        })
+    }
+
+    /// A snapshot of the proxy's counters.
+    pub fn stats(&self) -> ProxyStats {
+        let c = &self.shared.counters;
+        ProxyStats {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            open_streams: self.streams.open_count(),
+            mismatched: c.mismatched.load(Ordering::Relaxed),
+            streams_opened: c.streams_opened.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queries registered and waiting for a reply, over all sockets and
+    /// connections (tests check that none leak).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.udp.waiting() + self.streams.waiting()
+    }
+}
+
+/// One slot of the in-flight limit, given back on drop.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn take(count: &'a AtomicUsize, max: usize) -> Result<Self, ProxyError> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .map_err(|_| ProxyError::Busy)?;
+        Ok(Self(count))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Locks a mutex; a panic elsewhere while it was held leaves plain data
+/// that is still consistent, so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -176,6 +176,7 @@ impl Builder {
             addr,
             tls: tls_settings,
             expire: self.cfg.expire,
+            max_age: self.cfg.max_age,
             max_idle_conns: self.cfg.max_idle_conns,
             source_address: self.cfg.source_address,
             udp_sockets: UDP_SOCKETS,

@@ -76,6 +76,8 @@ pub struct ForwardConfig {
     pub prefer_udp: bool,
     /// Idle pooled connections close after this.
     pub expire: Duration,
+    /// Pooled connections take no new query past this age.
+    pub max_age: Option<Duration>,
     /// Most idle pooled connections per upstream (0: no limit).
     pub max_idle_conns: usize,
     /// Upper bound of one upstream attempt.
@@ -119,6 +121,7 @@ impl ForwardConfig {
             force_tcp: false,
             prefer_udp: false,
             expire: DEFAULT_EXPIRE,
+            max_age: None,
             max_idle_conns: 0,
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_fails: DEFAULT_MAX_FAILS,
@@ -294,6 +297,10 @@ fn parse_option(d: &mut Dispenser<'_>, cfg: &mut ForwardConfig) -> Result<(), Se
             cfg.prefer_udp = true;
         }
         "expire" => cfg.expire = one_duration(d)?,
+        "max_age" => {
+            let t = one_duration(d)?;
+            cfg.max_age = (!t.is_zero()).then_some(t);
+        }
         "read_timeout" => {
             let t = one_duration(d)?;
             if t.is_zero() {
@@ -391,7 +398,7 @@ fn parse_option(d: &mut Dispenser<'_>, cfg: &mut ForwardConfig) -> Result<(), Se
             d.no_more_args()?;
             cfg.source_address = Some(ip);
         }
-        "max_age" | "doh_method" | "resolver" => return Err(d.unsupported()),
+        "doh_method" | "resolver" => return Err(d.unsupported()),
         _ => return Err(d.unsupported()),
     }
     Ok(())

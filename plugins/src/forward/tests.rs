@@ -47,6 +47,7 @@ fn every_option() {
             force_tcp
             prefer_udp
             expire 30s
+            max_age 1m
             max_idle_conns 4
             read_timeout 500ms
             max_fails 3
@@ -83,6 +84,7 @@ fn every_option() {
     assert_eq!(c.except, vec!["a.example.org.", "b.example.org."]);
     assert!(c.force_tcp && c.prefer_udp && c.next_on_nodata && c.failfast);
     assert_eq!(c.expire, Duration::from_secs(30));
+    assert_eq!(c.max_age, Some(Duration::from_secs(60)));
     assert_eq!(c.max_idle_conns, 4);
     assert_eq!(c.read_timeout, Duration::from_millis(500));
     assert_eq!((c.max_fails, c.max_connect_attempts), (3, 2));
@@ -145,8 +147,8 @@ fn errors_name_the_line() {
             "Corefile:2: forward: option 'bogus' not supported",
         ),
         (
-            "forward . 192.0.2.1 {\n  max_age 10s\n}",
-            "Corefile:2: forward: option 'max_age' not supported",
+            "forward . 192.0.2.1 {\n  doh_method GET\n}",
+            "Corefile:2: forward: option 'doh_method' not supported",
         ),
         (
             "forward . 192.0.2.1 {\n  policy fastest\n}",
@@ -261,4 +263,137 @@ fn health_query_is_root_ns() {
     assert_eq!(q, vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1]);
     let q = health_query("example.org.", false).unwrap();
     assert_eq!(q[2], 0, "no_rec clears RD");
+}
+
+/// An upstream on loopback that answers every query with its own
+/// question, NOERROR.
+async fn echo_upstream() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..1000 {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            buf[2] |= 0x80;
+            let _ = sock.send_to(&buf[..n], peer).await;
+        }
+    });
+    addr
+}
+
+/// Runs forward's network step for one query.
+async fn exchange(f: &Forward, name: &str) -> (Flow, crate::plugin::Reply) {
+    let raw = crate::pkg::test::query(name, hickory_proto::rr::RecordType::A);
+    let req =
+        crate::request::Request::parse(&raw, crate::pkg::test::client(), Transport::Udp).unwrap();
+    let server = crate::plugin::ServerInfo {
+        name: Arc::from("dns://:53"),
+        zones: vec![".".into()],
+        port: 53,
+    };
+    let mut reply = crate::plugin::Reply::new();
+    let mut cx = Context {
+        req: &req,
+        server: &server,
+        zone: &[0],
+        reply: &mut reply,
+        start: Instant::now(),
+    };
+    assert!(matches!(f.query(&mut cx), Flow::Upstream));
+    let flow = f.forward(&mut cx).await;
+    (flow, reply)
+}
+
+#[tokio::test]
+async fn metrics_count_requests_responses_connections_and_rejects() {
+    use crate::pkg::metrics::counter_value;
+    let up = echo_upstream().await;
+    let to = up.to_string();
+    let (f, _) = Forward::build(one(&format!("forward . {up} {{\n max_concurrent 1\n}}"))).unwrap();
+    let requests = || counter_value(&metrics::REQUESTS, &[&to]);
+    let responses = || counter_value(&metrics::RESPONSES, &[&to, "NOERROR"]);
+    let misses = || counter_value(&metrics::CONN_CACHE_MISSES, &["forward", &to, "udp"]);
+    let hits = || counter_value(&metrics::CONN_CACHE_HITS, &["forward", &to, "udp"]);
+    let observed = || {
+        metrics::PROXY_DURATION
+            .with_label_values(&["forward", &to, "NOERROR"])
+            .get_sample_count()
+    };
+    let (flow, mut reply) = exchange(&f, "a.example.org.").await;
+    assert!(matches!(flow, Flow::Answered));
+    assert_eq!(reply.rcode(), ResponseCode::NoError);
+    assert!(reply.finish().unwrap().len() > 12);
+    assert_eq!(
+        (requests(), responses(), misses(), hits(), observed()),
+        (1, 1, 1, 0, 1)
+    );
+    // Each of the UDP pool's sockets opens once (a miss); after that, hits.
+    for i in 0..UDP_SOCKETS {
+        let (flow, _) = exchange(&f, &format!("b{i}.example.org.")).await;
+        assert!(matches!(flow, Flow::Answered));
+    }
+    let n = 1 + UDP_SOCKETS as u64;
+    assert_eq!((requests(), responses(), observed()), (n, n, n));
+    assert!(
+        misses() <= UDP_SOCKETS as u64 && hits() >= 1,
+        "{} misses, {} hits",
+        misses(),
+        hits()
+    );
+    assert_eq!(misses() + hits(), n);
+    // At max_concurrent: REFUSED, counted, upstream not asked.
+    let rejects = metrics::MAX_CONCURRENT_REJECTS.get();
+    f.concurrent.store(1, Ordering::Relaxed);
+    let (flow, _) = exchange(&f, "c.example.org.").await;
+    assert!(matches!(
+        flow,
+        Flow::Fail(
+            ResponseCode::Refused,
+            Some(PluginError::MaxConcurrent { max: 1, .. })
+        )
+    ));
+    assert_eq!(metrics::MAX_CONCURRENT_REJECTS.get(), rejects + 1);
+    assert_eq!(requests(), n);
+    assert_eq!(
+        f.concurrent.load(Ordering::Relaxed),
+        1,
+        "a rejected query gives its slot back"
+    );
+}
+
+#[test]
+fn metric_names_are_coredns_names() {
+    // Touch every family so it registers, then read the registry.
+    let _ = (
+        &*metrics::PROXY_DURATION,
+        &*metrics::PROXY_HC_FAILURES,
+        &*metrics::CONN_CACHE_HITS,
+    );
+    let _ = (
+        &*metrics::CONN_CACHE_MISSES,
+        &*metrics::HEALTHCHECK_BROKEN,
+        &*metrics::MAX_CONCURRENT_REJECTS,
+    );
+    let _ = (
+        &*metrics::REQUESTS,
+        &*metrics::RESPONSES,
+        &*metrics::DURATION,
+    );
+    metrics::HEALTHCHECK_BROKEN.inc_by(0);
+    let names: Vec<String> = crate::pkg::metrics::registry()
+        .gather()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    for want in [
+        "coredns_forward_healthcheck_broken_total",
+        "coredns_forward_max_concurrent_rejects_total",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    for n in &names {
+        assert!(n.starts_with("coredns_"), "{n}");
+    }
 }

@@ -382,6 +382,37 @@ async fn tcp_connections_are_pooled_and_expire() {
 }
 
 #[tokio::test]
+async fn max_age_retires_old_connections() {
+    let up = FakeUpstream::builder()
+        .wildcard_a("192.0.2.1")
+        .start()
+        .await;
+    let agent = start(&format!(
+        "    forward . {up} {{\n        force_tcp\n        max_age 200ms\n    }}"
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        a_of(&c.udp("a.example.org.", RecordType::A).await),
+        vec!["192.0.2.1"]
+    );
+    assert_eq!(up.tcp_connections(), 1);
+    // Let the connection age past max_age (time must pass: nothing to wait on).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        a_of(&c.udp("b.example.org.", RecordType::A).await),
+        vec!["192.0.2.1"]
+    );
+    assert_eq!(
+        up.tcp_connections(),
+        2,
+        "an aged connection takes no new query"
+    );
+    let closed = wait_until(Duration::from_secs(10), || async { up.tcp_open() <= 1 }).await;
+    assert!(closed, "the aged connection closes once idle");
+}
+
+#[tokio::test]
 async fn dns_over_tls_with_a_test_ca() {
     let up = FakeUpstream::builder()
         .a("www.example.org.", "192.0.2.1")

@@ -101,6 +101,9 @@ pub struct ProxyConfig {
     pub tls: Option<TlsSettings>,
     /// Close pooled TCP/TLS connections idle this long.
     pub expire: Duration,
+    /// Stop using a TCP/TLS connection this old (it closes once its
+    /// queries are answered); `None`: no age limit.
+    pub max_age: Option<Duration>,
     /// Most idle pooled stream connections kept (0 = no limit but
     /// [`MAX_STREAMS`], CoreDNS's default).
     pub max_idle_conns: usize,
@@ -121,6 +124,7 @@ impl ProxyConfig {
             addr,
             tls: None,
             expire: DEFAULT_EXPIRE,
+            max_age: None,
             max_idle_conns: 0,
             source_address: None,
             udp_sockets: DEFAULT_UDP_SOCKETS,
@@ -217,6 +221,7 @@ struct Shared {
     source_address: Option<IpAddr>,
     tls: Option<TlsSettings>,
     expire: Duration,
+    max_age: Option<Duration>,
     max_idle_conns: usize,
     counters: Arc<Counters>,
     /// Ends (returns `Err`) when the proxy is dropped: tasks stop then.
@@ -261,6 +266,7 @@ impl Proxy {
                 source_address: cfg.source_address,
                 tls: cfg.tls,
                 expire: cfg.expire,
+                max_age: cfg.max_age,
                 max_idle_conns: cfg.max_idle_conns,
                 counters: Arc::default(),
                 shutdown,

@@ -50,6 +50,10 @@ struct PoolState {
 /// One connection, shared by its task, the pool and its queries.
 struct Conn {
     state: Mutex<ConnState>,
+    /// When it was opened (for `max_age`).
+    born: Instant,
+    /// No new query after this age.
+    max_age: Option<Duration>,
     /// Frames (length prefix included) for the task to write.
     tx: mpsc::Sender<Vec<u8>>,
     /// Poked when a query gives up and leaves the connection idle.
@@ -70,6 +74,9 @@ impl Conn {
     /// Registers a query if the connection is open and carries fewer than
     /// `limit` queries.
     fn register(self: &Arc<Self>, question: &Question, limit: usize) -> Option<Registered> {
+        if self.aged() {
+            return None;
+        }
         let mut st = lock(&self.state);
         if st.closed || st.waiters.len() >= limit {
             return None;
@@ -85,6 +92,11 @@ impl Conn {
             rx: Some(rx),
             reused,
         })
+    }
+
+    /// Older than `max_age`: takes no new query.
+    fn aged(&self) -> bool {
+        self.max_age.is_some_and(|age| self.born.elapsed() >= age)
     }
 
     fn load(&self) -> Option<usize> {
@@ -292,6 +304,8 @@ impl StreamPool {
             }),
             tx,
             idle: Notify::new(),
+            born: Instant::now(),
+            max_age: shared.max_age,
         });
         let task = Task {
             conn: Arc::clone(&conn),
@@ -434,11 +448,21 @@ impl Task {
                 if since.elapsed() >= self.expire && self.close_if_idle(self.expire) {
                     return End::Idle;
                 }
+                if self.conn.aged() && self.close_if_idle(Duration::ZERO) {
+                    return End::Idle;
+                }
             }
             was_idle = idle_since.is_some();
             // No timer while busy (a query leaving pokes `idle`), nor for
             // an `expire` too long to add.
             let expiry = idle_since.and_then(|s| s.checked_add(self.expire));
+            // An idle connection also ends at `max_age`.
+            let expiry = match (expiry, idle_since.and(self.conn.max_age)) {
+                (Some(e), Some(age)) => {
+                    Some(self.conn.born.checked_add(age).map_or(e, |a| a.min(e)))
+                }
+                (e, _) => e,
+            };
             let pending: &[u8] = out.as_deref().and_then(|o| o.get(written..)).unwrap_or(&[]);
             tokio::select! {
                 _ = self.shutdown.changed() => return End::Shutdown,

@@ -43,6 +43,7 @@ struct State {
     tcp_queries: AtomicUsize,
     tcp_connections: AtomicUsize,
     tcp_open: AtomicUsize,
+    tls_resumed: AtomicUsize,
 }
 
 /// Builder for a [`FakeUpstream`].
@@ -85,6 +86,7 @@ impl FakeUpstream {
                 tcp_queries: AtomicUsize::new(0),
                 tcp_connections: AtomicUsize::new(0),
                 tcp_open: AtomicUsize::new(0),
+                tls_resumed: AtomicUsize::new(0),
             },
             ttl: 300,
             tls: false,
@@ -116,6 +118,10 @@ impl FakeUpstream {
     /// TCP (and TLS) connections accepted.
     pub fn tcp_connections(&self) -> usize {
         self.state.tcp_connections.load(Ordering::Relaxed)
+    }
+    /// TLS connections that resumed an earlier session.
+    pub fn tls_resumed(&self) -> usize {
+        self.state.tls_resumed.load(Ordering::Relaxed)
     }
     /// TCP (and TLS) connections open now.
     pub fn tcp_open(&self) -> usize {
@@ -236,6 +242,11 @@ impl FakeUpstreamBuilder {
                             tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream))
                                 .await
                         {
+                            if tls.get_ref().1.handshake_kind()
+                                == Some(rustls::HandshakeKind::Resumed)
+                            {
+                                s.tls_resumed.fetch_add(1, Ordering::Relaxed);
+                            }
                             serve_stream(s, tls).await;
                         }
                     });

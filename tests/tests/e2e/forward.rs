@@ -446,6 +446,41 @@ async fn dns_over_tls_with_a_test_ca() {
 }
 
 #[tokio::test]
+async fn dns_over_tls_resumes_sessions() {
+    let up = FakeUpstream::builder()
+        .wildcard_a("192.0.2.1")
+        .tls()
+        .start()
+        .await;
+    let (tls_addr, ca) = up.tls.clone().unwrap();
+    let agent = Agent::corefile(format!(
+        ".:0 {{\n    bind 127.0.0.1\n    forward . tls://{tls_addr}%dns.example.test {{\n        tls ca.pem\n        expire 100ms\n    }}\n}}\n"
+    ))
+    .file("ca.pem", ca)
+    .start()
+    .await;
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        a_of(&c.udp("a.example.org.", RecordType::A).await),
+        vec!["192.0.2.1"]
+    );
+    // The idle connection expires; the next query opens a new one, which
+    // resumes the session instead of a full handshake.
+    let closed = wait_until(Duration::from_secs(10), || async { up.tcp_open() == 0 }).await;
+    assert!(closed);
+    assert_eq!(
+        a_of(&c.udp("b.example.org.", RecordType::A).await),
+        vec!["192.0.2.1"]
+    );
+    assert_eq!(up.tcp_connections(), 2);
+    assert_eq!(
+        up.tls_resumed(),
+        1,
+        "the second connection resumed the first's session"
+    );
+}
+
+#[tokio::test]
 async fn a_forwarding_loop_exits_non_zero() {
     let port = nodedns_tests::free_port();
     let mut agent = Agent::corefile(format!(

@@ -14,11 +14,11 @@ pub use setup::{Cidr, LoadBalanceConfig, setup};
 
 use std::net::IpAddr;
 
-use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, Record, RecordType};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::pkg::response::editable_noerror;
 use crate::plugin::{Context, Flow, Plugin};
 
 /// The loadbalance handler.
@@ -46,14 +46,7 @@ impl Plugin for LoadBalance {
     }
 
     fn response(&self, cx: &mut Context<'_>) {
-        let qtype = cx.req.qtype();
-        if qtype == u16::from(RecordType::AXFR) || qtype == u16::from(RecordType::IXFR) {
-            return;
-        }
-        if !cx.reply.is_written() || cx.reply.rcode() != ResponseCode::NoError {
-            return;
-        }
-        let Some(m) = cx.reply.message_mut() else {
+        let Some(m) = editable_noerror(cx) else {
             return;
         };
         let mut rng = rand::rng();

@@ -10,9 +10,7 @@ mod tests;
 
 pub use setup::setup;
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
-
+use crate::pkg::response::editable_noerror;
 use crate::pkg::response::{Type, typify};
 use crate::plugin::{Context, Flow, Plugin};
 
@@ -30,15 +28,7 @@ impl Plugin for Minimal {
     }
 
     fn response(&self, cx: &mut Context<'_>) {
-        let qtype = cx.req.qtype();
-        if qtype == u16::from(RecordType::AXFR) || qtype == u16::from(RecordType::IXFR) {
-            return;
-        }
-        // Cheap checks first: only a written NOERROR reply can be trimmed.
-        if !cx.reply.is_written() || cx.reply.rcode() != ResponseCode::NoError {
-            return;
-        }
-        let Some(m) = cx.reply.message_mut() else {
+        let Some(m) = editable_noerror(cx) else {
             return;
         };
         if m.authorities.is_empty() && m.additionals.is_empty() {

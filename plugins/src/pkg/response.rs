@@ -4,6 +4,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::RecordType;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
+use crate::plugin::Context;
 use crate::request::{HEADER_LEN, Request};
 
 /// The UDP payload size nodedns advertises in its own OPT records
@@ -40,6 +41,20 @@ pub fn error_for(req: &Request<'_>, rcode: ResponseCode) -> Message {
     let mut m = reply_for(req);
     m.metadata.response_code = rcode;
     m
+}
+
+/// The reply as a message to edit, when it is a written NOERROR reply to
+/// a query that is not a zone transfer: what response-phase editors
+/// (`minimal`, `loadbalance`) may touch. Cheap checks come before parsing.
+pub fn editable_noerror<'a>(cx: &'a mut Context<'_>) -> Option<&'a mut Message> {
+    let qtype = cx.req.qtype();
+    if qtype == u16::from(RecordType::AXFR) || qtype == u16::from(RecordType::IXFR) {
+        return None;
+    }
+    if !cx.reply.is_written() || cx.reply.rcode() != ResponseCode::NoError {
+        return None;
+    }
+    cx.reply.message_mut()
 }
 
 /// What kind of reply a message is (CoreDNS's `response.Type`).

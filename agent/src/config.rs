@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use nodedns_plugins::pkg::zones;
 use nodedns_plugins::setup::{BoundAddrs, Task};
@@ -27,6 +27,8 @@ pub struct Block {
     pub chain: Box<[Box<dyn Plugin>]>,
     /// Where its listeners are bound (the server fills this in).
     pub bound: Arc<BoundAddrs>,
+    /// Itself, so a plugin holding `&Block` can start a background re-run.
+    pub(crate) me: Weak<Self>,
 }
 
 /// Routes a query to the block with the longest matching zone.
@@ -40,7 +42,7 @@ impl Router {
     /// A router with one block for the root zone (tests build chains by hand).
     #[cfg(test)]
     pub(crate) fn single(chain: Vec<Box<dyn Plugin>>) -> Self {
-        let block = Block {
+        let block = Arc::new_cyclic(|me| Block {
             info: ServerInfo {
                 name: Arc::from("dns://:53"),
                 zones: vec![".".into()],
@@ -48,10 +50,11 @@ impl Router {
             },
             chain: chain.into_boxed_slice(),
             bound: Arc::default(),
-        };
+            me: me.clone(),
+        });
         Self {
             zones: HashMap::from([(Box::from(&[0u8][..]), 0)]),
-            blocks: vec![Arc::new(block)],
+            blocks: vec![block],
         }
     }
 
@@ -189,14 +192,16 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
                     list.into_iter().map(Some).collect()
                 }
             };
-            let block = Arc::new(Block {
+            let chain = plugins.into_boxed_slice();
+            let block = Arc::new_cyclic(|me| Block {
                 info: ServerInfo {
                     name: server_name,
                     zones: zones_here.clone(),
                     port,
                 },
-                chain: plugins.into_boxed_slice(),
+                chain,
                 bound,
+                me: me.clone(),
             });
             for addr in addrs {
                 let key = ListenKey { addr, port };

@@ -29,6 +29,6 @@ pub mod ready;
 pub mod whoami;
 
 pub use dispenser::{Dispenser, SetupError, Token};
-pub use plugin::{Context, Flow, Plugin, PluginError, Reply, ServerInfo};
+pub use plugin::{Chain, Context, Flow, Next, NoChain, Plugin, PluginError, Reply, ServerInfo};
 pub use request::{Request, Transport};
 pub use setup::{BlockInfo, BlockSetup, Controller, Services, SetupFn};

@@ -131,6 +131,63 @@ pub struct ServerInfo {
     pub port: u16,
 }
 
+/// The rest of a block's chain, for plugins that must run it again in the
+/// background: cache prefetch and stale refresh.
+pub trait Chain: Send + Sync {
+    /// Runs the plugins after index `after` for `query` (a whole query in
+    /// wire form) on a background task, and hands the reply's bytes (or
+    /// `None`: dropped or failed) to `done`.
+    fn spawn_after(
+        &self,
+        after: usize,
+        query: Vec<u8>,
+        client: std::net::SocketAddr,
+        done: RefreshDone,
+    );
+}
+
+/// What a background re-run does with its reply.
+pub type RefreshDone = Box<dyn FnOnce(Option<Vec<u8>>) + Send>;
+
+/// Where a plugin stands in its chain: lets it re-run what follows it.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    /// The chain.
+    pub chain: &'a dyn Chain,
+    /// The index of the plugin being asked.
+    pub at: usize,
+}
+
+impl Next<'_> {
+    /// Runs the plugins after this one for `query` in the background.
+    pub fn spawn(&self, query: Vec<u8>, client: std::net::SocketAddr, done: RefreshDone) {
+        self.chain.spawn_after(self.at, query, client, done);
+    }
+}
+
+impl fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next").field("at", &self.at).finish()
+    }
+}
+
+/// A chain with nothing after anyone: `spawn` reports `None` at once.
+/// For tests and for plugins run outside a server.
+#[derive(Debug, Default)]
+pub struct NoChain;
+
+impl Chain for NoChain {
+    fn spawn_after(
+        &self,
+        _after: usize,
+        _query: Vec<u8>,
+        _client: std::net::SocketAddr,
+        done: RefreshDone,
+    ) {
+        done(None);
+    }
+}
+
 /// One query in flight through the chain.
 pub struct Context<'a> {
     /// The query.
@@ -143,6 +200,8 @@ pub struct Context<'a> {
     pub reply: &'a mut Reply,
     /// When the query was received.
     pub start: Instant,
+    /// The rest of the chain (the driver keeps `at` current).
+    pub next: Next<'a>,
 }
 
 impl Context<'_> {

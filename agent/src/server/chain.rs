@@ -11,8 +11,9 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::serialize::binary::BinEncodable;
 use nodedns_plugins::pkg::response::{ADVERTISED_UDP_SIZE, error_for};
+use nodedns_plugins::plugin::RefreshDone;
 use nodedns_plugins::request::{Header, ParseError};
-use nodedns_plugins::{Context, Flow, PluginError, Reply, Request, Transport};
+use nodedns_plugins::{Chain, Context, Flow, Next, PluginError, Reply, Request, Transport};
 use tokio::time::Instant;
 
 use crate::config::{Block, Router};
@@ -91,6 +92,10 @@ pub fn handle(
         zone,
         reply,
         start,
+        next: Next {
+            chain: &**block,
+            at: 0,
+        },
     };
     let (flow, reached) = walk(&block.chain, &mut cx, 0);
     if let Flow::Upstream = flow {
@@ -127,12 +132,14 @@ pub async fn resume(
         zone: &zone,
         reply: &mut reply,
         start,
+        next: Next { chain: &*block, at },
     };
     // Bounded: each round moves `at` forward through the chain.
     let flow = loop {
         let Some(up) = chain.get(at).and_then(|p| p.upstream()) else {
             break Flow::Fail(ResponseCode::ServFail, None);
         };
+        cx.next.at = at;
         match up.exchange(&mut cx).await {
             Flow::Next => {
                 let (flow, reached) = walk(chain, &mut cx, at + 1);
@@ -172,6 +179,7 @@ fn walk(
                 at,
             );
         };
+        cx.next.at = at;
         match p.query(cx) {
             Flow::Next => at += 1,
             Flow::Upstream if p.upstream().is_none() => {
@@ -179,6 +187,97 @@ fn walk(
             }
             other => return (other, at),
         }
+    }
+}
+
+/// Runs the `response` steps of plugins `from..to` in reverse.
+fn run_hooks(
+    chain: &[Box<dyn nodedns_plugins::Plugin>],
+    cx: &mut Context<'_>,
+    from: usize,
+    to: usize,
+) {
+    let to = to.min(chain.len());
+    for (i, p) in chain.iter().enumerate().take(to).skip(from).rev() {
+        cx.next.at = i;
+        p.response(cx);
+    }
+}
+
+/// Runs the plugins after `after` for `raw` as a background re-run
+/// (prefetch, stale refresh): the rest of the chain, network steps
+/// included, and their response steps; the reply untruncated.
+async fn run_after(
+    block: Arc<Block>,
+    after: usize,
+    raw: Vec<u8>,
+    client: SocketAddr,
+) -> Option<Vec<u8>> {
+    let start = Instant::now();
+    let req = Request::parse(&raw, client, Transport::Tcp).ok()?;
+    let zone = nodedns_plugins::pkg::zones::matches_owned(&block.info.zones, req.qname_lower());
+    let chain = &block.chain;
+    let mut reply = Reply::new();
+    let mut cx = Context {
+        req: &req,
+        server: &block.info,
+        zone: &zone,
+        reply: &mut reply,
+        start,
+        next: Next {
+            chain: &*block,
+            at: after + 1,
+        },
+    };
+    let (mut flow, mut at) = walk(chain, &mut cx, after + 1);
+    // Bounded: each round moves `at` forward through the chain.
+    while matches!(flow, Flow::Upstream) {
+        let up = chain.get(at).and_then(|p| p.upstream())?;
+        cx.next.at = at;
+        flow = up.exchange(&mut cx).await;
+        if matches!(flow, Flow::Next) {
+            (flow, at) = walk(chain, &mut cx, at + 1);
+        } else if matches!(flow, Flow::Upstream) {
+            return None;
+        }
+    }
+    match flow {
+        Flow::Drop | Flow::Upstream => return None,
+        Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
+        Flow::Answered | Flow::Next => {}
+    }
+    run_hooks(chain, &mut cx, after + 1, at);
+    if !cx.reply.is_written() {
+        return None;
+    }
+    reply.finish().ok().map(<[u8]>::to_vec)
+}
+
+/// The runtime background re-runs go to (set when the server starts).
+static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Records the runtime for background re-runs started from any thread.
+pub(crate) fn set_runtime(handle: tokio::runtime::Handle) {
+    let _ = RUNTIME.set(handle);
+}
+
+impl Chain for Block {
+    fn spawn_after(&self, after: usize, query: Vec<u8>, client: SocketAddr, done: RefreshDone) {
+        let Some(block) = self.me.upgrade() else {
+            done(None);
+            return;
+        };
+        let Some(rt) = RUNTIME
+            .get()
+            .cloned()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        else {
+            done(None);
+            return;
+        };
+        rt.spawn(async move {
+            done(run_after(block, after, query, client).await);
+        });
     }
 }
 
@@ -197,9 +296,7 @@ fn complete(
         Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
         Flow::Answered | Flow::Next | Flow::Upstream => {}
     }
-    for p in chain[..reached.min(chain.len())].iter().rev() {
-        p.response(cx);
-    }
+    run_hooks(chain, cx, 0, reached);
     if !cx.reply.is_written() {
         let rc = cx.reply.failed().unwrap_or(ResponseCode::ServFail);
         cx.reply.set_message(error_for(cx.req, rc));
@@ -392,6 +489,52 @@ mod tests {
         fn response(&self, _cx: &mut Context<'_>) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    #[tokio::test]
+    async fn a_plugin_can_rerun_the_rest_of_its_chain_in_the_background() {
+        let hook = Arc::new(Hook(std::sync::atomic::AtomicUsize::new(0)));
+        struct Counting(Arc<Hook>);
+        impl nodedns_plugins::Plugin for Counting {
+            fn name(&self) -> &'static str {
+                "hook"
+            }
+            fn query(&self, cx: &mut Context<'_>) -> Flow {
+                self.0.query(cx)
+            }
+            fn response(&self, cx: &mut Context<'_>) {
+                self.0.response(cx);
+            }
+        }
+        // [counting hook, slow upstream that hands on, whoami]: a re-run
+        // after plugin 0 skips the hook and reaches whoami through the network step.
+        let r = Router::single(vec![
+            Box::new(Counting(Arc::clone(&hook))),
+            Box::new(Slow { hand_on: true }),
+            Box::new(nodedns_plugins::whoami::Whoami),
+        ]);
+        let block = Arc::clone(&r.blocks()[0]);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        block.spawn_after(
+            0,
+            query("example.org.", None),
+            "127.0.0.1:9".parse().unwrap(),
+            Box::new(move |reply| {
+                let _ = tx.send(reply);
+            }),
+        );
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a reply");
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.additionals.len(), 2, "whoami answered");
+        assert_eq!(
+            hook.0.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "plugins before the re-run are not involved"
+        );
     }
 
     #[tokio::test]

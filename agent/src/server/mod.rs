@@ -126,6 +126,7 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let stop_udp = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Tracker::default());
+        chain::set_runtime(tokio::runtime::Handle::current());
         let up = Arc::new(UpstreamCtx {
             runtime: tokio::runtime::Handle::current(),
             permits: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),

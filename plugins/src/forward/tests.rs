@@ -300,6 +300,10 @@ async fn exchange(f: &Forward, name: &str) -> (Flow, crate::plugin::Reply) {
         zone: &[0],
         reply: &mut reply,
         start: Instant::now(),
+        next: crate::plugin::Next {
+            chain: &crate::plugin::NoChain,
+            at: 0,
+        },
     };
     assert!(matches!(f.query(&mut cx), Flow::Upstream));
     let flow = f.forward(&mut cx).await;

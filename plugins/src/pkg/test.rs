@@ -230,13 +230,19 @@ pub(crate) fn run_next(
         zone: &[0],
         reply: &mut reply,
         start,
+        next: crate::plugin::Next {
+            chain: &crate::plugin::NoChain,
+            at: 0,
+        },
     };
     let flow = plugin.query(&mut cx);
     match &flow {
         Flow::Next => {
+            cx.next.at = 1;
             if let Flow::Fail(rc, err) = next.query(&mut cx) {
                 cx.reply.set_failed(rc, err);
             }
+            cx.next.at = 0;
             plugin.response(&mut cx);
         }
         Flow::Fail(rc, _) => cx.reply.set_failed(*rc, None),

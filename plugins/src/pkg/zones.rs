@@ -30,6 +30,17 @@ pub fn matches<'z>(zones: &'z [Vec<u8>], qname: &[u8]) -> Option<&'z [u8]> {
         .map(Vec::as_slice)
 }
 
+/// The longest of a block's zones (presentation form) that contains
+/// `qname`, in wire form; the root when none does.
+pub fn matches_owned(zones: &[String], qname: &[u8]) -> Vec<u8> {
+    zones
+        .iter()
+        .filter_map(|z| to_wire(z))
+        .filter(|z| is_subdomain(qname, z))
+        .max_by_key(Vec::len)
+        .unwrap_or_else(|| vec![0])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,8 +77,9 @@ nodedns: a node-local DNS cache agent that runs CoreDNS Corefiles
 Usage: nodedns [-conf FILE] [flags]
 
 CoreDNS flags (one or two dashes; `-flag value` or `-flag=value`):
-  -conf FILE            Corefile to load (default: ./Corefile, else the embedded default,
-                        a forwarder to the --resolv-conf resolvers with loop detection)
+  -conf FILE            Corefile to load (default: ./Corefile, else the embedded default:
+                        a cache with prefetch and serve-stale in front of the
+                        --resolv-conf resolvers, with loop detection)
   -dns.port N           port for server blocks that name none (default 53)
   -plugins              list the compiled plugins in chain order and exit
   -version              print the version and exit

@@ -16,11 +16,12 @@ use nodedns::server::{Limits, Options, Server, TcpOptions};
 use nodedns_plugins::pkg::lifecycle::Lifecycle;
 use tokio::net::TcpListener;
 
-/// Served when no Corefile is given or found: a forwarder to the node's
-/// resolvers (`--resolv-conf`), with loop detection.
+/// Served when no Corefile is given or found: a caching forwarder to the
+/// node's resolvers (`--resolv-conf`), with prefetch, serve-stale and loop
+/// detection.
 fn default_corefile(resolv_conf: &Path) -> String {
     format!(
-        ". {{\n    errors\n    loop\n    forward . {}\n}}\n",
+        ". {{\n    errors\n    cache {{\n        prefetch 10 1m 10%\n        serve_stale\n    }}\n    loop\n    forward . {}\n}}\n",
         resolv_conf.display()
     )
 }

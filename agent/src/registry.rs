@@ -36,7 +36,7 @@ pub const ORDER: &[(&str, Option<SetupFn>)] = &[
     ("chaos", Some(p::chaos::setup)),
     ("loadbalance", Some(p::loadbalance::setup)),
     ("tsig", None),
-    ("cache", None),
+    ("cache", Some(p::cache::setup)),
     ("rewrite", None),
     ("header", None),
     ("dnssec", None),
@@ -105,7 +105,7 @@ mod tests {
         ] {
             assert!(have.contains(&want), "{want} missing");
         }
-        assert!(lookup("cache") == Some(None));
+        assert!(lookup("kubernetes") == Some(None));
         assert!(lookup("nonesuch").is_none());
     }
 }

@@ -16,6 +16,7 @@ pub mod setup;
 
 pub mod any;
 pub mod bind;
+pub mod cache;
 pub mod chaos;
 pub mod errors;
 pub mod forward;

@@ -8,7 +8,9 @@
 use std::sync::LazyLock;
 
 use prometheus::core::{Collector, GenericCounter, GenericCounterVec};
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
@@ -31,6 +33,14 @@ fn register<C: Collector + Clone + 'static>(c: C) -> C {
 pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(
         IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| unreachable_metric(name, &e)),
+    )
+}
+
+/// A gauge family with labels, registered.
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        IntGaugeVec::new(Opts::new(name, help), labels)
             .unwrap_or_else(|e| unreachable_metric(name, &e)),
     )
 }

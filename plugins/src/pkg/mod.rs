@@ -7,6 +7,8 @@ pub mod metrics;
 pub mod names;
 pub mod proxy;
 pub mod response;
+pub mod store;
 #[cfg(test)]
 pub(crate) mod test;
+pub mod wire;
 pub mod zones;

@@ -37,6 +37,7 @@ fn plugins_lists_the_chain_order() {
             "any",
             "chaos",
             "loadbalance",
+            "cache",
             "minimal",
             "hosts",
             "loop",
@@ -78,8 +79,8 @@ async fn bad_corefiles_exit_non_zero_naming_the_line() {
             "Corefile:3: hosts:",
         ),
         (
-            ".:0 {\n    cache 30\n}\n",
-            "Corefile:2: cache: plugin not supported yet",
+            ".:0 {\n    kubernetes cluster.local\n}\n",
+            "Corefile:2: kubernetes: plugin not supported yet",
         ),
         (
             ".:0 {\n    whoami\n}\n.:0 {\n    whoami\n}\n",

@@ -1,0 +1,148 @@
+//! A warmed cache hit, through the whole server path (parse, route, chain,
+//! cache, encode), makes no heap allocation. Counted with a global
+//! allocator, so timing plays no part.
+
+// A global allocator is the one way to count allocations: it needs unsafe.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use nodedns::config::load_str;
+use nodedns::server::Limits;
+use nodedns::server::chain::{Handled, handle, resume};
+use nodedns_plugins::{Reply, Transport};
+use nodedns_tests::FakeUpstream;
+
+struct Counting;
+
+thread_local! {
+    /// Only this thread's allocations count, and only while armed, so
+    /// tests running side by side do not see each other's.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note() {
+    if ARMED.with(Cell::get) {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+    }
+}
+
+fn count_while(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.with(|n| n.set(0));
+    ARMED.with(|a| a.set(true));
+    f();
+    ARMED.with(|a| a.set(false));
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// only addition is an atomic counter and a const-initialised thread-local
+// read, neither of which allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn query(name: &str, edns: bool) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+    }
+    m.to_vec().expect("query encodes")
+}
+
+#[test]
+fn the_counter_counts() {
+    let n = count_while(|| drop(std::hint::black_box(vec![1u8; 64])));
+    assert!(n >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_warm_cache_hit_does_not_allocate() {
+    let up = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let config =
+        load_str(&format!(". {{\n    cache 300\n    forward . {up}\n}}\n")).expect("config");
+    let router = config
+        .listeners
+        .values()
+        .next()
+        .expect("a listener")
+        .clone();
+    let client = "127.0.0.1:40000".parse().expect("addr");
+    let limits = Limits::default();
+    let mut reply = Reply::new();
+    for edns in [false, true] {
+        let raw = query("www.example.org.", edns);
+        // The miss (EDNS without DO is the same key: one miss for both):
+        // through forward to the upstream, stored by the cache.
+        if !edns {
+            match handle(&router, &raw, client, Transport::Udp, &mut reply, &limits) {
+                Handled::Upstream(p) => {
+                    let bytes = resume(p, &raw, client, Transport::Udp, limits)
+                        .await
+                        .expect("a reply");
+                    assert!(bytes.len() > 12);
+                }
+                _ => panic!("the first query misses"),
+            }
+        }
+        // Warm up (first-use lazies: the metric handles, the clock).
+        for _ in 0..10 {
+            assert!(matches!(
+                handle(&router, &raw, client, Transport::Udp, &mut reply, &limits),
+                Handled::Reply
+            ));
+        }
+        let mut all_replies = true;
+        let n = count_while(|| {
+            for _ in 0..1000 {
+                let h = handle(&router, &raw, client, Transport::Udp, &mut reply, &limits);
+                all_replies &= matches!(h, Handled::Reply);
+            }
+        });
+        assert!(all_replies);
+        let m = Message::from_vec(reply.wire()).expect("the hit decodes");
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.edns.is_some(), edns);
+        assert_eq!(n, 0, "1000 cache hits (edns={edns}) made {n} allocations");
+    }
+    assert_eq!(
+        up.count("www.example.org.", RecordType::A),
+        1,
+        "one miss in all"
+    );
+}

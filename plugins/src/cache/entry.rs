@@ -1,0 +1,132 @@
+//! A cached reply: its wire bytes (without OPT) and the offsets of every
+//! TTL in them, in one allocation, plus what a hit needs to decide.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::pkg::store::Weigh;
+
+/// Key bits beyond the question.
+pub(super) const DO: u8 = 1;
+pub(super) const CD: u8 = 2;
+
+/// One cached reply.
+pub(super) struct Entry {
+    /// The reply without OPT, then the TTL offsets as little-endian u16s.
+    data: Box<[u8]>,
+    wire_len: u16,
+    /// DO and CD bits of the queries it answers.
+    pub(super) key_bits: u8,
+    /// Whether it sits in the denial tier.
+    pub(super) negative: bool,
+    /// When stored (coarse seconds).
+    pub(super) stored: u32,
+    /// Its TTL in seconds, clamped.
+    pub(super) ttl: u32,
+    /// Past this it is not served even stale (coarse seconds).
+    pub(super) dead_at: u32,
+    /// prefetch: hits in the current run, and when the last came.
+    hits: AtomicU32,
+    last_hit: AtomicU32,
+    /// When a refresh last failed (0: never), for FAILURE_RECHECK.
+    pub(super) last_fail: AtomicU32,
+}
+
+impl Weigh for Entry {
+    fn bytes(&self) -> usize {
+        size_of::<Self>() + self.data.len()
+    }
+    fn dead_at(&self) -> u32 {
+        self.dead_at
+    }
+}
+
+impl Entry {
+    /// Packs a reply (already without OPT) and its TTL offsets.
+    pub(super) fn new(
+        wire: &[u8],
+        offsets: &[u16],
+        key_bits: u8,
+        negative: bool,
+        stored: u32,
+        ttl: u32,
+        dead_at: u32,
+    ) -> Option<Self> {
+        let wire_len = u16::try_from(wire.len()).ok()?;
+        let mut data = Vec::with_capacity(wire.len() + offsets.len() * 2);
+        data.extend_from_slice(wire);
+        for o in offsets {
+            data.extend_from_slice(&o.to_le_bytes());
+        }
+        Some(Self {
+            data: data.into_boxed_slice(),
+            wire_len,
+            key_bits,
+            negative,
+            stored,
+            ttl,
+            dead_at,
+            hits: AtomicU32::new(0),
+            last_hit: AtomicU32::new(0),
+            last_fail: AtomicU32::new(0),
+        })
+    }
+
+    /// The stored reply.
+    pub(super) fn wire(&self) -> &[u8] {
+        &self.data[..usize::from(self.wire_len)]
+    }
+
+    /// The TTL offsets, without allocating.
+    pub(super) fn offsets(&self) -> impl Iterator<Item = u16> + '_ {
+        self.data[usize::from(self.wire_len)..]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    }
+
+    /// Whether it answers this question (name compared without case).
+    pub(super) fn answers(
+        &self,
+        qname_lower: &[u8],
+        qtype: u16,
+        qclass: u16,
+        key_bits: u8,
+    ) -> bool {
+        if self.key_bits != key_bits {
+            return false;
+        }
+        let w = self.wire();
+        let end = 12 + qname_lower.len();
+        let Some(name) = w.get(12..end) else {
+            return false;
+        };
+        let Some(tc) = w.get(end..end + 4) else {
+            return false;
+        };
+        name.eq_ignore_ascii_case(qname_lower)
+            && u16::from_be_bytes([tc[0], tc[1]]) == qtype
+            && u16::from_be_bytes([tc[2], tc[3]]) == qclass
+    }
+
+    /// Seconds of TTL left at `now` (0 once expired).
+    pub(super) fn remaining(&self, now: u32) -> u32 {
+        (self.stored + self.ttl).saturating_sub(now)
+    }
+
+    /// Whether it is past its TTL.
+    pub(super) fn expired(&self, now: u32) -> bool {
+        now >= self.stored + self.ttl
+    }
+
+    /// Counts a hit for prefetch and says whether the entry is now popular:
+    /// `amount` hits with no gap of `window` or more between them.
+    pub(super) fn popular(&self, now: u32, amount: u32, window: u32) -> bool {
+        let last = self.last_hit.swap(now, Ordering::Relaxed);
+        let n = if last != 0 && now.saturating_sub(last) < window {
+            self.hits.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.hits.store(1, Ordering::Relaxed);
+            1
+        };
+        n >= amount
+    }
+}

@@ -1,0 +1,684 @@
+//! *cache* answers repeated queries from memory: a packet cache of whole
+//! replies in wire form, with separate positive and negative tiers,
+//! prefetch of popular names, serve-stale, and coalescing of concurrent
+//! misses into one upstream query.
+//!
+//! A hit copies the stored bytes into the reply buffer and patches the ID,
+//! the question's letter case, the header flags and the TTLs (at offsets
+//! recorded when the entry was stored). It takes one shard read lock and
+//! does not allocate. A miss passes the query on and the `response` step
+//! stores the reply; a concurrent miss for the same key waits for the
+//! first one (the plugin's network step) instead of asking again.
+
+mod entry;
+mod metrics;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+pub use setup::{CacheConfig, Prefetch, Stale, StaleMode, Tier};
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::entry::{CD, DO, Entry};
+use crate::dispenser::SetupError;
+use crate::pkg::response::ADVERTISED_UDP_SIZE;
+use crate::pkg::store::Store;
+use crate::pkg::wire::{self, Kind};
+use crate::pkg::zones;
+use crate::plugin::{Context, Flow, Plugin, Upstream, UpstreamFuture};
+use crate::request::{Request, Transport, is_subdomain};
+use crate::setup::Controller;
+
+/// Shards per tier.
+const SHARDS: usize = 64;
+/// Most misses being coalesced at once (each a key with waiters).
+const MAX_FLIGHTS: usize = 65_536;
+/// How long a coalesced query waits for the first one; and how old a
+/// flight may be before a new query takes over (its leader was lost).
+const FLIGHT_WAIT: Duration = Duration::from_secs(5);
+/// What a never-expiring empty reply is cached for (CoreDNS's failSafeTTL).
+const FAILSAFE_TTL: u32 = 5;
+const AXFR: u16 = 252;
+const IXFR: u16 = 251;
+
+/// Coarse seconds since the process started (1-based, so 0 means never).
+fn now_secs() -> u32 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    u32::try_from(EPOCH.elapsed().as_secs())
+        .unwrap_or(u32::MAX - 1)
+        .saturating_add(1)
+}
+
+/// Parses `cache` and adds the handler.
+pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
+    let cfg = setup::parse(&mut c.d, &c.block.zones)?;
+    let cache = Cache::new(cfg, &c.block.server_name).map_err(|e| c.d.err(e))?;
+    c.add_plugin(Box::new(cache));
+    Ok(())
+}
+
+/// What a finished miss or refresh left for those waiting on it.
+#[derive(Clone)]
+enum Outcome {
+    /// The reply's bytes (the first asker's ID and spelling).
+    Reply(Arc<[u8]>),
+    /// The chain failed with this rcode.
+    Failed(ResponseCode),
+}
+
+/// A miss or refresh in progress for one key.
+struct Flight {
+    started: u32,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
+impl Flight {
+    fn new(now: u32) -> Arc<Self> {
+        Arc::new(Self {
+            started: now,
+            tx: watch::channel(None).0,
+        })
+    }
+    async fn wait(&self, limit: Duration) -> Option<Outcome> {
+        let mut rx = self.tx.subscribe();
+        let r = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+        r.ok()?.ok()?.clone()
+    }
+}
+
+/// Metric handles, resolved once.
+struct Handles {
+    requests: IntCounter,
+    misses: IntCounter,
+    prefetch: IntCounter,
+    drops: IntCounter,
+    stale: IntCounter,
+    hits: [IntCounter; 2],
+    evictions: [IntCounter; 2],
+    entries: [IntGauge; 2],
+}
+
+/// What a lookup found.
+enum Hit {
+    /// Served fresh; with whether to prefetch.
+    Fresh { negative: bool, prefetch: bool },
+    /// Served stale; with whether a refresh is due.
+    Stale { refresh: bool },
+    /// Stale, and the mode is verify: not served yet.
+    StaleVerify,
+}
+
+struct Inner {
+    cfg: CacheConfig,
+    zones: Vec<Vec<u8>>,
+    success_off: Vec<Vec<u8>>,
+    denial_off: Vec<Vec<u8>>,
+    positive: Store<Entry>,
+    negative: Store<Entry>,
+    flights: Mutex<HashMap<u64, Arc<Flight>>>,
+    m: Handles,
+}
+
+/// The cache handler.
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("cfg", &self.inner.cfg)
+            .finish()
+    }
+}
+
+/// Statistics for the admin plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Positive entries.
+    pub success_entries: usize,
+    /// Negative entries.
+    pub denial_entries: usize,
+    /// Bytes held by entries.
+    pub bytes: usize,
+    /// Entries evicted so far.
+    pub evictions: u64,
+}
+
+fn wires(list: &[String]) -> Result<Vec<Vec<u8>>, String> {
+    list.iter()
+        .map(|z| zones::to_wire(z).ok_or_else(|| format!("invalid zone '{z}'")))
+        .collect()
+}
+
+/// The cache key's hash: FNV-1a over the lower-cased name, type, class and
+/// the DO/CD bits.
+fn key_hash(qname_lower: &[u8], qtype: u16, qclass: u16, bits: u8) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    qname_lower.iter().for_each(|b| eat(*b));
+    qtype.to_be_bytes().iter().for_each(|b| eat(*b));
+    qclass.to_be_bytes().iter().for_each(|b| eat(*b));
+    eat(bits);
+    // Final mix, so shard bits and table bits are both well spread.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+fn key_bits(req: &Request<'_>) -> u8 {
+    let mut b = 0;
+    if req.dnssec_ok() {
+        b |= DO;
+    }
+    if req.header().checking_disabled() {
+        b |= CD;
+    }
+    b
+}
+
+impl Cache {
+    /// Builds the cache (no I/O, no task).
+    pub fn new(cfg: CacheConfig, server: &str) -> Result<Self, String> {
+        let zones_label = cfg.zones.join(",");
+        let l = |t: &'static str| [server, t, zones_label.as_str(), ""];
+        let s = [server, zones_label.as_str(), ""];
+        let m = Handles {
+            requests: metrics::REQUESTS.with_label_values(&s),
+            misses: metrics::MISSES.with_label_values(&s),
+            prefetch: metrics::PREFETCH.with_label_values(&s),
+            drops: metrics::DROPS.with_label_values(&s),
+            stale: metrics::SERVED_STALE.with_label_values(&s),
+            hits: [
+                metrics::HITS.with_label_values(&l("success")),
+                metrics::HITS.with_label_values(&l("denial")),
+            ],
+            evictions: [
+                metrics::EVICTIONS.with_label_values(&l("success")),
+                metrics::EVICTIONS.with_label_values(&l("denial")),
+            ],
+            entries: [
+                metrics::ENTRIES.with_label_values(&l("success")),
+                metrics::ENTRIES.with_label_values(&l("denial")),
+            ],
+        };
+        let bytes = |share: usize| {
+            if cfg.max_bytes == 0 {
+                0
+            } else {
+                (cfg.max_bytes / share).max(1)
+            }
+        };
+        let inner = Inner {
+            zones: wires(&cfg.zones)?,
+            success_off: wires(&cfg.success.disabled)?,
+            denial_off: wires(&cfg.denial.disabled)?,
+            positive: Store::new(cfg.success.capacity, bytes(2), SHARDS),
+            negative: Store::new(cfg.denial.capacity, bytes(2), SHARDS),
+            flights: Mutex::new(HashMap::new()),
+            m,
+            cfg,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Entry counts and bytes.
+    pub fn stats(&self) -> CacheStats {
+        let p = self.inner.positive.stats();
+        let n = self.inner.negative.stats();
+        CacheStats {
+            success_entries: p.entries,
+            denial_entries: n.entries,
+            bytes: p.bytes + n.bytes,
+            evictions: p.evictions + n.evictions,
+        }
+    }
+
+    /// Drops every entry.
+    pub fn flush(&self) {
+        self.inner.positive.clear();
+        self.inner.negative.clear();
+        self.inner.update_gauges();
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn covers(&self, req: &Request<'_>) -> bool {
+        let t = req.qtype();
+        t != AXFR
+            && t != IXFR
+            && self
+                .zones
+                .iter()
+                .any(|z| is_subdomain(req.qname_lower(), z))
+    }
+
+    fn update_gauges(&self) {
+        self.m.entries[0].set(i64::try_from(self.positive.len()).unwrap_or(i64::MAX));
+        self.m.entries[1].set(i64::try_from(self.negative.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Looks the query up in both tiers; serves a fresh (or immediate
+    /// stale) entry into the reply. Allocation-free.
+    fn lookup(&self, cx: &mut Context<'_>, h: u64, bits: u8, now: u32) -> Option<Hit> {
+        let req = cx.req;
+        let (qn, qt, qc) = (req.qname_lower(), req.qtype(), req.qclass());
+        for store in [&self.positive, &self.negative] {
+            let hit = store.get(h, |e| {
+                if !e.answers(qn, qt, qc, bits) {
+                    return None;
+                }
+                if !e.expired(now) {
+                    self.serve(cx, e, e.remaining(now), false);
+                    let prefetch = self.cfg.prefetch.is_some_and(|p| {
+                        let window = u32::try_from(p.window.as_secs()).unwrap_or(u32::MAX).max(1);
+                        let left = e.remaining(now);
+                        let threshold = (u64::from(e.ttl) * u64::from(p.percent) / 100).max(1);
+                        e.popular(now, p.amount, window) && u64::from(left) <= threshold
+                    });
+                    return Some(Hit::Fresh {
+                        negative: e.negative,
+                        prefetch,
+                    });
+                }
+                let stale = self.cfg.stale?;
+                if now >= e.dead_at {
+                    return None;
+                }
+                if let StaleMode::Verify(_) = stale.mode {
+                    return Some(Hit::StaleVerify);
+                }
+                let ttl = u32::try_from(stale.response_ttl.as_secs()).unwrap_or(u32::MAX);
+                self.serve(cx, e, ttl, true);
+                let recheck = u32::try_from(stale.failure_recheck.as_secs()).unwrap_or(u32::MAX);
+                let last_fail = e.last_fail.load(std::sync::atomic::Ordering::Relaxed);
+                Some(Hit::Stale {
+                    refresh: last_fail == 0 || now.saturating_sub(last_fail) >= recheck,
+                })
+            });
+            if hit.is_some() {
+                return hit;
+            }
+        }
+        None
+    }
+
+    /// Writes an entry as the reply: ID, spelling, flags, TTLs, OPT.
+    fn serve(&self, cx: &mut Context<'_>, e: &Entry, ttl: u32, stale: bool) {
+        let req = cx.req;
+        let buf = cx.reply.wire_buf();
+        buf.clear();
+        buf.extend_from_slice(e.wire());
+        wire::set_id(buf, req.id());
+        wire::set_qname(buf, req.qname_wire());
+        wire::set_hit_flags(buf, req.header().flags, req.dnssec_ok());
+        if stale || !self.cfg.keepttl {
+            let bytes = ttl.to_be_bytes();
+            for o in e.offsets() {
+                if let Some(slot) = buf.get_mut(usize::from(o)..usize::from(o) + 4) {
+                    slot.copy_from_slice(&bytes);
+                }
+            }
+        }
+        if let Some(edns) = req.edns() {
+            wire::push_opt(buf, ADVERTISED_UDP_SIZE, edns.dnssec_ok);
+        }
+        cx.reply.mark_wire();
+    }
+
+    /// Writes another query's reply (a coalesced miss) as this one's.
+    fn serve_bytes(&self, cx: &mut Context<'_>, bytes: &[u8]) -> bool {
+        let Ok(a) = wire::analyze(bytes) else {
+            return false;
+        };
+        let req = cx.req;
+        let buf = cx.reply.wire_buf();
+        wire::strip_opt(bytes, &a, buf);
+        wire::set_id(buf, req.id());
+        wire::set_qname(buf, req.qname_wire());
+        if let Some(edns) = req.edns() {
+            wire::push_opt(buf, ADVERTISED_UDP_SIZE, edns.dnssec_ok);
+        }
+        cx.reply.mark_wire();
+        true
+    }
+
+    /// Stores a reply to `req` if it is cacheable. `refresh` replies keep a
+    /// stale entry in place of a failure (RFC 8767) and, with
+    /// `prefer_positive`, a positive one in place of a denial.
+    fn store(&self, req: &Request<'_>, bytes: &[u8], h: u64, bits: u8, now: u32, refresh: bool) {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let Ok(a) = wire::analyze_at(bytes, unix) else {
+            self.m.drops.inc();
+            return;
+        };
+        if !wire::question_matches(bytes, req.qname_lower(), req.qtype(), req.qclass()) {
+            self.m.drops.inc();
+            return;
+        }
+        if a.truncated {
+            return;
+        }
+        let qn = req.qname_lower();
+        let (negative, ttl) = match a.kind {
+            Kind::NoError | Kind::Delegation => {
+                let t = a.min_ttl.unwrap_or(FAILSAFE_TTL);
+                (false, clamp(t, &self.cfg.success))
+            }
+            Kind::NameError | Kind::NoData => {
+                let t = a.negative_ttl.or(a.min_ttl).unwrap_or(FAILSAFE_TTL);
+                (true, clamp(t, &self.cfg.denial))
+            }
+            Kind::ServerError => {
+                if self.cfg.servfail.is_zero() {
+                    return;
+                }
+                (
+                    true,
+                    u32::try_from(self.cfg.servfail.as_secs())
+                        .unwrap_or(u32::MAX)
+                        .max(1),
+                )
+            }
+            Kind::OtherError | Kind::Meta | Kind::Update => return,
+        };
+        let off = if negative {
+            &self.denial_off
+        } else {
+            &self.success_off
+        };
+        if off.iter().any(|z| is_subdomain(qn, z)) {
+            return;
+        }
+        let (qt, qc) = (req.qtype(), req.qclass());
+        if self.cfg.stale.is_some() {
+            let failure = a.kind == Kind::ServerError;
+            let prefer_positive = self.cfg.stale.is_some_and(|s| s.prefer_positive) && negative;
+            // A refresh that failed keeps the stale entry; with prefer_positive,
+            // so does one that came back negative while a positive is kept.
+            let keep_positive = prefer_positive
+                && self
+                    .positive
+                    .get(h, |e| e.answers(qn, qt, qc, bits).then_some(()))
+                    .is_some();
+            let keep_any = refresh
+                && failure
+                && (self
+                    .positive
+                    .get(h, |e| e.answers(qn, qt, qc, bits).then_some(()))
+                    .is_some()
+                    || self
+                        .negative
+                        .get(h, |e| e.answers(qn, qt, qc, bits).then_some(()))
+                        .is_some());
+            if keep_positive || keep_any {
+                return;
+            }
+        }
+        let stale_secs = self.cfg.stale.map_or(0, |s| {
+            u32::try_from(s.duration.as_secs()).unwrap_or(u32::MAX)
+        });
+        let dead_at = now.saturating_add(ttl).saturating_add(stale_secs);
+        let mut stripped = Vec::with_capacity(bytes.len());
+        wire::strip_opt(bytes, &a, &mut stripped);
+        let Some(e) = Entry::new(&stripped, &a.ttl_offsets, bits, negative, now, ttl, dead_at)
+        else {
+            return;
+        };
+        let (tier, other, i) = if negative {
+            (&self.negative, &self.positive, 1)
+        } else {
+            (&self.positive, &self.negative, 0)
+        };
+        other.remove_if(h, |e| e.answers(qn, qt, qc, bits));
+        let evicted = tier.insert(h, e, now);
+        self.m.evictions[i].inc_by(evicted as u64);
+        self.update_gauges();
+    }
+
+    /// Ends the flight for `h` (if any) with an outcome.
+    fn land(&self, h: u64, outcome: impl FnOnce() -> Outcome) {
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&h);
+        if let Some(f) = flight {
+            f.tx.send_replace(Some(outcome()));
+        }
+    }
+
+    /// Starts a background refresh of `req`'s key unless one is running.
+    /// Returns the flight to wait on.
+    fn refresh(self: &Arc<Self>, cx: &Context<'_>, h: u64, bits: u8, now: u32) -> Arc<Flight> {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = flights.get(&h)
+            && now.saturating_sub(f.started) < FLIGHT_WAIT.as_secs() as u32
+        {
+            return Arc::clone(f);
+        }
+        let f = Flight::new(now);
+        if flights.len() < MAX_FLIGHTS {
+            flights.insert(h, Arc::clone(&f));
+        }
+        drop(flights);
+        let inner = Arc::clone(self);
+        let raw = cx.req.raw().to_vec();
+        let client = cx.req.client();
+        cx.next.spawn(
+            raw.clone(),
+            client,
+            Box::new(move |reply| inner.refreshed(&raw, client, h, bits, reply)),
+        );
+        f
+    }
+
+    /// A background refresh finished.
+    fn refreshed(
+        &self,
+        raw: &[u8],
+        client: std::net::SocketAddr,
+        h: u64,
+        bits: u8,
+        reply: Option<Vec<u8>>,
+    ) {
+        let now = now_secs();
+        let Ok(req) = Request::parse(raw, client, Transport::Udp) else {
+            self.land(h, || Outcome::Failed(ResponseCode::ServFail));
+            return;
+        };
+        let failed = reply
+            .as_deref()
+            .is_none_or(|r| r.get(3).is_none_or(|b| b & 0x0f == 2));
+        if failed {
+            self.mark_failed(&req, h, bits, now);
+        }
+        match reply {
+            Some(bytes) => {
+                self.store(&req, &bytes, h, bits, now, true);
+                self.land(h, || Outcome::Reply(Arc::from(bytes)));
+            }
+            None => self.land(h, || Outcome::Failed(ResponseCode::ServFail)),
+        }
+    }
+
+    fn mark_failed(&self, req: &Request<'_>, h: u64, bits: u8, now: u32) {
+        let (qn, qt, qc) = (req.qname_lower(), req.qtype(), req.qclass());
+        for store in [&self.positive, &self.negative] {
+            store.get(h, |e| {
+                e.answers(qn, qt, qc, bits)
+                    .then(|| e.last_fail.store(now, std::sync::atomic::Ordering::Relaxed))
+            });
+        }
+    }
+}
+
+fn clamp(ttl: u32, tier: &Tier) -> u32 {
+    let min = u32::try_from(tier.min_ttl.as_secs()).unwrap_or(u32::MAX);
+    let max = u32::try_from(tier.max_ttl.as_secs()).unwrap_or(u32::MAX);
+    ttl.max(min).min(max).max(1)
+}
+
+impl Plugin for Cache {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn query(&self, cx: &mut Context<'_>) -> Flow {
+        let inner = &self.inner;
+        if !inner.covers(cx.req) {
+            return Flow::Next;
+        }
+        inner.m.requests.inc();
+        let bits = key_bits(cx.req);
+        let h = key_hash(cx.req.qname_lower(), cx.req.qtype(), cx.req.qclass(), bits);
+        let now = now_secs();
+        match inner.lookup(cx, h, bits, now) {
+            Some(Hit::Fresh { negative, prefetch }) => {
+                inner.m.hits[usize::from(negative)].inc();
+                if prefetch {
+                    inner.m.prefetch.inc();
+                    let _ = inner.refresh(cx, h, bits, now);
+                }
+                return Flow::Answered;
+            }
+            Some(Hit::Stale { refresh }) => {
+                inner.m.stale.inc();
+                if refresh {
+                    let _ = inner.refresh(cx, h, bits, now);
+                }
+                return Flow::Answered;
+            }
+            Some(Hit::StaleVerify) => return Flow::Upstream,
+            None => {}
+        }
+        inner.m.misses.inc();
+        let mut flights = inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        match flights.get(&h) {
+            // Someone is already asking: wait for that answer.
+            Some(f) if now.saturating_sub(f.started) < FLIGHT_WAIT.as_secs() as u32 => {
+                Flow::Upstream
+            }
+            _ => {
+                if flights.len() < MAX_FLIGHTS {
+                    flights.insert(h, Flight::new(now));
+                }
+                Flow::Next
+            }
+        }
+    }
+
+    fn response(&self, cx: &mut Context<'_>) {
+        let inner = &self.inner;
+        if !inner.covers(cx.req) {
+            return;
+        }
+        let bits = key_bits(cx.req);
+        let h = key_hash(cx.req.qname_lower(), cx.req.qtype(), cx.req.qclass(), bits);
+        if !cx.reply.is_written() {
+            let rc = cx.reply.failed().unwrap_or(ResponseCode::ServFail);
+            inner.land(h, || Outcome::Failed(rc));
+            return;
+        }
+        let Ok(bytes) = cx.reply.finish() else {
+            inner.land(h, || Outcome::Failed(ResponseCode::ServFail));
+            return;
+        };
+        inner.store(cx.req, bytes, h, bits, now_secs(), false);
+        inner.land(h, || Outcome::Reply(Arc::from(bytes)));
+    }
+
+    fn upstream(&self) -> Option<&dyn Upstream> {
+        Some(self)
+    }
+}
+
+impl Upstream for Cache {
+    fn exchange<'a>(&'a self, cx: &'a mut Context<'_>) -> UpstreamFuture<'a> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let bits = key_bits(cx.req);
+            let h = key_hash(cx.req.qname_lower(), cx.req.qtype(), cx.req.qclass(), bits);
+            let now = now_secs();
+            // Answered meanwhile?
+            if let Some(Hit::Fresh { negative, .. }) = inner.lookup(cx, h, bits, now) {
+                inner.m.hits[usize::from(negative)].inc();
+                return Flow::Answered;
+            }
+            let waiting = inner
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&h)
+                .cloned();
+            let verify = inner.cfg.stale.and_then(|s| match s.mode {
+                StaleMode::Verify(t) => Some(t),
+                StaleMode::Immediate => None,
+            });
+            let (flight, limit) = match (waiting, verify) {
+                (Some(f), _) => (f, FLIGHT_WAIT),
+                (None, Some(t)) => (inner.refresh(cx, h, bits, now), t),
+                // Nothing to wait for: ask ourselves.
+                (None, None) => return Flow::Next,
+            };
+            match flight.wait(limit).await {
+                Some(Outcome::Reply(bytes))
+                    if bytes.get(3).is_some_and(|b| b & 0x0f != 2) || verify.is_none() =>
+                {
+                    if inner.serve_bytes(cx, &bytes) {
+                        return Flow::Answered;
+                    }
+                    Flow::Next
+                }
+                Some(Outcome::Failed(rc)) if verify.is_none() => Flow::Fail(rc, None),
+                _ => {
+                    // verify: the upstream failed or was slow; stale it is.
+                    if verify.is_some() && inner.serve_stale(cx, h, bits, now_secs()) {
+                        inner.m.stale.inc();
+                        return Flow::Answered;
+                    }
+                    Flow::Next
+                }
+            }
+        })
+    }
+}
+
+impl Inner {
+    /// Serves a stale entry (verify mode, after the upstream failed).
+    fn serve_stale(&self, cx: &mut Context<'_>, h: u64, bits: u8, now: u32) -> bool {
+        let Some(stale) = self.cfg.stale else {
+            return false;
+        };
+        let ttl = u32::try_from(stale.response_ttl.as_secs()).unwrap_or(u32::MAX);
+        let req = cx.req;
+        let (qn, qt, qc) = (req.qname_lower(), req.qtype(), req.qclass());
+        for store in [&self.positive, &self.negative] {
+            let served = store.get(h, |e| {
+                (e.answers(qn, qt, qc, bits) && now < e.dead_at)
+                    .then(|| self.serve(cx, e, ttl, true))
+            });
+            if served.is_some() {
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,453 @@
+use std::time::Duration;
+
+use super::setup::parse;
+use super::*;
+use crate::dispenser::Dispenser;
+use crate::lexer::lex;
+
+fn cfg(text: &str) -> Result<CacheConfig, String> {
+    let file: Arc<str> = Arc::from("Corefile");
+    let tokens = lex(&file, text).map_err(|e| e.to_string())?;
+    let mut d = Dispenser::new("cache", &tokens);
+    parse(&mut d, &[".".to_string()]).map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_as_coredns() {
+    let c = cfg("cache").unwrap();
+    assert_eq!(c.zones, vec!["."]);
+    assert_eq!(c.success.capacity, 9984);
+    assert_eq!(c.denial.capacity, 9984);
+    assert_eq!(c.success.max_ttl, Duration::from_secs(3600));
+    assert_eq!(c.denial.max_ttl, Duration::from_secs(1800));
+    assert_eq!(c.success.min_ttl, Duration::from_secs(5));
+    assert_eq!(c.servfail, Duration::from_secs(5));
+    assert!(c.prefetch.is_none() && c.stale.is_none() && !c.keepttl);
+    let c = cfg("cache 30 example.org example.net").unwrap();
+    assert_eq!(c.zones, vec!["example.org.", "example.net."]);
+    assert_eq!(c.success.max_ttl, Duration::from_secs(30));
+    assert_eq!(c.denial.max_ttl, Duration::from_secs(30));
+    let c = cfg("cache 3").unwrap();
+    assert_eq!(
+        c.success.min_ttl,
+        Duration::from_secs(3),
+        "a cap below MINTTL lowers it"
+    );
+}
+
+#[test]
+fn every_option() {
+    let c = cfg("cache 300 {
+        success 5000 60 10
+        denial 2500 30 2
+        prefetch 10 2m 20%
+        serve_stale 10m verify 500ms 15s 45s
+        serve_stale_policy prefer_positive
+        servfail 10s
+        disable denial internal.example.org
+        keepttl
+        max_bytes 4M
+    }")
+    .unwrap();
+    assert_eq!(
+        (c.success.capacity, c.success.max_ttl, c.success.min_ttl),
+        (5000, Duration::from_secs(60), Duration::from_secs(10))
+    );
+    assert_eq!(
+        (c.denial.capacity, c.denial.max_ttl, c.denial.min_ttl),
+        (2500, Duration::from_secs(30), Duration::from_secs(2))
+    );
+    assert_eq!(
+        c.prefetch,
+        Some(Prefetch {
+            amount: 10,
+            window: Duration::from_secs(120),
+            percent: 20
+        })
+    );
+    assert_eq!(
+        c.stale,
+        Some(Stale {
+            duration: Duration::from_secs(600),
+            mode: StaleMode::Verify(Duration::from_millis(500)),
+            response_ttl: Duration::from_secs(15),
+            failure_recheck: Duration::from_secs(45),
+            prefer_positive: true,
+        })
+    );
+    assert_eq!(c.servfail, Duration::from_secs(10));
+    assert_eq!(c.denial.disabled, vec!["internal.example.org."]);
+    assert!(c.success.disabled.is_empty());
+    assert!(c.keepttl);
+    assert_eq!(c.max_bytes, 4 << 20);
+    let c = cfg("cache {\n serve_stale\n prefetch 2\n disable success\n}").unwrap();
+    let s = c.stale.unwrap();
+    assert_eq!(
+        (s.duration, s.mode, s.response_ttl),
+        (
+            Duration::from_secs(3600),
+            StaleMode::Immediate,
+            Duration::from_secs(30)
+        )
+    );
+    assert_eq!(c.prefetch.unwrap().window, Duration::from_secs(60));
+    assert_eq!(c.prefetch.unwrap().percent, 10);
+    assert_eq!(
+        c.success.disabled,
+        vec!["."],
+        "disable without zones: the cache's zones"
+    );
+    let c = cfg("cache {\n serve_stale 1h immediate 5s 10s\n}").unwrap();
+    let s = c.stale.unwrap();
+    assert_eq!(
+        (s.response_ttl, s.failure_recheck),
+        (Duration::from_secs(5), Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn errors_name_the_line() {
+    let cases = [
+        (
+            "cache 0",
+            "Corefile:1: cache: cache TTL can not be zero or negative",
+        ),
+        (
+            "cache\ncache",
+            "Corefile:2: cache: plugin can only be used once per server block",
+        ),
+        (
+            "cache {\n bogus\n}",
+            "Corefile:2: cache: option 'bogus' not supported",
+        ),
+        (
+            "cache {\n success\n}",
+            "Corefile:2: cache: wrong argument count or unexpected line ending after 'success'",
+        ),
+        (
+            "cache {\n success x\n}",
+            "Corefile:2: cache: success: invalid capacity 'x'",
+        ),
+        (
+            "cache {\n denial 10 5 10\n}",
+            "Corefile:2: cache: denial: MINTTL is larger than TTL",
+        ),
+        (
+            "cache {\n prefetch 0\n}",
+            "Corefile:2: cache: prefetch: amount must be at least 1",
+        ),
+        (
+            "cache {\n prefetch 5 1m 95%\n}",
+            "Corefile:2: cache: prefetch: percentage 95% is outside [10%, 90%]",
+        ),
+        (
+            "cache {\n prefetch 5 soon\n}",
+            "Corefile:2: cache: prefetch: invalid duration 'soon'",
+        ),
+        (
+            "cache {\n serve_stale 1h later\n}",
+            "Corefile:2: cache: serve_stale: invalid refresh mode 'later' (immediate or verify)",
+        ),
+        (
+            "cache {\n serve_stale_policy prefer_positive\n}",
+            "Corefile:2: cache: serve_stale_policy needs serve_stale (write serve_stale first)",
+        ),
+        (
+            "cache {\n serve_stale\n serve_stale_policy newest\n}",
+            "Corefile:3: cache: serve_stale_policy: unknown policy 'newest'",
+        ),
+        (
+            "cache {\n servfail 6m\n}",
+            "Corefile:2: cache: servfail: caching SERVFAIL responses over 5 minutes is not permitted",
+        ),
+        (
+            "cache {\n disable everything\n}",
+            "Corefile:2: cache: disable: unknown type 'everything' (success or denial)",
+        ),
+        (
+            "cache {\n max_bytes lots\n}",
+            "Corefile:2: cache: max_bytes: invalid size 'lots'",
+        ),
+        (
+            "cache {\n keepttl now\n}",
+            "Corefile:2: cache: unexpected argument 'now'",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(cfg(text).unwrap_err(), want, "{text}");
+    }
+}
+
+#[test]
+fn key_hash_separates_what_must_be_apart() {
+    let n = crate::request::name_to_wire("example.org.").unwrap();
+    let base = key_hash(&n, 1, 1, 0);
+    assert_ne!(base, key_hash(&n, 28, 1, 0), "type");
+    assert_ne!(base, key_hash(&n, 1, 3, 0), "class");
+    assert_ne!(base, key_hash(&n, 1, 1, DO), "DO");
+    assert_ne!(base, key_hash(&n, 1, 1, CD), "CD");
+    assert_eq!(base, key_hash(&n, 1, 1, 0));
+}
+
+#[test]
+fn clamps() {
+    let t = Tier {
+        capacity: 1,
+        max_ttl: Duration::from_secs(30),
+        min_ttl: Duration::from_secs(5),
+        disabled: vec![],
+    };
+    assert_eq!(clamp(1, &t), 5);
+    assert_eq!(clamp(20, &t), 20);
+    assert_eq!(clamp(3000, &t), 30);
+}
+
+// === handler ===
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+
+use crate::pkg::test::{AnswerStub, SoaStub, Stub, client, run_with};
+use crate::request::Transport;
+
+/// Counts how often the query gets past the cache.
+struct Counting<P> {
+    n: AtomicUsize,
+    inner: P,
+}
+impl<P: Plugin> Plugin for Counting<P> {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn query(&self, cx: &mut Context<'_>) -> Flow {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        self.inner.query(cx)
+    }
+}
+fn counting<P: Plugin>(inner: P) -> Counting<P> {
+    Counting {
+        n: AtomicUsize::new(0),
+        inner,
+    }
+}
+
+fn cache(text: &str) -> Cache {
+    Cache::new(cfg(text).unwrap(), "dns://:53").unwrap()
+}
+
+fn q(name: &str, qtype: RecordType, id: u16, dnssec: Option<bool>, cd: bool) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    m.metadata.checking_disabled = cd;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(d) = dnssec {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        e.set_dnssec_ok(d);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+#[test]
+fn a_hit_answers_without_asking_on_and_patches_id_case_and_ttl() {
+    let c = cache("cache 30");
+    let next = counting(AnswerStub);
+    let first = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 1, None, false),
+        Transport::Udp,
+        &next,
+    );
+    assert!(matches!(first.flow, Flow::Next));
+    assert_eq!(
+        first.msg.unwrap().answers[0].ttl,
+        300,
+        "the miss passes the upstream reply through"
+    );
+    let hit = run_with(
+        &c,
+        &q("WWW.Example.ORG.", RecordType::A, 2, None, false),
+        Transport::Udp,
+        &next,
+    );
+    assert!(matches!(hit.flow, Flow::Answered));
+    assert_eq!(next.n.load(Ordering::Relaxed), 1, "answered from the cache");
+    let m = hit.msg.unwrap();
+    assert_eq!(m.metadata.id, 2);
+    assert_eq!(m.queries[0].name().to_ascii(), "WWW.Example.ORG.");
+    assert_eq!(m.answers[0].ttl, 30, "clamped to the cache's cap");
+    assert!(m.edns.is_none(), "no OPT for a query without one");
+    // With EDNS, the hit carries an OPT of its own.
+    // With EDNS (DO clear: the same key), the hit carries an OPT of its own.
+    let hit = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 3, Some(false), false),
+        Transport::Udp,
+        &next,
+    );
+    assert!(matches!(hit.flow, Flow::Answered));
+    assert_eq!(next.n.load(Ordering::Relaxed), 1);
+    let m = hit.msg.unwrap();
+    assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+    let s = c.stats();
+    assert_eq!(s.success_entries, 1);
+}
+
+#[test]
+fn do_and_cd_are_keyed_apart() {
+    let c = cache("cache");
+    let next = counting(AnswerStub);
+    for (dnssec, cd) in [
+        (None, false),
+        (Some(true), false),
+        (None, true),
+        (Some(true), true),
+    ] {
+        let _ = run_with(
+            &c,
+            &q("www.example.org.", RecordType::A, 1, dnssec, cd),
+            Transport::Udp,
+            &next,
+        );
+        let again = run_with(
+            &c,
+            &q("www.example.org.", RecordType::A, 1, dnssec, cd),
+            Transport::Udp,
+            &next,
+        );
+        assert!(matches!(again.flow, Flow::Answered), "{dnssec:?} {cd}");
+    }
+    assert_eq!(next.n.load(Ordering::Relaxed), 4, "four keys, four misses");
+}
+
+#[test]
+fn negative_answers_use_the_soa_ttl() {
+    let c = cache("cache");
+    let next = counting(SoaStub(ResponseCode::NXDomain));
+    let _ = run_with(
+        &c,
+        &q("nope.example.org.", RecordType::A, 1, None, false),
+        Transport::Udp,
+        &next,
+    );
+    let hit = run_with(
+        &c,
+        &q("nope.example.org.", RecordType::A, 2, None, false),
+        Transport::Udp,
+        &next,
+    );
+    assert!(matches!(hit.flow, Flow::Answered));
+    let m = hit.msg.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(m.authorities[0].ttl, 60, "min(SOA TTL, SOA MINIMUM) = 60");
+    assert_eq!(c.stats().denial_entries, 1);
+    // NXDOMAIN without an SOA is not cached.
+    let c = cache("cache");
+    let next = counting(Stub::Rcode(ResponseCode::NXDomain));
+    for _ in 0..2 {
+        let _ = run_with(
+            &c,
+            &q("nope.example.org.", RecordType::A, 1, None, false),
+            Transport::Udp,
+            &next,
+        );
+    }
+    assert_eq!(next.n.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn servfail_is_cached_for_servfail_duration_only_if_asked() {
+    for (text, asked) in [("cache", 1), ("cache {\n servfail 0\n}", 2)] {
+        let c = cache(text);
+        let next = counting(Stub::Rcode(ResponseCode::ServFail));
+        for _ in 0..2 {
+            let _ = run_with(
+                &c,
+                &q("sf.example.org.", RecordType::A, 1, None, false),
+                Transport::Udp,
+                &next,
+            );
+        }
+        assert_eq!(next.n.load(Ordering::Relaxed), asked, "{text}");
+    }
+}
+
+#[test]
+fn disable_and_zones_restrict_what_is_cached() {
+    let c = cache("cache {\n disable success internal.example.org\n}");
+    let next = counting(AnswerStub);
+    for _ in 0..2 {
+        let _ = run_with(
+            &c,
+            &q("a.internal.example.org.", RecordType::A, 1, None, false),
+            Transport::Udp,
+            &next,
+        );
+    }
+    assert_eq!(next.n.load(Ordering::Relaxed), 2, "success disabled there");
+    let c = Cache::new(cfg("cache example.net").unwrap(), "dns://:53").unwrap();
+    let next = counting(AnswerStub);
+    for _ in 0..2 {
+        let _ = run_with(
+            &c,
+            &q("www.example.org.", RecordType::A, 1, None, false),
+            Transport::Udp,
+            &next,
+        );
+    }
+    assert_eq!(
+        next.n.load(Ordering::Relaxed),
+        2,
+        "outside the cache's zones"
+    );
+}
+
+#[test]
+fn keepttl_answers_with_the_ttl_as_received() {
+    let c = cache("cache {\n keepttl\n}");
+    let next = counting(AnswerStub);
+    let _ = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 1, None, false),
+        Transport::Udp,
+        &next,
+    );
+    let hit = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 2, None, false),
+        Transport::Udp,
+        &next,
+    );
+    assert_eq!(hit.msg.unwrap().answers[0].ttl, 300);
+}
+
+#[test]
+fn capacity_bounds_hold_under_a_flood() {
+    let c = cache("cache {\n success 100\n}");
+    let next = AnswerStub;
+    for i in 0..1000 {
+        let _ = run_with(
+            &c,
+            &q(&format!("n{i}.example.org."), RecordType::A, 1, None, false),
+            Transport::Udp,
+            &next,
+        );
+        assert!(c.stats().success_entries <= 100);
+    }
+    assert!(c.stats().evictions >= 900);
+    let c = cache("cache {\n max_bytes 16k\n}");
+    for i in 0..1000 {
+        let _ = run_with(
+            &c,
+            &q(&format!("n{i}.example.org."), RecordType::A, 1, None, false),
+            Transport::Udp,
+            &next,
+        );
+        assert!(c.stats().bytes <= 16 << 10);
+    }
+    let _ = client();
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 
 use nodedns_plugins::pkg::zones;
-use nodedns_plugins::setup::{BoundAddrs, Task};
+use nodedns_plugins::setup::{BoundAddrs, Carry, Task};
 use nodedns_plugins::{
     BlockInfo, BlockSetup, Controller, Dispenser, Plugin, ServerInfo, Services, SetupError, Token,
 };
@@ -109,6 +109,8 @@ pub struct Config {
     pub services: Services,
     /// Background tasks to run while this config serves.
     pub tasks: Vec<Task>,
+    /// What the next configuration may carry over (cache stores).
+    pub carry: Carry,
 }
 
 impl std::fmt::Debug for Config {
@@ -136,8 +138,14 @@ pub fn load_str(text: &str) -> Result<Config, SetupError> {
 
 /// Builds a configuration from a Corefile source.
 pub fn load(src: &Source<'_>, default_port: u16) -> Result<Config, SetupError> {
+    load_with(src, default_port, Carry::default())
+}
+
+/// Builds a configuration that takes over what `carry` holds from the
+/// running one where settings did not change (a reload).
+pub fn load_with(src: &Source<'_>, default_port: u16, carry: Carry) -> Result<Config, SetupError> {
     let blocks = corefile::parse(src, default_port)?;
-    build(src.text, &blocks)
+    build(src.text, &blocks, carry)
 }
 
 /// Where a zone was defined, for the duplicate error.
@@ -150,8 +158,11 @@ struct Owner {
 /// Which block defined each zone of a listener.
 type Owners = HashMap<Box<[u8]>, Owner>;
 
-fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
-    let mut services = Services::default();
+fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, SetupError> {
+    let mut services = Services {
+        carry_in: carry,
+        ..Services::default()
+    };
     let mut tasks = Vec::new();
     let mut routers: BTreeMap<ListenKey, (Router, Owners)> = BTreeMap::new();
     for (bi, sb) in blocks.iter().enumerate() {
@@ -240,7 +251,10 @@ fn build(text: &str, blocks: &[ServerBlock]) -> Result<Config, SetupError> {
             }
         }
     }
+    let carry = std::mem::take(&mut services.carry_out);
+    services.carry_in = Carry::default();
     Ok(Config {
+        carry,
         corefile: text.to_string(),
         listeners: routers
             .into_iter()

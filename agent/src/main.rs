@@ -148,7 +148,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 ));
             }
         }
-        let server = Server::start(&config, &opts)?;
+        let mut server = Server::start(&config, &opts)?;
         let mut background = Vec::new();
         for (service, listener) in http {
             let addr = listener.local_addr()?;
@@ -162,9 +162,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 &format!("listening transport=http service={service} addr={addr}"),
             );
         }
-        for task in std::mem::take(&mut config.tasks) {
-            background.push(tokio::spawn(task));
-        }
+        let mut config_tasks: Vec<_> = std::mem::take(&mut config.tasks).into_iter().map(tokio::spawn).collect();
         for (transport, addr) in &server.bound {
             announce(
                 args,
@@ -177,14 +175,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         life.set_serving();
         announce(args, &format!("nodedns-{} started", nodedns::VERSION));
-        wait_for_signal(&mut term).await?;
+        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .context("installing the SIGUSR1 handler")?;
+        loop {
+            let poll = config.services.reload.map(|r| r.interval + jitter(r.jitter));
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                r = tokio::signal::ctrl_c() => { r.context("installing the SIGINT handler")?; tracing::info!("SIGINT: shutting down"); break; }
+                _ = usr1.recv() => reload(args, &mut config, &mut server, &life, &mut config_tasks, "SIGUSR1"),
+                () = tokio::time::sleep(poll.unwrap_or(Duration::ZERO)), if poll.is_some() => {
+                    reload(args, &mut config, &mut server, &life, &mut config_tasks, "reload");
+                }
+            }
+        }
         life.set_stopping();
         if !lameduck.is_zero() {
             tracing::info!(?lameduck, "going into lameduck mode");
             tokio::time::sleep(lameduck).await;
         }
         server.shutdown(args.shutdown_timeout).await;
-        for t in background {
+        for t in background.into_iter().chain(config_tasks) {
             t.abort();
         }
         if let Some(p) = &args.pidfile {
@@ -221,10 +231,93 @@ async fn bind_http(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        r = tokio::signal::ctrl_c() => { r.context("installing the SIGINT handler")?; tracing::info!("SIGINT: shutting down") }
+/// A random duration in `[0, 2 * jitter)`, less `jitter`: spreads reload
+/// checks over `interval ± jitter`, returned as the part to add.
+fn jitter(jitter: Duration) -> Duration {
+    let span = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rand_below(span))
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.finish() % n
+}
+
+/// Re-reads the Corefile and, if it changed and loads, applies it live.
+/// A bad Corefile is logged and the running one keeps serving.
+fn reload(
+    args: &Args,
+    config: &mut Config,
+    server: &mut Server,
+    life: &Arc<Lifecycle>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    why: &str,
+) {
+    let path = match &args.conf {
+        Some(p) => p.clone(),
+        None if Path::new("Corefile").is_file() => std::path::PathBuf::from("Corefile"),
+        None => {
+            tracing::info!(
+                trigger = why,
+                "reload: running the embedded default; nothing to re-read"
+            );
+            return;
+        }
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(trigger = why, error = %e, "reload: reading {} failed; keeping the running config", path.display());
+            return;
+        }
+    };
+    if text == config.corefile {
+        tracing::debug!(trigger = why, "reload: Corefile unchanged");
+        return;
     }
-    Ok(())
+    let name = path.display().to_string();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let src = Source {
+        name: &name,
+        text: &text,
+        dir,
+    };
+    let mut new = match config::load_with(&src, args.dns_port, config.carry.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(
+                trigger = why,
+                "reload refused, keeping the running config: {e}"
+            );
+            eprintln!("[ERROR] reload refused: {e}");
+            return;
+        }
+    };
+    let added = match server.reload(&new) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(trigger = why, error = %e, "reload refused, keeping the running config");
+            eprintln!("[ERROR] reload refused: {e:#}");
+            return;
+        }
+    };
+    for (transport, addr) in added {
+        announce(
+            args,
+            &format!("listening transport={transport} addr={addr}"),
+        );
+    }
+    for t in tasks.drain(..) {
+        t.abort();
+    }
+    tasks.extend(std::mem::take(&mut new.tasks).into_iter().map(tokio::spawn));
+    life.set_reporters(std::mem::take(&mut new.services.readiness));
+    *config = new;
+    tracing::info!(trigger = why, "reloaded");
+    announce(args, "nodedns reloaded");
 }

@@ -16,7 +16,7 @@ pub const ORDER: &[(&str, Option<SetupFn>)] = &[
     ("quic", None),
     ("timeouts", None),
     ("multisocket", None),
-    ("reload", None),
+    ("reload", Some(p::reload::setup)),
     ("nsid", None),
     ("bufsize", None),
     ("bind", Some(p::bind::setup)),

@@ -27,6 +27,7 @@ pub mod log;
 pub mod r#loop;
 pub mod minimal;
 pub mod ready;
+pub mod reload;
 pub mod whoami;
 
 pub use dispenser::{Dispenser, SetupError, Token};

@@ -91,9 +91,60 @@ impl std::fmt::Debug for BlockSetup {
     }
 }
 
+/// `reload`: how often the agent checks its Corefile for changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Time between checks.
+    pub interval: std::time::Duration,
+    /// Up to this much is added to or taken from each interval.
+    pub jitter: std::time::Duration,
+}
+
+/// State that outlives a configuration when a reload leaves its settings
+/// unchanged (cache stores, and later upstream pools), keyed by a
+/// description of those settings.
+#[derive(Default, Clone)]
+pub struct Carry {
+    items: std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Carry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carry")
+            .field("items", &self.items.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Carry {
+    /// Takes what the previous configuration kept under `key` (once).
+    pub fn take<T: std::any::Any + Send + Sync>(&mut self, key: &str) -> Option<Arc<T>> {
+        let v = self.items.remove(key)?;
+        v.downcast::<T>().ok()
+    }
+    /// Keeps `value` for the next configuration under `key`.
+    pub fn keep<T: std::any::Any + Send + Sync>(&mut self, key: String, value: Arc<T>) {
+        self.items.insert(key, value);
+    }
+    /// How many items it holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 /// Process-wide services that plugins ask for; the agent starts them.
 #[derive(Default)]
 pub struct Services {
+    /// `reload`, if any block asked for it.
+    pub reload: Option<ReloadConfig>,
+    /// What the running configuration carries over to this one.
+    pub carry_in: Carry,
+    /// What this configuration carries over to the next.
+    pub carry_out: Carry,
     /// `health` endpoints.
     pub health: Vec<HealthConfig>,
     /// `ready` endpoints.

@@ -94,17 +94,37 @@ impl Drop for TrackerGuard {
     }
 }
 
-/// A running server.
-pub struct Server {
+/// One listening address: its sockets' threads and task, and the router
+/// they serve (swapped on reload).
+struct Listener {
+    router: Arc<ArcSwap<Router>>,
     stop_udp: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     udp_threads: Vec<std::thread::JoinHandle<()>>,
-    tcp_tasks: Vec<JoinHandle<()>>,
+    tcp_task: JoinHandle<()>,
+    bound: Vec<(Transport, SocketAddr)>,
+}
+
+impl Listener {
+    /// Tells its sockets to stop (threads notice within their poll interval).
+    fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        self.stop_udp.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// By address as bound (a port 0 resolved).
+    listeners: std::collections::BTreeMap<ListenKey, Listener>,
+    /// The ports that Corefile keys with port 0 got, so a reload that
+    /// still says port 0 (or names the port) keeps the same sockets.
+    zero_ports: std::collections::HashMap<Option<IpAddr>, u16>,
     conns: Arc<Tracker>,
+    up: Arc<UpstreamCtx>,
+    opts: Options,
     /// What is bound: transport and address (the real port for port 0).
     pub bound: Vec<(Transport, SocketAddr)>,
-    /// The routers being served, by listening address (swapped on reload).
-    pub routers: Vec<(ListenKey, Arc<ArcSwap<Router>>)>,
 }
 
 impl Server {
@@ -112,19 +132,7 @@ impl Server {
     /// inside a tokio runtime. Fails (binding nothing) if any address
     /// cannot be bound.
     pub fn start(config: &Config, opts: &Options) -> io::Result<Self> {
-        let sockets = if opts.udp_sockets == 0 {
-            std::thread::available_parallelism().map_or(1, usize::from)
-        } else {
-            opts.udp_sockets
-        };
-        let mut bound_sockets = Vec::new();
-        for (key, router) in &config.listeners {
-            let (tcp, udps) = bind_pair(key, sockets, opts.udp_rcvbuf)
-                .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?;
-            bound_sockets.push((*key, Arc::clone(router), tcp, udps));
-        }
-        let (shutdown, _) = watch::channel(false);
-        let stop_udp = Arc::new(AtomicBool::new(false));
+        let bound = bind_all(config, opts)?;
         let conns = Arc::new(Tracker::default());
         chain::set_runtime(tokio::runtime::Handle::current());
         let up = Arc::new(UpstreamCtx {
@@ -133,67 +141,162 @@ impl Server {
             tracker: Arc::clone(&conns),
         });
         let mut server = Self {
-            stop_udp: Arc::clone(&stop_udp),
-            shutdown,
-            udp_threads: Vec::new(),
-            tcp_tasks: Vec::new(),
-            conns: Arc::clone(&conns),
+            listeners: std::collections::BTreeMap::new(),
+            zero_ports: std::collections::HashMap::new(),
+            conns,
+            up,
+            opts: opts.clone(),
             bound: Vec::new(),
-            routers: Vec::new(),
         };
-        for (key, router, tcp, udps) in bound_sockets {
-            let shared = Arc::new(ArcSwap::new(router));
-            server.routers.push((key, Arc::clone(&shared)));
-            let tcp_addr = tcp.local_addr()?;
-            for (i, u) in udps.into_iter().enumerate() {
-                if i == 0 {
-                    let addr = u.local_addr()?;
-                    server.bound.push((Transport::Udp, addr));
-                    let reachable = match addr.ip() {
-                        ip if ip.is_unspecified() && addr.is_ipv6() => {
-                            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
-                        }
-                        ip if ip.is_unspecified() => {
-                            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-                        }
-                        _ => addr,
-                    };
-                    for b in router_blocks(&shared) {
-                        b.bound.add(reachable);
-                    }
-                }
-                let shared = Arc::clone(&shared);
-                let stop = Arc::clone(&stop_udp);
-                let limits = opts.limits;
-                let up = Arc::clone(&up);
-                let u = Arc::new(u);
-                let handle = std::thread::Builder::new()
-                    .name(format!("udp-{}-{i}", tcp_addr.port()))
-                    .spawn(move || udp::serve(u, shared, limits, stop, up))?;
-                server.udp_threads.push(handle);
-            }
-            server.bound.push((Transport::Tcp, tcp_addr));
-            tcp.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(tcp)?;
-            server.tcp_tasks.push(tokio::spawn(tcp::serve(
-                listener,
-                shared,
-                opts.limits,
-                opts.tcp,
-                server.shutdown.subscribe(),
-                Arc::clone(&up),
-            )));
+        for (key, router, tcp, udps) in bound {
+            let key = server.resolved(key, &tcp)?;
+            let l = server.serve(router, tcp, udps)?;
+            server.bound.extend(l.bound.iter().copied());
+            server.listeners.insert(key, l);
         }
         Ok(server)
+    }
+
+    /// Applies a new configuration: listeners whose address stays keep
+    /// their sockets and get the new routes; new addresses are bound
+    /// (nothing changes if one cannot be); addresses no longer named stop.
+    /// Queries in flight finish on the routes they started with. Returns
+    /// the addresses newly bound.
+    pub fn reload(&mut self, config: &Config) -> io::Result<Vec<(Transport, SocketAddr)>> {
+        let wanted: Vec<(ListenKey, Arc<Router>)> = config
+            .listeners
+            .iter()
+            .map(|(k, r)| (self.known(*k), Arc::clone(r)))
+            .collect();
+        let fresh: Vec<_> = wanted
+            .iter()
+            .filter(|(k, _)| !self.listeners.contains_key(k))
+            .cloned()
+            .collect();
+        let mut opened = Vec::new();
+        for (key, router) in fresh {
+            let sockets = udp_sockets(&self.opts);
+            let (tcp, udps) = bind_pair(&key, sockets, self.opts.udp_rcvbuf)
+                .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?;
+            opened.push((key, router, tcp, udps));
+        }
+        let mut added = Vec::new();
+        for (key, router, tcp, udps) in opened {
+            let key = self.resolved(key, &tcp)?;
+            let l = self.serve(router, tcp, udps)?;
+            added.extend(l.bound.iter().copied());
+            self.listeners.insert(key, l);
+        }
+        let gone: Vec<ListenKey> = self
+            .listeners
+            .keys()
+            .filter(|k| !wanted.iter().any(|(w, _)| self.known(*w) == **k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(l) = self.listeners.remove(&key) {
+                tracing::info!(addr = %key, "reload: no longer listening");
+                l.stop();
+                self.bound.retain(|b| !l.bound.contains(b));
+            }
+        }
+        for (key, router) in &wanted {
+            if let Some(l) = self.listeners.get(&self.known(*key)) {
+                for b in router.blocks() {
+                    for (t, a) in &l.bound {
+                        if *t == Transport::Udp {
+                            b.bound.add(reachable(*a));
+                        }
+                    }
+                }
+                l.router.store(Arc::clone(router));
+            }
+        }
+        self.bound.extend(added.iter().copied());
+        Ok(added)
+    }
+
+    /// A Corefile key with the port a port-0 key already got.
+    fn known(&self, key: ListenKey) -> ListenKey {
+        match (key.port, self.zero_ports.get(&key.addr)) {
+            (0, Some(p)) => ListenKey { port: *p, ..key },
+            _ => key,
+        }
+    }
+
+    /// The key of a bound listener, recording what a port 0 became.
+    fn resolved(&mut self, key: ListenKey, tcp: &std::net::TcpListener) -> io::Result<ListenKey> {
+        if key.port != 0 {
+            return Ok(key);
+        }
+        let port = tcp.local_addr()?.port();
+        self.zero_ports.insert(key.addr, port);
+        Ok(ListenKey { port, ..key })
+    }
+
+    /// Starts serving one bound address.
+    fn serve(
+        &self,
+        router: Arc<Router>,
+        tcp: std::net::TcpListener,
+        udps: Vec<std::net::UdpSocket>,
+    ) -> io::Result<Listener> {
+        let shared = Arc::new(ArcSwap::new(router));
+        let stop_udp = Arc::new(AtomicBool::new(false));
+        let (shutdown, _) = watch::channel(false);
+        let tcp_addr = tcp.local_addr()?;
+        let mut bound = Vec::new();
+        let mut threads = Vec::new();
+        for (i, u) in udps.into_iter().enumerate() {
+            if i == 0 {
+                let addr = u.local_addr()?;
+                bound.push((Transport::Udp, addr));
+                for b in router_blocks(&shared) {
+                    b.bound.add(reachable(addr));
+                }
+            }
+            let shared = Arc::clone(&shared);
+            let stop = Arc::clone(&stop_udp);
+            let limits = self.opts.limits;
+            let up = Arc::clone(&self.up);
+            let u = Arc::new(u);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("udp-{}-{i}", tcp_addr.port()))
+                    .spawn(move || udp::serve(u, shared, limits, stop, up))?,
+            );
+        }
+        bound.push((Transport::Tcp, tcp_addr));
+        tcp.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(tcp)?;
+        let tcp_task = tokio::spawn(tcp::serve(
+            listener,
+            Arc::clone(&shared),
+            self.opts.limits,
+            self.opts.tcp,
+            shutdown.subscribe(),
+            Arc::clone(&self.up),
+        ));
+        Ok(Listener {
+            router: shared,
+            stop_udp,
+            shutdown,
+            udp_threads: threads,
+            tcp_task,
+            bound,
+        })
     }
 
     /// Stops accepting, lets in-flight queries finish (at most `grace`),
     /// and returns when everything stopped.
     pub async fn shutdown(self, grace: Duration) {
-        let _ = self.shutdown.send(true);
-        self.stop_udp.store(true, Ordering::Relaxed);
-        for t in self.tcp_tasks {
-            let _ = t.await;
+        for l in self.listeners.values() {
+            l.stop();
+        }
+        let mut threads = Vec::new();
+        for (_, l) in self.listeners {
+            let _ = l.tcp_task.await;
+            threads.extend(l.udp_threads);
         }
         if tokio::time::timeout(grace, self.conns.wait_idle())
             .await
@@ -201,13 +304,54 @@ impl Server {
         {
             tracing::warn!("shutdown: connections still open after {grace:?}; closing them");
         }
-        let threads = self.udp_threads;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
+    }
+}
+
+fn udp_sockets(opts: &Options) -> usize {
+    if opts.udp_sockets == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        opts.udp_sockets
+    }
+}
+
+/// Binds every listener of a config, or none.
+#[allow(clippy::type_complexity)]
+fn bind_all(
+    config: &Config,
+    opts: &Options,
+) -> io::Result<
+    Vec<(
+        ListenKey,
+        Arc<Router>,
+        std::net::TcpListener,
+        Vec<std::net::UdpSocket>,
+    )>,
+> {
+    let sockets = udp_sockets(opts);
+    let mut out = Vec::new();
+    for (key, router) in &config.listeners {
+        let (tcp, udps) = bind_pair(key, sockets, opts.udp_rcvbuf)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?;
+        out.push((*key, Arc::clone(router), tcp, udps));
+    }
+    Ok(out)
+}
+
+/// An address a plugin on this host can send to: the wildcard becomes loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv6() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        _ => addr,
     }
 }
 

@@ -60,7 +60,13 @@ fn now_secs() -> u32 {
 /// Parses `cache` and adds the handler.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let cfg = setup::parse(&mut c.d, &c.block.zones)?;
-    let cache = Cache::new(cfg, &c.block.server_name).map_err(|e| c.d.err(e))?;
+    // A reload that leaves the settings unchanged keeps the entries.
+    let key = format!("cache|{}|{cfg:?}", c.block.server_name);
+    let cache = match c.services.carry_in.take::<Inner>(&key) {
+        Some(inner) => Cache { inner },
+        None => Cache::new(cfg, &c.block.server_name).map_err(|e| c.d.err(e))?,
+    };
+    c.services.carry_out.keep(key, Arc::clone(&cache.inner));
     c.add_plugin(Box::new(cache));
     Ok(())
 }

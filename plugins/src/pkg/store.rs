@@ -66,8 +66,8 @@ const NIL: u32 = u32::MAX;
 /// The visited bit, kept in the top bit of a slot's weight.
 const VISITED: u32 = 1 << 31;
 /// Most entries per index bucket, as a fraction.
-const LOAD_NUM: usize = 1;
-const LOAD_DEN: usize = 2;
+const LOAD_NUM: usize = 3;
+const LOAD_DEN: usize = 4;
 /// Heaviest value a slot can record.
 const MAX_WEIGHT: usize = (VISITED - 1) as usize;
 

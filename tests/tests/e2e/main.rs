@@ -7,6 +7,7 @@ mod forward;
 mod harness;
 mod plugins;
 mod readme;
+mod reload;
 mod robustness;
 mod server;
 mod shutdown;

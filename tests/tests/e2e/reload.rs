@@ -1,0 +1,144 @@
+//! Live reload: SIGUSR1 and the reload plugin apply a changed Corefile;
+//! a bad one is refused; caches with unchanged settings keep their entries.
+
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use nix::sys::signal::Signal;
+use nodedns_tests::{Agent, Client, FakeUpstream, wait_until};
+
+fn corefile(up: &FakeUpstream, cache: &str, extra: &str) -> String {
+    format!(".:0 {{\n    bind 127.0.0.1\n    {cache}\n    forward . {up}\n}}\n{extra}")
+}
+
+async fn reloaded(agent: &Agent, n: usize) -> bool {
+    wait_until(Duration::from_secs(10), || async {
+        agent
+            .stdout()
+            .iter()
+            .filter(|l| l.as_str() == "nodedns reloaded")
+            .count()
+            >= n
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigusr1_applies_a_new_corefile_and_the_cache_carries_over() {
+    let up = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let agent = Agent::corefile(corefile(&up, "cache 300", ""))
+        .start()
+        .await;
+    let c = Client::new(agent.udp());
+    let _ = c.udp("www.example.org.", RecordType::A).await;
+    assert_eq!(up.count("www.example.org.", RecordType::A), 1);
+    // Before: example.net is forwarded (the fake upstream says NXDOMAIN).
+    assert_eq!(
+        c.udp("who.example.net.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    // Add a block that answers example.net with whoami. Port 0 again: the
+    // same listener (a reload keeps what port 0 became).
+    let extra = "example.net:0 {\n    bind 127.0.0.1\n    whoami\n}\n";
+    let text = corefile(&up, "cache 300", extra);
+    std::fs::write(agent.path("Corefile"), text).unwrap();
+    agent.signal(Signal::SIGUSR1);
+    assert!(reloaded(&agent, 1).await, "stdout: {:?}", agent.stdout());
+    // The new block serves on the same socket…
+    let m = c.udp("who.example.net.", RecordType::A).await;
+    assert_eq!(
+        m.additionals.len(),
+        2,
+        "whoami answers after the reload: {m:?}"
+    );
+    // …and the cache kept its entry: no second upstream query.
+    let _ = c.udp("www.example.org.", RecordType::A).await;
+    assert_eq!(
+        up.count("www.example.org.", RecordType::A),
+        1,
+        "cache entries carried over"
+    );
+}
+
+#[tokio::test]
+async fn changed_cache_settings_start_a_fresh_cache() {
+    let up = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let agent = Agent::corefile(corefile(&up, "cache 300", ""))
+        .start()
+        .await;
+    let c = Client::new(agent.udp());
+    let _ = c.udp("www.example.org.", RecordType::A).await;
+    std::fs::write(agent.path("Corefile"), corefile(&up, "cache 60", "")).unwrap();
+    agent.signal(Signal::SIGUSR1);
+    assert!(reloaded(&agent, 1).await);
+    let _ = c.udp("www.example.org.", RecordType::A).await;
+    assert_eq!(
+        up.count("www.example.org.", RecordType::A),
+        2,
+        "a different cache starts empty"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_corefile_is_refused_and_the_running_one_keeps_serving() {
+    let up = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let agent = Agent::corefile(corefile(&up, "cache 300", ""))
+        .start()
+        .await;
+    let c = Client::new(agent.udp());
+    std::fs::write(
+        agent.path("Corefile"),
+        ".:0 {\n    whoami\n    nonesuch\n}\n",
+    )
+    .unwrap();
+    agent.signal(Signal::SIGUSR1);
+    let refused = wait_until(Duration::from_secs(10), || async {
+        agent.stderr().iter().any(|l| {
+            l.contains("reload refused") && l.contains("Corefile:3: unknown directive 'nonesuch'")
+        })
+    })
+    .await;
+    assert!(refused, "stderr: {:?}", agent.stderr());
+    let m = c.udp("www.example.org.", RecordType::A).await;
+    assert_eq!(m.answers.len(), 1, "still forwarding");
+}
+
+#[tokio::test]
+async fn the_reload_plugin_picks_up_changes_by_itself() {
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    reload 2s 1s\n    hosts {\n        192.0.2.1 www.example.org\n    }\n}\n")
+        .start()
+        .await;
+    let port = agent.udp().port();
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        c.udp("www.example.org.", RecordType::A).await.answers[0]
+            .data
+            .to_string(),
+        "192.0.2.1"
+    );
+    std::fs::write(
+        agent.path("Corefile"),
+        format!(".:{port} {{\n    bind 127.0.0.1\n    reload 2s 1s\n    hosts {{\n        192.0.2.2 www.example.org\n    }}\n}}\n"),
+    )
+    .unwrap();
+    assert!(reloaded(&agent, 1).await, "reloaded within a few intervals");
+    assert_eq!(
+        c.udp("www.example.org.", RecordType::A).await.answers[0]
+            .data
+            .to_string(),
+        "192.0.2.2"
+    );
+}

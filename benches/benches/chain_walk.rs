@@ -69,5 +69,67 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A cache hit through the whole server path (parse, route, cache, patch),
+/// and hit throughput with 1, 2 and 4 threads sharing one cache.
+fn cache_hit(c: &mut Criterion) {
+    let client = "127.0.0.1:5353".parse().unwrap();
+    let limits = Limits::default();
+    // hosts answers the first query; the cache keeps it.
+    let config =
+        load_str(". {\n cache 300\n hosts {\n  192.0.2.1 www.example.org\n }\n}\n").unwrap();
+    let router = config.listeners.values().next().unwrap().clone();
+    let raw = query("www.example.org.");
+    let mut reply = Reply::new();
+    assert!(matches!(
+        handle(&router, &raw, client, Transport::Udp, &mut reply, &limits),
+        Handled::Reply
+    ));
+    c.bench_function("cache hit through the server path", |b| {
+        b.iter(|| {
+            assert!(matches!(
+                handle(
+                    &router,
+                    black_box(&raw),
+                    client,
+                    Transport::Udp,
+                    &mut reply,
+                    &limits
+                ),
+                Handled::Reply
+            ));
+        })
+    });
+    let mut group = c.benchmark_group("cache hits, threads sharing one cache");
+    for threads in [1usize, 2, 4] {
+        group.throughput(criterion::Throughput::Elements(threads as u64));
+        group.bench_function(format!("{threads} threads"), |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let router = &router;
+                        let raw = &raw;
+                        s.spawn(move || {
+                            let mut reply = Reply::new();
+                            for _ in 0..iters {
+                                let _ = black_box(handle(
+                                    router,
+                                    raw,
+                                    client,
+                                    Transport::Udp,
+                                    &mut reply,
+                                    &limits,
+                                ));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, cache_hit);
 criterion_main!(benches);

@@ -24,9 +24,10 @@ pub(super) struct Entry {
     pub(super) ttl: u32,
     /// Past this it is not served even stale (coarse seconds).
     pub(super) dead_at: u32,
-    /// prefetch: hits in the current run, and when the last came.
-    hits: AtomicU32,
-    last_hit: AtomicU32,
+    /// prefetch: when the last hit came (low 20 bits of its second) and
+    /// the hits in the current run (12 bits), in one word to keep the
+    /// entry small.
+    popularity: AtomicU32,
     /// When a refresh last failed (0: never), for FAILURE_RECHECK.
     pub(super) last_fail: AtomicU32,
 }
@@ -65,8 +66,7 @@ impl Entry {
             stored,
             ttl,
             dead_at,
-            hits: AtomicU32::new(0),
-            last_hit: AtomicU32::new(0),
+            popularity: AtomicU32::new(0),
             last_fail: AtomicU32::new(0),
         })
     }
@@ -118,15 +118,24 @@ impl Entry {
     }
 
     /// Counts a hit for prefetch and says whether the entry is now popular:
-    /// `amount` hits with no gap of `window` or more between them.
+    /// `amount` hits with no gap of `window` or more between them. Gaps are
+    /// measured modulo 2^20 s (12 days), far beyond any prefetch window.
     pub(super) fn popular(&self, now: u32, amount: u32, window: u32) -> bool {
-        let last = self.last_hit.swap(now, Ordering::Relaxed);
-        let n = if last != 0 && now.saturating_sub(last) < window {
-            self.hits.fetch_add(1, Ordering::Relaxed) + 1
+        const HIT_BITS: u32 = 12;
+        const HIT_MAX: u32 = (1 << HIT_BITS) - 1;
+        const TIME_MASK: u32 = (1 << (32 - HIT_BITS)) - 1;
+        let stamp = now & TIME_MASK;
+        let old = self.popularity.load(Ordering::Relaxed);
+        let (last, hits) = (old >> HIT_BITS, old & HIT_MAX);
+        let gap = stamp.wrapping_sub(last) & TIME_MASK;
+        let n = if old != 0 && gap < window {
+            (hits + 1).min(HIT_MAX)
         } else {
-            self.hits.store(1, Ordering::Relaxed);
             1
         };
-        n >= amount
+        // A lost race only miscounts one hit of a heuristic.
+        self.popularity
+            .store((stamp << HIT_BITS) | n, Ordering::Relaxed);
+        n >= amount.min(HIT_MAX)
     }
 }

@@ -466,7 +466,10 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&h);
-        if let Some(f) = flight {
+        // Only coalesced queries need the outcome: none waiting, no copy.
+        if let Some(f) = flight
+            && f.tx.receiver_count() > 0
+        {
             f.tx.send_replace(Some(outcome()));
         }
     }

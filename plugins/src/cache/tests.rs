@@ -451,3 +451,23 @@ fn capacity_bounds_hold_under_a_flood() {
     }
     let _ = client();
 }
+
+#[test]
+fn entries_stay_small() {
+    // The whole cache entry is meant to fit in ~200 bytes of RSS; the
+    // fixed part is 40 of them.
+    assert!(
+        size_of::<Entry>() <= 40,
+        "{}",
+        size_of::<Entry>()
+    );
+}
+
+#[test]
+fn popularity_counts_runs_without_gaps() {
+    let e = Entry::new(&[0u8; 12], &[], 0, false, 1, 60, 61).unwrap();
+    assert!(!e.popular(10, 3, 60));
+    assert!(!e.popular(20, 3, 60));
+    assert!(e.popular(30, 3, 60), "three hits within the window");
+    assert!(!e.popular(200, 3, 60), "a gap restarts the count");
+}

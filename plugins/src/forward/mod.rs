@@ -46,6 +46,59 @@ const UDP_SOCKETS: usize = 4;
 /// Queries in flight per upstream.
 const MAX_IN_FLIGHT: usize = 16_384;
 
+/// Rcodes with metric handles resolved in advance (NOERROR to REFUSED).
+const RCODES: [&str; 6] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+];
+
+/// An upstream's metric handles, resolved once so a response costs atomic
+/// adds rather than label lookups.
+struct UpMetrics {
+    responses: [IntCounter; 6],
+    duration: [prometheus::Histogram; 6],
+    proxy_duration: [prometheus::Histogram; 6],
+    /// Connection cache hits and misses for udp, tcp, tcp-tls.
+    conn_hits: [IntCounter; 3],
+    conn_misses: [IntCounter; 3],
+}
+
+impl UpMetrics {
+    fn new(to: &str) -> Self {
+        let protos = ["udp", "tcp", "tcp-tls"];
+        Self {
+            responses: RCODES.map(|rc| metrics::RESPONSES.with_label_values(&[to, rc])),
+            duration: RCODES.map(|rc| metrics::DURATION.with_label_values(&[to, rc])),
+            proxy_duration: RCODES
+                .map(|rc| metrics::PROXY_DURATION.with_label_values(&["forward", to, rc])),
+            conn_hits: protos
+                .map(|p| metrics::CONN_CACHE_HITS.with_label_values(&["forward", to, p])),
+            conn_misses: protos
+                .map(|p| metrics::CONN_CACHE_MISSES.with_label_values(&["forward", to, p])),
+        }
+    }
+
+    fn observe(&self, to: &str, rcode: u16, secs: f64) {
+        match RCODES.get(usize::from(rcode)) {
+            Some(_) => {
+                let i = usize::from(rcode);
+                self.responses[i].inc();
+                self.duration[i].observe(secs);
+                self.proxy_duration[i].observe(secs);
+            }
+            None => {
+                let label = rcode_name(rcode).unwrap_or("OTHER");
+                metrics::RESPONSES.with_label_values(&[to, label]).inc();
+                metrics::DURATION
+                    .with_label_values(&[to, label])
+                    .observe(secs);
+                metrics::PROXY_DURATION
+                    .with_label_values(&["forward", to, label])
+                    .observe(secs);
+            }
+        }
+    }
+}
+
 /// One upstream: its pool, health and RTT.
 struct Up {
     proxy: Proxy,
@@ -57,6 +110,7 @@ struct Up {
     srtt_us: AtomicU64,
     requests: IntCounter,
     hc_failures: IntCounter,
+    m: UpMetrics,
 }
 
 impl Up {
@@ -82,11 +136,12 @@ impl Up {
         self.srtt_us.store(new.max(1), Ordering::Relaxed);
     }
 
-    fn proto_label(&self, proto: Proto) -> &'static str {
+    /// Index of the `proto` label: udp, tcp, tcp-tls.
+    fn proto_index(&self, proto: Proto) -> usize {
         match (self.tls, proto) {
-            (true, _) => "tcp-tls",
-            (false, Proto::Udp) => "udp",
-            (false, Proto::Tcp) => "tcp",
+            (true, _) => 2,
+            (false, Proto::Udp) => 0,
+            (false, Proto::Tcp) => 1,
         }
     }
 }
@@ -187,6 +242,7 @@ impl Builder {
             proxy,
             requests: metrics::REQUESTS.with_label_values(&[&to]),
             hc_failures: metrics::PROXY_HC_FAILURES.with_label_values(&["forward", &to, ""]),
+            m: UpMetrics::new(&to),
             to,
             tls,
             fails: AtomicU32::new(0),
@@ -433,27 +489,14 @@ impl Forward {
                 }
             };
             up.observe(x.rtt);
-            let proto_label = up.proto_label(proto);
-            let cache = if x.reused_conn {
-                &metrics::CONN_CACHE_HITS
+            let p = up.proto_index(proto);
+            if x.reused_conn {
+                up.m.conn_hits[p].inc();
             } else {
-                &metrics::CONN_CACHE_MISSES
-            };
-            cache
-                .with_label_values(&["forward", &up.to, proto_label])
-                .inc();
+                up.m.conn_misses[p].inc();
+            }
             let rcode = x.reply.get(3).map_or(2, |b| u16::from(b & 0x0f));
-            let rcode_label = rcode_name(rcode).unwrap_or("OTHER");
-            let secs = started.elapsed().as_secs_f64();
-            metrics::PROXY_DURATION
-                .with_label_values(&["forward", &up.to, rcode_label])
-                .observe(secs);
-            metrics::DURATION
-                .with_label_values(&[&up.to, rcode_label])
-                .observe(secs);
-            metrics::RESPONSES
-                .with_label_values(&[&up.to, rcode_label])
-                .inc();
+            up.m.observe(&up.to, rcode, started.elapsed().as_secs_f64());
             if self.cfg.failover.contains(&rcode) && fails < n {
                 fails += 1;
                 last_reply = Some(x.reply);

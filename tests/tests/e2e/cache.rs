@@ -183,7 +183,7 @@ async fn serve_stale_immediate_keeps_answering_with_the_upstream_down() {
         "cache {\n        success 1000 1 1\n        serve_stale 3s immediate 7s 1s\n    }",
         &up,
         // A slow failure upstream: waiting for it would take seconds.
-        "        read_timeout 3s\n",
+        "        read_timeout 3s\n        max_connect_attempts 1\n",
     )
     .await;
     let c = Client::new(agent.udp());

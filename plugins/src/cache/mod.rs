@@ -157,6 +157,26 @@ pub struct CacheStats {
     pub bytes: usize,
     /// Entries evicted so far.
     pub evictions: u64,
+    /// Hits so far (fresh, both tiers).
+    pub hits: u64,
+    /// Misses so far.
+    pub misses: u64,
+    /// Stale answers so far.
+    pub served_stale: u64,
+    /// Prefetches started so far.
+    pub prefetches: u64,
+}
+
+impl CacheStats {
+    /// Hits over lookups (0 before the first lookup).
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
 }
 
 fn wires(list: &[String]) -> Result<Vec<Vec<u8>>, String> {
@@ -245,11 +265,16 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let p = self.inner.positive.stats();
         let n = self.inner.negative.stats();
+        let m = &self.inner.m;
         CacheStats {
             success_entries: p.entries,
             denial_entries: n.entries,
             bytes: p.bytes + n.bytes,
             evictions: p.evictions + n.evictions,
+            hits: m.hits[0].get() + m.hits[1].get(),
+            misses: m.misses.get(),
+            served_stale: m.stale.get(),
+            prefetches: m.prefetch.get(),
         }
     }
 

@@ -456,11 +456,7 @@ fn capacity_bounds_hold_under_a_flood() {
 fn entries_stay_small() {
     // The whole cache entry is meant to fit in ~200 bytes of RSS; the
     // fixed part is 40 of them.
-    assert!(
-        size_of::<Entry>() <= 40,
-        "{}",
-        size_of::<Entry>()
-    );
+    assert!(size_of::<Entry>() <= 40, "{}", size_of::<Entry>());
 }
 
 #[test]
@@ -470,4 +466,58 @@ fn popularity_counts_runs_without_gaps() {
     assert!(!e.popular(20, 3, 60));
     assert!(e.popular(30, 3, 60), "three hits within the window");
     assert!(!e.popular(200, 3, 60), "a gap restarts the count");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_answers_are_counted_and_expire() {
+    // Its own server label, so other tests' counters do not mix in.
+    let c = Cache::new(
+        cfg("cache {\n success 100 1 1\n serve_stale 10s immediate 7s\n}").unwrap(),
+        "dns://:stale-test",
+    )
+    .unwrap();
+    let up = counting(AnswerStub);
+    let _ = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 1, None, false),
+        Transport::Udp,
+        &up,
+    );
+    let hit = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 2, None, false),
+        Transport::Udp,
+        &up,
+    );
+    assert!(matches!(hit.flow, Flow::Answered));
+    let before = c.stats();
+    assert_eq!((before.hits, before.misses, before.served_stale), (1, 1, 0));
+    assert!((before.hit_ratio() - 0.5).abs() < f64::EPSILON);
+    // Past the TTL: stale, with RESPONSE_TTL, counted.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let stale = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 3, None, false),
+        Transport::Udp,
+        &up,
+    );
+    assert!(matches!(stale.flow, Flow::Answered));
+    assert_eq!(stale.msg.unwrap().answers[0].ttl, 7);
+    assert_eq!(c.stats().served_stale, 1);
+    assert_eq!(
+        metrics::SERVED_STALE
+            .with_label_values(&["dns://:stale-test", ".", ""])
+            .get(),
+        1
+    );
+    // Past the stale window: a miss again.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let miss = run_with(
+        &c,
+        &q("www.example.org.", RecordType::A, 4, None, false),
+        Transport::Udp,
+        &up,
+    );
+    assert!(matches!(miss.flow, Flow::Next));
+    assert_eq!(c.stats().served_stale, 1);
 }

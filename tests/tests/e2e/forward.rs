@@ -502,3 +502,34 @@ async fn a_forwarding_loop_exits_non_zero() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_resolv_conf_upstream_file_is_re_read_when_it_changes() {
+    let a = FakeUpstream::builder()
+        .wildcard_a("192.0.2.1")
+        .start()
+        .await;
+    let b = FakeUpstream::builder()
+        .wildcard_a("192.0.2.2")
+        .start()
+        .await;
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    forward . resolv.conf\n}\n")
+        .file("resolv.conf", format!("nameserver {a}\n"))
+        .start()
+        .await;
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        a_of(&c.udp("x.example.org.", RecordType::A).await),
+        vec!["192.0.2.1"]
+    );
+    std::fs::write(
+        agent.path("resolv.conf"),
+        format!("# moved\nnameserver {b}\n"),
+    )
+    .unwrap();
+    let moved = wait_until(Duration::from_secs(15), || async {
+        a_of(&c.udp("y.example.org.", RecordType::A).await) == vec!["192.0.2.2"]
+    })
+    .await;
+    assert!(moved, "the new nameserver is used without a reload");
+}

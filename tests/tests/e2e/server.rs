@@ -304,3 +304,35 @@ async fn several_zones_on_one_port() {
         ResponseCode::Refused
     );
 }
+
+#[tokio::test]
+async fn tcp_answers_leave_as_they_complete() {
+    // slow.example.org waits 600 ms at the upstream; fast.example.org is
+    // answered by hosts at once. Asked in that order on one connection,
+    // the fast answer comes first.
+    let up = nodedns_tests::FakeUpstream::builder()
+        .wildcard_a("192.0.2.66")
+        .fault(nodedns_tests::Fault::Delay(Duration::from_millis(600)))
+        .start()
+        .await;
+    let agent = Agent::corefile(format!(
+        ".:0 {{\n    bind 127.0.0.1\n    hosts {{\n        192.0.2.1 fast.example.org\n        fallthrough\n    }}\n    forward . {up}\n}}\n"
+    ))
+    .start()
+    .await;
+    let c = Client::new(agent.tcp());
+    let mut s = c.connect().await;
+    let mut slow = query("slow.example.org.", RecordType::A);
+    slow.metadata.id = 1;
+    let mut fast = query("fast.example.org.", RecordType::A);
+    fast.metadata.id = 2;
+    write_frame(&mut s, &slow.to_vec().unwrap()).await;
+    write_frame(&mut s, &fast.to_vec().unwrap()).await;
+    let first = Message::from_vec(&read_frame(&mut s).await.expect("first answer")).unwrap();
+    let second = Message::from_vec(&read_frame(&mut s).await.expect("second answer")).unwrap();
+    assert_eq!(
+        (first.metadata.id, second.metadata.id),
+        (2, 1),
+        "out of order: fast first"
+    );
+}

@@ -95,3 +95,41 @@ async fn lameduck_keeps_serving_then_stops() {
         "not before the lameduck ended"
     );
 }
+
+#[tokio::test]
+async fn queries_in_flight_finish_before_exit() {
+    let up = nodedns_tests::FakeUpstream::builder()
+        .wildcard_a("192.0.2.1")
+        .fault(nodedns_tests::Fault::Delay(Duration::from_millis(800)))
+        .start()
+        .await;
+    let mut agent = Agent::corefile(format!(
+        ".:0 {{\n    bind 127.0.0.1\n    forward . {up}\n}}\n"
+    ))
+    .start()
+    .await;
+    let c = Client::new(agent.udp());
+    let asking = tokio::spawn(async move {
+        c.udp_raw(
+            &nodedns_tests::client::query("slow.example.org.", RecordType::A)
+                .to_vec()
+                .unwrap(),
+        )
+        .await
+    });
+    // Once the query is at the upstream, stop the agent.
+    let at_upstream = nodedns_tests::wait_until(Duration::from_secs(5), || async {
+        up.count("slow.example.org.", RecordType::A) >= 1
+    })
+    .await;
+    assert!(at_upstream);
+    agent.signal(Signal::SIGTERM);
+    let reply = asking.await.unwrap().expect("the answer still comes");
+    let m = hickory_proto::op::Message::from_vec(&reply).unwrap();
+    assert_eq!(m.answers.len(), 1);
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status}");
+}

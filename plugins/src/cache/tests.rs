@@ -521,3 +521,34 @@ async fn stale_answers_are_counted_and_expire() {
     assert!(matches!(miss.flow, Flow::Next));
     assert_eq!(c.stats().served_stale, 1);
 }
+
+#[test]
+fn metric_names_are_coredns_names() {
+    let _ = (
+        &*metrics::ENTRIES,
+        &*metrics::REQUESTS,
+        &*metrics::HITS,
+        &*metrics::MISSES,
+    );
+    let _ = (
+        &*metrics::PREFETCH,
+        &*metrics::DROPS,
+        &*metrics::SERVED_STALE,
+        &*metrics::EVICTIONS,
+    );
+    let c = cache("cache");
+    let _ = c.stats();
+    let names: Vec<String> = crate::pkg::metrics::registry()
+        .gather()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    for want in [
+        "coredns_cache_entries",
+        "coredns_cache_requests_total",
+        "coredns_cache_misses_total",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    assert!(names.iter().all(|n| n.starts_with("coredns_")), "{names:?}");
+}

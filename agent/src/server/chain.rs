@@ -125,7 +125,8 @@ pub async fn resume(
         mut at,
     } = pending;
     let chain = &block.chain;
-    let mut reply = Reply::new();
+    // Sized by the reply itself: these live as long as an upstream takes.
+    let mut reply = Reply::default();
     let mut cx = Context {
         req: &req,
         server: &block.info,
@@ -217,7 +218,7 @@ async fn run_after(
     let req = Request::parse(&raw, client, Transport::Tcp).ok()?;
     let zone = nodedns_plugins::pkg::zones::matches_owned(&block.info.zones, req.qname_lower());
     let chain = &block.chain;
-    let mut reply = Reply::new();
+    let mut reply = Reply::default();
     let mut cx = Context {
         req: &req,
         server: &block.info,

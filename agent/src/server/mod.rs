@@ -52,7 +52,6 @@ impl Default for Options {
 /// What a listener needs to continue a query on the runtime.
 #[derive(Debug)]
 pub(crate) struct UpstreamCtx {
-    runtime: tokio::runtime::Handle,
     permits: Arc<tokio::sync::Semaphore>,
     tracker: Arc<Tracker>,
 }
@@ -136,7 +135,6 @@ impl Server {
         let conns = Arc::new(Tracker::default());
         chain::set_runtime(tokio::runtime::Handle::current());
         let up = Arc::new(UpstreamCtx {
-            runtime: tokio::runtime::Handle::current(),
             permits: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
             tracker: Arc::clone(&conns),
         });
@@ -259,7 +257,6 @@ impl Server {
             let stop = Arc::clone(&stop_udp);
             let limits = self.opts.limits;
             let up = Arc::clone(&self.up);
-            let u = Arc::new(u);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("udp-{}-{i}", tcp_addr.port()))

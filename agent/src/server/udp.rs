@@ -1,11 +1,16 @@
 //! UDP: one socket per core with SO_REUSEPORT, each served by its own
 //! thread that reads a batch with `recvmmsg`, answers each query through
 //! the chain with reused buffers, and sends the batch with `sendmmsg`.
-//! A thread per socket keeps the hit path free of any scheduler.
+//! Each thread runs a single-threaded runtime of its own: a hit never
+//! leaves the receive loop, and a miss waits on its upstream on the same
+//! thread, its reply joining a later batch, with no hand-off between
+//! threads.
 
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use nix::errno::Errno;
 use nix::sys::socket::{
-    MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto, setsockopt, sockopt,
+    MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, setsockopt, sockopt,
 };
 use nodedns_plugins::{Reply, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -45,29 +50,147 @@ pub(super) fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<UdpSocket> {
     if rcvbuf > 0 && setsockopt(&sock, sockopt::RcvBufForce, &rcvbuf).is_err() {
         sock.set_recv_buffer_size(rcvbuf)?;
     }
-    sock.set_read_timeout(Some(POLL))?;
     sock.bind(&addr.into())?;
     Ok(sock.into())
 }
 
-/// Serves one socket until `stop` is set. Runs on its own thread.
+/// Serves one socket until `stop` is set. Runs on its own thread, with a
+/// single-threaded runtime of its own: a query that needs the network
+/// continues on this thread (no hand-off to another), and its reply joins
+/// the next `sendmmsg` batch.
 pub(super) fn serve(
-    sock: Arc<UdpSocket>,
+    sock: UdpSocket,
     router: Arc<ArcSwap<Router>>,
     limits: Limits,
     stop: Arc<AtomicBool>,
     up: Arc<UpstreamCtx>,
 ) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "udp: starting the socket's runtime failed");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(sock, router, limits, stop, up));
+}
+
+/// Replies that tasks on this thread finished, waiting for the next batch.
+#[derive(Default)]
+struct Outbox {
+    replies: RefCell<Vec<(Vec<u8>, SockaddrStorage)>>,
+    ready: tokio::sync::Notify,
+    /// Misses taken or waiting (for a clean stop).
+    running: Cell<usize>,
+    /// Misses waiting for a worker.
+    jobs: RefCell<std::collections::VecDeque<Job>>,
+    work: tokio::sync::Notify,
+}
+
+/// A miss handed to this thread's workers.
+struct Job {
+    pending: Pending,
+    raw: Vec<u8>,
+    client: SocketAddr,
+    addr: SockaddrStorage,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _guard: super::TrackerGuard,
+}
+
+/// Misses each socket thread works on at once. The workers are started
+/// once and reused, so a miss allocates no task: short-lived task memory
+/// would otherwise share the thread's malloc arena with the long-lived
+/// cache entries and fragment it.
+const WORKERS: usize = 256;
+
+/// Takes misses from the queue, one at a time, until the thread stops.
+async fn worker(outbox: Rc<Outbox>, limits: Limits) {
+    loop {
+        let job = loop {
+            if let Some(j) = outbox.jobs.borrow_mut().pop_front() {
+                break j;
+            }
+            // One thread: nothing runs between the check and the wait, and a
+            // notify without a waiter is kept for the next one.
+            outbox.work.notified().await;
+        };
+        let Job {
+            pending,
+            raw,
+            client,
+            addr,
+            _permit,
+            _guard,
+        } = job;
+        if let Some(bytes) = resume(pending, &raw, client, Transport::Udp, limits).await {
+            outbox.replies.borrow_mut().push((bytes, addr));
+            outbox.ready.notify_one();
+        }
+        outbox.running.set(outbox.running.get().saturating_sub(1));
+    }
+}
+
+async fn run(
+    sock: UdpSocket,
+    router: Arc<ArcSwap<Router>>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    up: Arc<UpstreamCtx>,
+) {
+    if let Err(e) = sock.set_nonblocking(true) {
+        tracing::error!(error = %e, "udp: socket setup failed");
+        return;
+    }
+    let sock = match tokio::net::UdpSocket::from_std(sock) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "udp: socket setup failed");
+            return;
+        }
+    };
     let fd = sock.as_raw_fd();
+    let outbox = Rc::new(Outbox::default());
+    for _ in 0..WORKERS {
+        tokio::task::spawn_local(worker(Rc::clone(&outbox), limits));
+    }
     let mut recv_buf = vec![0u8; BATCH * RECV_SIZE];
     let mut recv_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
     let mut send_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
     let mut replies: Vec<Reply> = (0..BATCH).map(|_| Reply::new()).collect();
     let mut got: [(usize, Option<SockaddrStorage>, bool); BATCH] = [(0, None, false); BATCH];
     let mut to: [Option<SockaddrStorage>; BATCH] = [None; BATCH];
-    while !stop.load(Ordering::Relaxed) {
-        // Read a batch.
-        let n = {
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping_since: Option<tokio::time::Instant> = None;
+    loop {
+        flush_outbox(fd, &mut send_headers, &outbox);
+        if stop.load(Ordering::Relaxed) {
+            // Stop reading; let queries waiting on upstreams finish (bounded).
+            let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
+            if outbox.running.get() == 0 || since.elapsed() > STOP_GRACE {
+                flush_outbox(fd, &mut send_headers, &outbox);
+                return;
+            }
+            tokio::select! {
+                () = outbox.ready.notified() => {}
+                _ = tick.tick() => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            r = sock.readable() => if let Err(e) = r {
+                tracing::warn!(error = %e, "udp receive failed");
+                return;
+            },
+            () = outbox.ready.notified() => continue,
+            _ = tick.tick() => continue,
+        }
+        // Read a batch (try_io clears readiness when the socket is drained).
+        let read = sock.try_io(tokio::io::Interest::READABLE, || {
             let mut chunks = recv_buf.chunks_exact_mut(RECV_SIZE);
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
                 std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
@@ -75,7 +198,7 @@ pub(super) fn serve(
                 fd,
                 &mut recv_headers,
                 iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
+                MsgFlags::MSG_DONTWAIT,
                 None,
             ) {
                 Ok(results) => {
@@ -84,16 +207,24 @@ pub(super) fn serve(
                         *slot = (r.bytes, r.address, r.flags.contains(MsgFlags::MSG_TRUNC));
                         n += 1;
                     }
-                    n
+                    Ok(n)
                 }
-                Err(Errno::EAGAIN | Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "udp receive failed");
-                    // Back off so a persistent error does not spin a core.
-                    #[allow(clippy::disallowed_methods)]
-                    std::thread::sleep(POLL);
-                    continue;
-                }
+                Err(e) => Err(io::Error::from(e)),
+            }
+        });
+        let n = match read {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "udp receive failed");
+                continue;
             }
         };
         // Answer each.
@@ -131,44 +262,73 @@ pub(super) fn serve(
                 }
                 Handled::Drop => {}
                 Handled::Upstream(pending) => {
-                    spawn_upstream(&up, &sock, pending, raw, client, addr, limits);
+                    spawn_upstream(&up, &outbox, pending, raw, client, addr);
                 }
             }
         }
         drop(current);
-        send_batch(fd, &mut send_headers, &replies[..out], &to[..out]);
+        send_batch(
+            fd,
+            &mut send_headers,
+            replies[..out].iter().map(Reply::wire),
+            &to[..out],
+        );
     }
 }
 
-/// Sends the replies with `sendmmsg`, skipping one that fails and going on
-/// with the rest. Bounded: at most one call per reply.
-fn send_batch(
+/// How long a stopping socket waits for queries still at an upstream.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Sends the replies tasks finished since the last batch.
+fn flush_outbox(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, outbox: &Outbox) {
+    let mut pending = outbox.replies.borrow_mut();
+    if pending.is_empty() {
+        return;
+    }
+    for chunk in pending.chunks(BATCH) {
+        let to: [Option<SockaddrStorage>; BATCH] =
+            std::array::from_fn(|i| chunk.get(i).map(|(_, a)| *a));
+        send_batch(
+            fd,
+            headers,
+            chunk.iter().map(|(b, _)| b.as_slice()),
+            &to[..chunk.len()],
+        );
+    }
+    pending.clear();
+}
+
+/// Sends datagrams with `sendmmsg`, skipping one that fails and going on
+/// with the rest. Bounded: at most one call per datagram. Never blocks: a
+/// full socket buffer drops the rest (the clients retry).
+fn send_batch<'a>(
     fd: i32,
     headers: &mut MultiHeaders<SockaddrStorage>,
-    replies: &[Reply],
+    wires: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
     to: &[Option<SockaddrStorage>],
 ) {
+    let total = wires.len().min(to.len()).min(BATCH);
     let mut start = 0usize;
-    for _ in 0..=replies.len() {
-        if start >= replies.len() {
+    for _ in 0..=total {
+        if start >= total {
             return;
         }
-        let rest = &replies[start..];
-        let mut wires = rest.iter().map(Reply::wire);
+        let mut rest = wires.clone().skip(start);
         let iovs: [[IoSlice<'_>; 1]; BATCH] =
-            std::array::from_fn(|_| [IoSlice::new(wires.next().unwrap_or_default())]);
+            std::array::from_fn(|_| [IoSlice::new(rest.next().unwrap_or_default())]);
         match sendmmsg(
             fd,
             headers,
-            iovs[..rest.len()].iter(),
-            &to[start..],
+            iovs[..total - start].iter(),
+            &to[start..total],
             [],
-            MsgFlags::empty(),
+            MsgFlags::MSG_DONTWAIT,
         ) {
             // A short count means the next message failed: the next call
             // reports its error, and the message is skipped below.
             Ok(results) => start += results.count().max(1),
             Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "udp send failed");
                 start += 1;
@@ -177,47 +337,32 @@ fn send_batch(
     }
 }
 
-/// Continues a query that needs the network on a task, then sends its
-/// reply from there. Over the in-flight bound, the query is dropped (the
-/// client retries), as a loaded server must.
+/// Hands a query that needs the network to this thread's workers; its
+/// reply goes out with a later batch. Over the in-flight bound, the query
+/// is dropped (the client retries), as a loaded server must.
 fn spawn_upstream(
     up: &Arc<UpstreamCtx>,
-    sock: &Arc<UdpSocket>,
+    outbox: &Rc<Outbox>,
     pending: Pending,
     raw: &[u8],
     client: SocketAddr,
     addr: SockaddrStorage,
-    limits: Limits,
 ) {
     let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
         tracing::debug!(%client, "too many queries waiting on upstreams; dropping one");
         return;
     };
-    let guard = up.tracker.enter();
-    let sock = Arc::clone(sock);
-    let raw = raw.to_vec();
-    up.runtime.spawn(async move {
-        if let Some(bytes) = resume(pending, &raw, client, Transport::Udp, limits).await {
-            send_one(&sock, &bytes, &addr).await;
-        }
-        drop(permit);
-        drop(guard);
-    });
-}
-
-/// Sends one datagram without blocking the runtime: a full socket buffer
-/// is retried a few times, then the reply is dropped.
-async fn send_one(sock: &UdpSocket, bytes: &[u8], to: &SockaddrStorage) {
-    for _ in 0..4 {
-        match sendto(sock.as_raw_fd(), bytes, to, MsgFlags::MSG_DONTWAIT) {
-            Ok(_) => return,
-            Err(Errno::EAGAIN | Errno::EINTR) => tokio::time::sleep(Duration::from_millis(1)).await,
-            Err(e) => {
-                tracing::debug!(error = %e, "udp send failed");
-                return;
-            }
-        }
-    }
+    let job = Job {
+        pending,
+        raw: raw.to_vec(),
+        client,
+        addr,
+        _permit: permit,
+        _guard: up.tracker.enter(),
+    };
+    outbox.running.set(outbox.running.get() + 1);
+    outbox.jobs.borrow_mut().push_back(job);
+    outbox.work.notify_one();
 }
 
 /// The client's address as std sees it, IPv4-mapped IPv6 made plain IPv4.

@@ -50,7 +50,8 @@ pub enum Handled {
 /// Where a query that needs the network stopped.
 pub struct Pending {
     block: Arc<Block>,
-    zone: Box<[u8]>,
+    /// Where the matched zone starts in the lower-cased name (it is a suffix).
+    zone_at: usize,
     at: usize,
 }
 
@@ -101,7 +102,7 @@ pub fn handle(
     if let Flow::Upstream = flow {
         return Handled::Upstream(Pending {
             block: Arc::clone(block),
-            zone: zone.into(),
+            zone_at: req.qname_lower().len() - zone.len(),
             at: reached,
         });
     }
@@ -121,16 +122,17 @@ pub async fn resume(
     let req = Request::parse(raw, client, transport).ok()?;
     let Pending {
         block,
-        zone,
+        zone_at,
         mut at,
     } = pending;
+    let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
     let chain = &block.chain;
     // Sized by the reply itself: these live as long as an upstream takes.
     let mut reply = Reply::default();
     let mut cx = Context {
         req: &req,
         server: &block.info,
-        zone: &zone,
+        zone,
         reply: &mut reply,
         start,
         next: Next { chain: &*block, at },
@@ -155,7 +157,8 @@ pub async fn resume(
         }
     };
     match complete(chain, &mut cx, flow, at, &limits) {
-        Handled::Reply => Some(reply.wire().to_vec()),
+        // The reply's own buffer, not a copy.
+        Handled::Reply => Some(std::mem::take(reply.wire_buf())),
         Handled::Drop | Handled::Upstream(_) => None,
     }
 }

@@ -43,6 +43,7 @@ impl Weigh for Entry {
 
 impl Entry {
     /// Packs a reply (already without OPT) and its TTL offsets.
+    #[cfg(test)]
     pub(super) fn new(
         wire: &[u8],
         offsets: &[u16],
@@ -56,6 +57,36 @@ impl Entry {
         let mut data = Vec::with_capacity(wire.len() + offsets.len() * 2);
         data.extend_from_slice(wire);
         for o in offsets {
+            data.extend_from_slice(&o.to_le_bytes());
+        }
+        Some(Self {
+            data: data.into_boxed_slice(),
+            wire_len,
+            key_bits,
+            negative,
+            stored,
+            ttl,
+            dead_at,
+            popularity: AtomicU32::new(0),
+            last_fail: AtomicU32::new(0),
+        })
+    }
+
+    /// Packs a reply straight from the upstream's bytes: its OPT left out,
+    /// in one allocation.
+    pub(super) fn from_reply(
+        reply: &[u8],
+        a: &crate::pkg::wire::Analysis,
+        key_bits: u8,
+        negative: bool,
+        stored: u32,
+        ttl: u32,
+        dead_at: u32,
+    ) -> Option<Self> {
+        let mut data = Vec::with_capacity(a.stored_len() + a.ttl_offsets.len() * 2);
+        crate::pkg::wire::strip_opt(reply, a, &mut data);
+        let wire_len = u16::try_from(data.len()).ok()?;
+        for o in &a.ttl_offsets {
             data.extend_from_slice(&o.to_le_bytes());
         }
         Some(Self {

@@ -80,24 +80,26 @@ enum Outcome {
     Failed(ResponseCode),
 }
 
-/// A miss or refresh in progress for one key.
+/// A miss or refresh in progress for one key. Its channel is made only
+/// when a second query comes to wait, so a lone miss allocates none.
 struct Flight {
     started: u32,
-    tx: watch::Sender<Option<Outcome>>,
+    tx: Option<watch::Sender<Option<Outcome>>>,
 }
 
 impl Flight {
-    fn new(now: u32) -> Arc<Self> {
-        Arc::new(Self {
+    fn new(now: u32) -> Self {
+        Self {
             started: now,
-            tx: watch::channel(None).0,
-        })
+            tx: None,
+        }
     }
-    async fn wait(&self, limit: Duration) -> Option<Outcome> {
-        let mut rx = self.tx.subscribe();
-        let r = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
-        r.ok()?.ok()?.clone()
-    }
+}
+
+/// Waits, at most `limit`, for a flight's outcome.
+async fn wait(mut rx: watch::Receiver<Option<Outcome>>, limit: Duration) -> Option<Outcome> {
+    let r = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+    r.ok()?.ok()?.clone()
 }
 
 /// Metric handles, resolved once.
@@ -129,7 +131,7 @@ struct Inner {
     denial_off: Vec<Vec<u8>>,
     positive: Store<Entry>,
     negative: Store<Entry>,
-    flights: Mutex<HashMap<u64, Arc<Flight>>>,
+    flights: Mutex<HashMap<u64, Flight>>,
     m: Handles,
 }
 
@@ -467,10 +469,7 @@ impl Inner {
             u32::try_from(s.duration.as_secs()).unwrap_or(u32::MAX)
         });
         let dead_at = now.saturating_add(ttl).saturating_add(stale_secs);
-        let mut stripped = Vec::with_capacity(bytes.len());
-        wire::strip_opt(bytes, &a, &mut stripped);
-        let Some(e) = Entry::new(&stripped, &a.ttl_offsets, bits, negative, now, ttl, dead_at)
-        else {
+        let Some(e) = Entry::from_reply(bytes, &a, bits, negative, now, ttl, dead_at) else {
             return;
         };
         let (tier, other, i) = if negative {
@@ -492,25 +491,33 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&h);
         // Only coalesced queries need the outcome: none waiting, no copy.
-        if let Some(f) = flight
-            && f.tx.receiver_count() > 0
+        if let Some(tx) = flight.and_then(|f| f.tx)
+            && tx.receiver_count() > 0
         {
-            f.tx.send_replace(Some(outcome()));
+            tx.send_replace(Some(outcome()));
         }
     }
 
+    /// A receiver for the outcome of the flight in progress for `h`, if any.
+    fn subscribe(&self, h: u64) -> Option<watch::Receiver<Option<Outcome>>> {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        let f = flights.get_mut(&h)?;
+        Some(
+            f.tx.get_or_insert_with(|| watch::channel(None).0)
+                .subscribe(),
+        )
+    }
+
     /// Starts a background refresh of `req`'s key unless one is running.
-    /// Returns the flight to wait on.
-    fn refresh(self: &Arc<Self>, cx: &Context<'_>, h: u64, bits: u8, now: u32) -> Arc<Flight> {
+    fn refresh(self: &Arc<Self>, cx: &Context<'_>, h: u64, bits: u8, now: u32) {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(f) = flights.get(&h)
             && now.saturating_sub(f.started) < FLIGHT_WAIT.as_secs() as u32
         {
-            return Arc::clone(f);
+            return;
         }
-        let f = Flight::new(now);
         if flights.len() < MAX_FLIGHTS {
-            flights.insert(h, Arc::clone(&f));
+            flights.insert(h, Flight::new(now));
         }
         drop(flights);
         let inner = Arc::clone(self);
@@ -521,7 +528,6 @@ impl Inner {
             client,
             Box::new(move |reply| inner.refreshed(&raw, client, h, bits, reply)),
         );
-        f
     }
 
     /// A background refresh finished.
@@ -589,14 +595,14 @@ impl Plugin for Cache {
                 inner.m.hits[usize::from(negative)].inc();
                 if prefetch {
                     inner.m.prefetch.inc();
-                    let _ = inner.refresh(cx, h, bits, now);
+                    inner.refresh(cx, h, bits, now);
                 }
                 return Flow::Answered;
             }
             Some(Hit::Stale { refresh }) => {
                 inner.m.stale.inc();
                 if refresh {
-                    let _ = inner.refresh(cx, h, bits, now);
+                    inner.refresh(cx, h, bits, now);
                 }
                 return Flow::Answered;
             }
@@ -656,23 +662,33 @@ impl Upstream for Cache {
                 inner.m.hits[usize::from(negative)].inc();
                 return Flow::Answered;
             }
-            let waiting = inner
-                .flights
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&h)
-                .cloned();
+            let waiting = inner.subscribe(h);
             let verify = inner.cfg.stale.and_then(|s| match s.mode {
                 StaleMode::Verify(t) => Some(t),
                 StaleMode::Immediate => None,
             });
-            let (flight, limit) = match (waiting, verify) {
-                (Some(f), _) => (f, FLIGHT_WAIT),
-                (None, Some(t)) => (inner.refresh(cx, h, bits, now), t),
+            let (rx, limit) = match (waiting, verify) {
+                (Some(rx), _) => (Some(rx), FLIGHT_WAIT),
+                (None, Some(t)) => {
+                    inner.refresh(cx, h, bits, now);
+                    (inner.subscribe(h), t)
+                }
                 // Nothing to wait for: ask ourselves.
                 (None, None) => return Flow::Next,
             };
-            match flight.wait(limit).await {
+            // A refresh that ended before we could wait has stored its answer.
+            let outcome = match rx {
+                Some(rx) => wait(rx, limit).await,
+                None => {
+                    if let Some(Hit::Fresh { negative, .. }) = inner.lookup(cx, h, bits, now_secs())
+                    {
+                        inner.m.hits[usize::from(negative)].inc();
+                        return Flow::Answered;
+                    }
+                    None
+                }
+            };
+            match outcome {
                 Some(Outcome::Reply(bytes))
                     if bytes.get(3).is_some_and(|b| b & 0x0f != 2) || verify.is_none() =>
                 {

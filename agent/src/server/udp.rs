@@ -89,6 +89,10 @@ struct Outbox {
     /// Misses waiting for a worker.
     jobs: RefCell<std::collections::VecDeque<Job>>,
     work: tokio::sync::Notify,
+    /// Workers waiting for a job: only then is `work` worth notifying.
+    idle_workers: Cell<usize>,
+    /// The receive loop is waiting: only then is `ready` worth notifying.
+    loop_waiting: Cell<bool>,
 }
 
 /// A miss handed to this thread's workers.
@@ -116,7 +120,11 @@ async fn worker(outbox: Rc<Outbox>, limits: Limits) {
             }
             // One thread: nothing runs between the check and the wait, and a
             // notify without a waiter is kept for the next one.
+            outbox.idle_workers.set(outbox.idle_workers.get() + 1);
             outbox.work.notified().await;
+            outbox
+                .idle_workers
+                .set(outbox.idle_workers.get().saturating_sub(1));
         };
         let Job {
             pending,
@@ -128,7 +136,10 @@ async fn worker(outbox: Rc<Outbox>, limits: Limits) {
         } = job;
         if let Some(bytes) = resume(pending, &raw, client, Transport::Udp, limits).await {
             outbox.replies.borrow_mut().push((bytes, addr));
-            outbox.ready.notify_one();
+            // A busy receive loop flushes on its next turn anyway.
+            if outbox.loop_waiting.get() {
+                outbox.ready.notify_one();
+            }
         }
         outbox.running.set(outbox.running.get().saturating_sub(1));
     }
@@ -175,19 +186,28 @@ async fn run(
                 flush_outbox(fd, &mut send_headers, &outbox);
                 return;
             }
+            outbox.loop_waiting.set(true);
             tokio::select! {
                 () = outbox.ready.notified() => {}
                 _ = tick.tick() => {}
             }
+            outbox.loop_waiting.set(false);
             continue;
         }
-        tokio::select! {
-            r = sock.readable() => if let Err(e) = r {
+        outbox.loop_waiting.set(true);
+        let woke = tokio::select! {
+            r = sock.readable() => r.map(|()| true),
+            () = outbox.ready.notified() => Ok(false),
+            _ = tick.tick() => Ok(false),
+        };
+        outbox.loop_waiting.set(false);
+        match woke {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
                 tracing::warn!(error = %e, "udp receive failed");
                 return;
-            },
-            () = outbox.ready.notified() => continue,
-            _ = tick.tick() => continue,
+            }
         }
         // Read a batch (try_io clears readiness when the socket is drained).
         let read = sock.try_io(tokio::io::Interest::READABLE, || {
@@ -362,7 +382,9 @@ fn spawn_upstream(
     };
     outbox.running.set(outbox.running.get() + 1);
     outbox.jobs.borrow_mut().push_back(job);
-    outbox.work.notify_one();
+    if outbox.idle_workers.get() > 0 {
+        outbox.work.notify_one();
+    }
 }
 
 /// The client's address as std sees it, IPv4-mapped IPv6 made plain IPv4.

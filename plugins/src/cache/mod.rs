@@ -477,10 +477,14 @@ impl Inner {
         } else {
             (&self.positive, &self.negative, 0)
         };
-        other.remove_if(h, |e| e.answers(qn, qt, qc, bits));
+        let moved = other.remove_if(h, |e| e.answers(qn, qt, qc, bits));
         let evicted = tier.insert(h, e, now);
         self.m.evictions[i].inc_by(evicted as u64);
-        self.update_gauges();
+        // Only the tiers that changed: each count is a sum over shards.
+        self.m.entries[i].set(i64::try_from(tier.len()).unwrap_or(i64::MAX));
+        if moved {
+            self.m.entries[1 - i].set(i64::try_from(other.len()).unwrap_or(i64::MAX));
+        }
     }
 
     /// Ends the flight for `h` (if any) with an outcome.

@@ -120,11 +120,7 @@ pub async fn resume(
 ) -> Option<Vec<u8>> {
     let start = Instant::now();
     let req = Request::parse(raw, client, transport).ok()?;
-    let Pending {
-        block,
-        zone_at,
-        mut at,
-    } = pending;
+    let Pending { block, zone_at, at } = pending;
     let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
     let chain = &block.chain;
     // Sized by the reply itself: these live as long as an upstream takes.
@@ -137,30 +133,40 @@ pub async fn resume(
         start,
         next: Next { chain: &*block, at },
     };
-    // Bounded: each round moves `at` forward through the chain.
-    let flow = loop {
-        let Some(up) = chain.get(at).and_then(|p| p.upstream()) else {
-            break Flow::Fail(ResponseCode::ServFail, None);
-        };
-        cx.next.at = at;
-        match up.exchange(&mut cx).await {
-            Flow::Next => {
-                let (flow, reached) = walk(chain, &mut cx, at + 1);
-                at = reached;
-                if !matches!(flow, Flow::Upstream) {
-                    break flow;
-                }
-            }
-            // Only `query` may ask for the network.
-            Flow::Upstream => break Flow::Fail(ResponseCode::ServFail, None),
-            other => break other,
-        }
-    };
+    let (flow, at) = drive(chain, &mut cx, Flow::Upstream, at).await;
     match complete(chain, &mut cx, flow, at, &limits) {
         // The reply's own buffer, not a copy.
         Handled::Reply => Some(std::mem::take(reply.wire_buf())),
         Handled::Drop | Handled::Upstream(_) => None,
     }
+}
+
+/// Runs network steps while the chain asks for them; `flow` is what the
+/// plugin at `at` decided. Returns the final decision and who made it.
+/// Bounded: each round moves `at` forward through the chain.
+async fn drive(
+    chain: &[Box<dyn nodedns_plugins::Plugin>],
+    cx: &mut Context<'_>,
+    mut flow: Flow,
+    mut at: usize,
+) -> (Flow, usize) {
+    while matches!(flow, Flow::Upstream) {
+        let Some(up) = chain.get(at).and_then(|p| p.upstream()) else {
+            return (Flow::Fail(ResponseCode::ServFail, None), at);
+        };
+        cx.next.at = at;
+        flow = match up.exchange(cx).await {
+            Flow::Next => {
+                let (next, reached) = walk(chain, cx, at + 1);
+                at = reached;
+                next
+            }
+            // Only `query` may ask for the network.
+            Flow::Upstream => Flow::Fail(ResponseCode::ServFail, None),
+            other => other,
+        };
+    }
+    (flow, at)
 }
 
 /// Runs the `query` steps from `from` until a plugin decides. Returns the
@@ -233,18 +239,8 @@ async fn run_after(
             at: after + 1,
         },
     };
-    let (mut flow, mut at) = walk(chain, &mut cx, after + 1);
-    // Bounded: each round moves `at` forward through the chain.
-    while matches!(flow, Flow::Upstream) {
-        let up = chain.get(at).and_then(|p| p.upstream())?;
-        cx.next.at = at;
-        flow = up.exchange(&mut cx).await;
-        if matches!(flow, Flow::Next) {
-            (flow, at) = walk(chain, &mut cx, at + 1);
-        } else if matches!(flow, Flow::Upstream) {
-            return None;
-        }
-    }
+    let (flow, at) = walk(chain, &mut cx, after + 1);
+    let (flow, at) = drive(chain, &mut cx, flow, at).await;
     match flow {
         Flow::Drop | Flow::Upstream => return None,
         Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),

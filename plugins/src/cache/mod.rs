@@ -441,26 +441,18 @@ impl Inner {
             return;
         }
         let (qt, qc) = (req.qtype(), req.qclass());
-        if self.cfg.stale.is_some() {
-            let failure = a.kind == Kind::ServerError;
-            let prefer_positive = self.cfg.stale.is_some_and(|s| s.prefer_positive) && negative;
-            // A refresh that failed keeps the stale entry; with prefer_positive,
-            // so does one that came back negative while a positive is kept.
-            let keep_positive = prefer_positive
-                && self
-                    .positive
-                    .get(h, |e| e.answers(qn, qt, qc, bits).then_some(()))
-                    .is_some();
-            let keep_any = refresh
-                && failure
-                && (self
-                    .positive
+        if let Some(stale) = self.cfg.stale {
+            let held = |store: &Store<Entry>| {
+                store
                     .get(h, |e| e.answers(qn, qt, qc, bits).then_some(()))
                     .is_some()
-                    || self
-                        .negative
-                        .get(h, |e| e.answers(qn, qt, qc, bits).then_some(()))
-                        .is_some());
+            };
+            let has_positive = held(&self.positive);
+            // A refresh that failed keeps the stale entry; with prefer_positive,
+            // so does one that came back negative while a positive is kept.
+            let keep_positive = stale.prefer_positive && negative && has_positive;
+            let keep_any =
+                refresh && a.kind == Kind::ServerError && (has_positive || held(&self.negative));
             if keep_positive || keep_any {
                 return;
             }

@@ -164,7 +164,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 &format!("listening transport=http service={service} addr={addr}"),
             );
         }
-        let mut config_tasks: Vec<_> = std::mem::take(&mut config.tasks).into_iter().map(tokio::spawn).collect();
         for (transport, addr) in &server.bound {
             announce(
                 args,
@@ -177,6 +176,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         life.set_serving();
         announce(args, &format!("nodedns-{} started", nodedns::VERSION));
+        // Plugins' background work (loop's probe, file re-reads) starts once
+        // the server answers, as CoreDNS's OnStartup.
+        let mut config_tasks: Vec<_> = std::mem::take(&mut config.tasks).into_iter().map(tokio::spawn).collect();
         let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
             .context("installing the SIGUSR1 handler")?;
         loop {

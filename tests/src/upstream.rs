@@ -44,6 +44,7 @@ struct State {
     tcp_connections: AtomicUsize,
     tcp_open: AtomicUsize,
     tls_resumed: AtomicUsize,
+    udp_peers: Mutex<Vec<IpAddr>>,
 }
 
 /// Builder for a [`FakeUpstream`].
@@ -87,6 +88,7 @@ impl FakeUpstream {
                 tcp_connections: AtomicUsize::new(0),
                 tcp_open: AtomicUsize::new(0),
                 tls_resumed: AtomicUsize::new(0),
+                udp_peers: Mutex::new(Vec::new()),
             },
             ttl: 300,
             tls: false,
@@ -118,6 +120,10 @@ impl FakeUpstream {
     /// TCP (and TLS) connections accepted.
     pub fn tcp_connections(&self) -> usize {
         self.state.tcp_connections.load(Ordering::Relaxed)
+    }
+    /// The source addresses UDP queries came from (each once).
+    pub fn udp_peers(&self) -> Vec<IpAddr> {
+        self.state.udp_peers.lock().expect("peers lock").clone()
     }
     /// TLS connections that resumed an earlier session.
     pub fn tls_resumed(&self) -> usize {
@@ -204,6 +210,12 @@ impl FakeUpstreamBuilder {
                     continue;
                 };
                 let q = buf[..n].to_vec();
+                {
+                    let mut peers = s.udp_peers.lock().expect("peers lock");
+                    if !peers.contains(&peer.ip()) {
+                        peers.push(peer.ip());
+                    }
+                }
                 let s = Arc::clone(&s);
                 let u = Arc::clone(&u);
                 tokio::spawn(async move {

@@ -174,3 +174,41 @@ async fn embedded_default_forwards_to_resolv_conf() {
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn quiet_prints_no_start_up_lines() {
+    let port = nodedns_tests::free_port();
+    let dir = std::env::temp_dir().join(format!("nodedns-quiet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Corefile"),
+        format!(".:{port} {{\n    bind 127.0.0.1\n    whoami\n}}\n"),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["-quiet", "-conf", "Corefile"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let c = nodedns_tests::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let up = nodedns_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(c.server).await.is_ok()
+    })
+    .await;
+    assert!(up, "serves");
+    let m = c
+        .udp("example.org.", hickory_proto::rr::RecordType::A)
+        .await;
+    assert_eq!(m.additionals.len(), 2);
+    let _ = child.kill().await;
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -530,3 +530,78 @@ async fn a_resolv_conf_upstream_file_is_re_read_when_it_changes() {
     .await;
     assert!(moved, "the new nameserver is used without a reload");
 }
+
+#[tokio::test]
+async fn failover_tries_the_next_upstream_on_listed_rcodes() {
+    for (opt, want) in [
+        ("        failover SERVFAIL REFUSED\n", ResponseCode::NoError),
+        ("", ResponseCode::ServFail),
+    ] {
+        let bad = FakeUpstream::builder()
+            .wildcard_a("192.0.2.66")
+            .fault(Fault::ServFail)
+            .start()
+            .await;
+        let good = FakeUpstream::builder()
+            .wildcard_a("192.0.2.1")
+            .start()
+            .await;
+        let agent = start(&format!(
+            "    forward . {bad} {good} {{\n        policy sequential\n{opt}    }}"
+        ))
+        .await;
+        let m = Client::new(agent.udp())
+            .udp("x.example.org.", RecordType::A)
+            .await;
+        assert_eq!(m.metadata.response_code, want, "with {opt:?}");
+        assert_eq!(bad.count("x.example.org.", RecordType::A), 1);
+        assert_eq!(
+            good.count("x.example.org.", RecordType::A),
+            usize::from(!opt.is_empty())
+        );
+    }
+}
+
+#[tokio::test]
+async fn next_on_nodata_hands_empty_answers_on() {
+    let first = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let second = FakeUpstream::builder()
+        .aaaa("www.example.org.", "2001:db8::1")
+        .start()
+        .await;
+    let agent = start(&format!(
+        "    forward . {first} {{\n        next_on_nodata\n    }}\n    forward . {second}"
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    // A: the first answers. AAAA: the first has none (NODATA), the second does.
+    assert_eq!(
+        a_of(&c.udp("www.example.org.", RecordType::A).await),
+        vec!["192.0.2.1"]
+    );
+    let m = c.udp("www.example.org.", RecordType::AAAA).await;
+    assert_eq!(m.answers.len(), 1, "{m:?}");
+    assert_eq!(second.count("www.example.org.", RecordType::A), 0);
+}
+
+#[tokio::test]
+async fn source_address_sets_where_queries_come_from() {
+    let up = FakeUpstream::builder()
+        .wildcard_a("192.0.2.1")
+        .start()
+        .await;
+    let agent = start(&format!(
+        "    forward . {up} {{\n        source_address 127.0.0.3\n    }}"
+    ))
+    .await;
+    let _ = Client::new(agent.udp())
+        .udp("x.example.org.", RecordType::A)
+        .await;
+    assert_eq!(
+        up.udp_peers(),
+        vec!["127.0.0.3".parse::<std::net::IpAddr>().unwrap()]
+    );
+}

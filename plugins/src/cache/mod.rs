@@ -19,13 +19,12 @@ mod tests;
 pub use setup::{CacheConfig, Prefetch, Stale, StaleMode, Tier};
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use self::entry::{CD, DO, Entry};
 use crate::dispenser::SetupError;
@@ -51,10 +50,7 @@ const IXFR: u16 = 251;
 
 /// Coarse seconds since the process started (1-based, so 0 means never).
 fn now_secs() -> u32 {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    u32::try_from(EPOCH.elapsed().as_secs())
-        .unwrap_or(u32::MAX - 1)
-        .saturating_add(1)
+    crate::pkg::clock::uptime_secs()
 }
 
 /// Parses `cache` and adds the handler.
@@ -395,9 +391,7 @@ impl Inner {
     /// stale entry in place of a failure (RFC 8767) and, with
     /// `prefer_positive`, a positive one in place of a denial.
     fn store(&self, req: &Request<'_>, bytes: &[u8], h: u64, bits: u8, now: u32, refresh: bool) {
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix = crate::pkg::clock::unix_secs();
         let Ok(a) = wire::analyze_at(bytes, unix) else {
             self.m.drops.inc();
             return;

@@ -1,6 +1,7 @@
 //! What plugins share. Plugins never reach into each other; common code
 //! lives here (CoreDNS's `plugin/pkg`).
 
+pub mod clock;
 pub mod fall;
 pub mod lifecycle;
 pub mod metrics;

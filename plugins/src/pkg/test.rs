@@ -291,3 +291,17 @@ pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u
         .ok_or_else(bad)?;
     Ok((status, body.to_string()))
 }
+
+/// Waits for `cond`, checking every 5 ms; fails the test naming `what`
+/// after `limit`.
+pub(crate) async fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

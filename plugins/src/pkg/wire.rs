@@ -167,6 +167,12 @@ impl Kind {
     }
 }
 
+/// Records whose TTL offsets [`Analysis`] holds without allocating.
+pub const INLINE_TTLS: usize = 16;
+
+/// The TTL offsets of a message.
+pub type TtlOffsets = smallvec::SmallVec<[u16; INLINE_TTLS]>;
+
 /// What the cache needs to know about an upstream reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
@@ -180,8 +186,10 @@ pub struct Analysis {
     /// Offset of the 4-byte TTL of every record in the answer, authority and
     /// additional sections except the OPT pseudo-record, **in the message
     /// [`strip_opt`] produces** (the form the cache stores). Without an OPT
-    /// record these are also the offsets in the reply itself.
-    pub ttl_offsets: Vec<u16>,
+    /// record these are also the offsets in the reply itself. Held inline up
+    /// to [`INLINE_TTLS`] records, so a typical answer is analysed without
+    /// allocating.
+    pub ttl_offsets: TtlOffsets,
     /// The smallest TTL over those records (a TTL with the top bit set counts
     /// as 0, RFC 2181 8); `None` when there are none.
     pub min_ttl: Option<u32>,
@@ -346,7 +354,7 @@ struct Scan {
     question_end: usize,
     first_qtype: Option<u16>,
     /// TTL offsets in the reply as received.
-    ttl_offsets: Vec<u16>,
+    ttl_offsets: TtlOffsets,
     min_ttl: Option<u32>,
     /// min(TTL, MINIMUM) over the authority section's SOA records.
     soa_negative: Option<u32>,
@@ -403,7 +411,7 @@ fn scan<F: FnMut(usize, usize)>(
     }
     let question_end = pos;
 
-    let mut ttl_offsets = Vec::with_capacity(total);
+    let mut ttl_offsets = TtlOffsets::with_capacity(total);
     let mut min_ttl: Option<u32> = None;
     let mut soa_negative: Option<u32> = None;
     let mut authority_ns = false;

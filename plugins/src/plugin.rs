@@ -273,6 +273,18 @@ impl Reply {
         self.message = None;
         self.state = State::Wire;
     }
+    /// Sets the reply to `bytes`, taking them as the buffer unless the
+    /// current (reused) buffer has room: no copy for a fresh reply, and a
+    /// reused one keeps its capacity for later answers.
+    pub fn set_wire_vec(&mut self, bytes: Vec<u8>) {
+        if self.wire.capacity() >= bytes.len() {
+            self.set_wire(&bytes);
+            return;
+        }
+        self.wire = bytes;
+        self.message = None;
+        self.state = State::Wire;
+    }
     /// The reused buffer, to fill with wire bytes in place; call
     /// [`Reply::mark_wire`] after.
     pub fn wire_buf(&mut self) -> &mut Vec<u8> {

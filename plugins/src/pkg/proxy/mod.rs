@@ -65,7 +65,7 @@ pub use tls::{TlsConfigError, TlsSettings, tls_client_config};
 
 use self::stream::StreamPool;
 use self::udp::UdpPool;
-use self::wire::Question;
+use crate::request::Header;
 
 /// CoreDNS's default for closing idle pooled connections (`expire`).
 pub const DEFAULT_EXPIRE: Duration = Duration::from_secs(10);
@@ -290,22 +290,42 @@ impl Proxy {
         proto: Proto,
         timeout: Duration,
     ) -> Result<Exchanged, ProxyError> {
-        let start = Instant::now();
+        let now = Instant::now();
+        self.exchange_until(query, proto, now, now + timeout).await
+    }
+
+    /// [`Proxy::exchange`] for a caller that has read the clock already:
+    /// `start` is when the exchange began (the RTT is measured from it)
+    /// and `deadline` when it gives up.
+    pub async fn exchange_until(
+        &self,
+        query: &[u8],
+        proto: Proto,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Exchanged, ProxyError> {
         if query.len() > MAX_MESSAGE {
             return Err(ProxyError::Malformed);
         }
-        let question = Question::of_query(query).ok_or(ProxyError::Malformed)?;
-        let client_id = [query[0], query[1]];
+        // The pools read the question where they need it; this only
+        // refuses at once what they would refuse.
+        let Some(header) = Header::read(query).filter(|h| h.qdcount == 1) else {
+            return Err(ProxyError::Malformed);
+        };
+        let client_id = header.id.to_be_bytes();
         let _slot = InFlight::take(&self.in_flight, self.max_in_flight)?;
         let stream = proto == Proto::Tcp || self.shared.tls.is_some();
         let work = async {
             if stream {
-                self.streams.exchange(&self.shared, query, &question).await
+                // Boxed: connecting (TLS included) makes a large future,
+                // and the UDP path's, which every miss allocates inside the
+                // forward plugin's, must stay small.
+                Box::pin(self.streams.exchange(&self.shared, query)).await
             } else {
-                self.udp.exchange(&self.shared, query, &question).await
+                self.udp.exchange(&self.shared, query).await
             }
         };
-        let (mut reply, reused_conn) = tokio::time::timeout(timeout, work)
+        let (mut reply, reused_conn) = tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| ProxyError::Timeout)??;
         if let Some(id) = reply.get_mut(..2) {

@@ -186,8 +186,8 @@ impl StreamPool {
         &self,
         shared: &Shared,
         query: &[u8],
-        question: &Question,
     ) -> Result<(Vec<u8>, bool), ProxyError> {
+        let question = &Question::of_query(query).ok_or(ProxyError::Malformed)?;
         // The caller checked that the query fits a frame.
         let len = u16::try_from(query.len()).map_err(|_| ProxyError::Malformed)?;
         let mut fresh = false;

@@ -83,12 +83,8 @@ fn config(addr: SocketAddr) -> ProxyConfig {
     ProxyConfig::new(addr)
 }
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    crate::pkg::test::wait_until(what, WAIT, cond).await;
 }
 
 /// A UDP upstream: `answer` maps a query to the datagrams sent back, each
@@ -603,7 +599,7 @@ async fn busy_past_max_in_flight() {
 
 #[tokio::test]
 async fn dropping_the_proxy_ends_its_udp_tasks() {
-    let (addr, _) = udp_server(|q| now(echo(q))).await;
+    let (addr, peers) = udp_server(|q| now(echo(q))).await;
     let metrics = tokio::runtime::Handle::current().metrics();
     let before = metrics.num_alive_tasks();
     let mut cfg = config(addr);
@@ -614,13 +610,38 @@ async fn dropping_the_proxy_ends_its_udp_tasks() {
             .await
             .unwrap();
     }
+    // One thread keeps to one socket: its replies come back together.
+    assert_eq!(peers.lock().unwrap().len(), 1, "one socket for this thread");
     assert_eq!(
         metrics.num_alive_tasks(),
-        before + 3,
+        before + 1,
         "one reader per socket"
     );
     drop(p);
     wait_until("the readers to end", || metrics.num_alive_tasks() == before).await;
+}
+
+#[tokio::test]
+async fn a_udp_reply_too_long_to_read_whole_comes_back_truncated() {
+    // 5000 bytes: longer than a batch's slot for one reply.
+    let (addr, _) = udp_server(|q| {
+        let mut r = echo(q);
+        r[7] = 1; // ANCOUNT: the record is what the kernel cuts
+        r.resize(5000, 0);
+        now(r)
+    })
+    .await;
+    let p = Proxy::new(config(addr));
+    let q = query(7, "long.example.org.", TYPE_A);
+    let x = p.exchange(&q, Proto::Udp, T).await.unwrap();
+    // The header with TC and no records, and the question: what a server
+    // sends when the answer does not fit, so the forward plugin asks again
+    // over TCP.
+    assert_eq!(x.reply.len(), q.len());
+    assert_eq!(id_of(&x.reply), 7);
+    assert_eq!(qname_of(&x.reply), "long.example.org.");
+    assert_ne!(x.reply[2] & 0x02, 0, "TC set");
+    assert_eq!(&x.reply[4..12], &[0, 1, 0, 0, 0, 0, 0, 0]);
 }
 
 // === TCP ===

@@ -1,26 +1,42 @@
 //! The UDP pool: a few connected sockets, each with many queries in flight
 //! and one task that reads its replies.
 
-use std::io;
+use std::cell::RefCell;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nix::sys::socket::sockopt;
+use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg, sendmsg, sockopt};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, watch};
 
 use super::wire::{Failure, Question, Waiters};
-use super::{Counters, MAX_MESSAGE, ProxyError, Shared, lock};
+use super::{Counters, ProxyError, Shared, lock};
+use crate::request::{HEADER_LEN, MAX_NAME, read_question};
 
 /// Receive buffer asked for each socket: one socket carries the replies of
 /// many queries, and a burst of them must not overflow it.
 const RECV_BUFFER: usize = 1 << 20;
 
-/// Sockets opened on demand, used in turn.
+/// Sockets opened on demand. A thread keeps to one of them, so that on a
+/// server thread (which has a runtime of its own) a query, its socket's
+/// reader and the reply stay on that thread, and the replies of many
+/// queries come back on one socket, read in batches.
 pub(super) struct UdpPool {
     slots: Box<[Mutex<Option<Arc<Socket>>>]>,
-    next: AtomicUsize,
+}
+
+/// This thread's place among the threads that use UDP pools: thread `i`
+/// uses socket `i mod sockets` of every pool.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s)
 }
 
 /// One connected socket and the queries waiting on it.
@@ -35,11 +51,10 @@ impl UdpPool {
     pub(super) fn new(sockets: usize) -> Self {
         Self {
             slots: (0..sockets).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
         }
     }
 
-    /// Sends `query` under a fresh ID on the next socket and waits for the
+    /// Sends `query` under a fresh ID on this thread's socket and waits for the
     /// matching reply. Returns the reply (with the wire ID) and whether the
     /// socket was already open. The caller bounds the wait; dropping the
     /// future removes the query from the socket's table.
@@ -47,21 +62,37 @@ impl UdpPool {
         &self,
         shared: &Shared,
         query: &[u8],
-        question: &Question,
     ) -> Result<(Vec<u8>, bool), ProxyError> {
+        // Read here and moved into the table at once: a question is 264
+        // bytes, which the future would otherwise carry while it waits.
+        let question = Question::of_query(query).ok_or(ProxyError::Malformed)?;
         let (sock, reused) = self.socket(shared)?;
         let (tx, rx) = oneshot::channel();
         let (id, token) = lock(&sock.waiters)
-            .insert(*question, tx)
+            .insert(question, tx)
             .ok_or(ProxyError::Busy)?;
         let _registered = Registered {
             sock: &sock,
             id,
             token,
         };
-        let mut wire = query.to_vec();
-        wire[..2].copy_from_slice(&id.to_be_bytes());
-        sock.socket.send(&wire).await?;
+        // A UDP socket is nearly always writable: send at once, and only
+        // when it is not, wait in a boxed future (the wait is 200-odd bytes
+        // that every exchange's future would carry otherwise).
+        match sock
+            .socket
+            .try_io(Interest::WRITABLE, || send_now(&sock.socket, id, query))
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Box::pin(
+                    sock.socket
+                        .async_io(Interest::WRITABLE, || send_now(&sock.socket, id, query)),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         match rx.await {
             Ok(Ok(reply)) => Ok((reply, reused)),
             Ok(Err(why)) => Err(why.into()),
@@ -69,10 +100,10 @@ impl UdpPool {
         }
     }
 
-    /// The next socket in turn, opened (with its reader task) if it is not
+    /// This thread's socket, opened (with its reader task) if it is not
     /// open or its reader ended.
     fn socket(&self, shared: &Shared) -> io::Result<(Arc<Socket>, bool)> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let i = thread_slot() % self.slots.len();
         let mut slot = lock(&self.slots[i]);
         if let Some(s) = slot.as_ref()
             && !s.dead.load(Ordering::Acquire)
@@ -100,6 +131,24 @@ impl UdpPool {
             .filter_map(|s| lock(s).as_ref().map(|s| lock(&s.waiters).len()))
             .sum()
     }
+}
+
+/// Sends `query` under the wire ID `id`, without waiting: the ID and the
+/// rest of the query go out as two slices of one datagram, so the query is
+/// not copied.
+fn send_now(socket: &UdpSocket, id: u16, query: &[u8]) -> io::Result<()> {
+    let id = id.to_be_bytes();
+    let rest = query.get(2..).unwrap_or_default();
+    let parts = [IoSlice::new(&id), IoSlice::new(rest)];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &parts,
+        &[],
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )
+    .map(drop)
+    .map_err(io::Error::from)
 }
 
 /// A socket bound to a random port (of the source address, if set) and
@@ -148,6 +197,25 @@ fn is_icmp(kind: io::ErrorKind) -> bool {
     )
 }
 
+/// Replies read per `recvmmsg`.
+const RECV_BATCH: usize = 16;
+/// Room for each reply of a batch. A longer reply is cut by the kernel; it
+/// is handed on as a truncated answer (TC, the question only), which the
+/// forward plugin asks again over TCP.
+const RECV_SLOT: usize = 4096;
+
+/// The buffers `recvmmsg` fills, one set per thread (not per socket): the
+/// readers of a thread run one at a time, and a reply is copied out before
+/// the next read.
+struct Batch {
+    headers: MultiHeaders<()>,
+    bufs: Vec<u8>,
+}
+
+thread_local! {
+    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+}
+
 /// Reads replies until the proxy is dropped (or the socket fails) and hands
 /// each to its query.
 async fn read_replies(
@@ -156,31 +224,112 @@ async fn read_replies(
     mut shutdown: watch::Receiver<()>,
 ) {
     let sock = EndGuard(sock);
-    let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
-        let read = tokio::select! {
+        let ready = tokio::select! {
             _ = shutdown.changed() => return,
-            r = sock.0.socket.recv(&mut buf) => r,
+            r = sock.0.socket.readable() => r,
         };
-        match read {
-            Ok(n) => {
-                let reply = &buf[..n];
-                if !lock(&sock.0.waiters).deliver(reply) {
-                    counters.mismatched.fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(len = n, "proxy: dropped a UDP reply that matches no query");
+        if let Err(e) = ready {
+            tracing::warn!(error = %e, "proxy: UDP socket failed; opening another");
+            lock(&sock.0.waiters).fail_all(&Failure::from(&e));
+            return;
+        }
+        // Drain it: a short batch means the socket is empty, and says so to
+        // the runtime without another read (edge-triggered readiness comes
+        // back with the next datagram).
+        for _ in 0..MAX_BATCHES_PER_WAKE {
+            let read = sock.0.socket.try_io(Interest::READABLE, || {
+                let n = read_batch(&sock.0, &counters)?;
+                if n < RECV_BATCH {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match read {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_icmp(e.kind()) => {
+                    tracing::debug!(error = %e, "proxy: UDP upstream unreachable");
+                    lock(&sock.0.waiters).fail_all(&Failure::from(&e));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy: UDP socket failed; opening another");
+                    lock(&sock.0.waiters).fail_all(&Failure::from(&e));
+                    return;
                 }
             }
-            Err(e) if is_icmp(e.kind()) => {
-                tracing::debug!(error = %e, "proxy: UDP upstream unreachable");
-                lock(&sock.0.waiters).fail_all(&Failure::from(&e));
+        }
+        // A socket still full after that many batches: let other tasks run
+        // before reading on.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Batches read in a row before the reader lets other tasks run.
+const MAX_BATCHES_PER_WAKE: usize = 8;
+
+/// Reads one batch of replies with `recvmmsg` and delivers them. Returns
+/// how many datagrams it read.
+fn read_batch(sock: &Socket, counters: &Counters) -> io::Result<usize> {
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let b = b.get_or_insert_with(|| Batch {
+            headers: MultiHeaders::preallocate(RECV_BATCH, None),
+            bufs: vec![0u8; RECV_BATCH * RECV_SLOT],
+        });
+        let Batch { headers, bufs } = b;
+        let mut got = [(0usize, false); RECV_BATCH];
+        let n = {
+            let mut chunks = bufs.chunks_exact_mut(RECV_SLOT);
+            let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+            let results = recvmmsg(
+                sock.socket.as_raw_fd(),
+                headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            let mut n = 0;
+            for (slot, r) in got.iter_mut().zip(results) {
+                *slot = (r.bytes, r.flags.contains(MsgFlags::MSG_TRUNC));
+                n += 1;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "proxy: UDP socket failed; opening another");
-                lock(&sock.0.waiters).fail_all(&Failure::from(&e));
-                return;
+            n
+        };
+        let mut waiters = lock(&sock.waiters);
+        for (i, &(len, cut)) in got.iter().enumerate().take(n) {
+            let Some(buf) = bufs.get_mut(i * RECV_SLOT..(i + 1) * RECV_SLOT) else {
+                continue;
+            };
+            let len = if cut {
+                truncate_to_question(buf)
+            } else {
+                len.min(RECV_SLOT)
+            };
+            if !waiters.deliver(&buf[..len]) {
+                counters.mismatched.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(len, "proxy: dropped a UDP reply that matches no query");
             }
         }
-    }
+        Ok(n)
+    })
+}
+
+/// Turns the start of a reply the kernel cut into a truncated answer: the
+/// header (TC set, no records) and the question. Returns its length, or 0
+/// when not even the question is there (it then matches no query).
+fn truncate_to_question(buf: &mut [u8]) -> usize {
+    let mut name = [0u8; MAX_NAME];
+    let Some((_, _, _, end)) = read_question(buf, &mut name) else {
+        return 0;
+    };
+    buf[2] |= 0x02;
+    buf[4..6].copy_from_slice(&1u16.to_be_bytes());
+    buf[6..HEADER_LEN].fill(0);
+    end
 }
 
 /// Marks the socket dead and fails its queries when the reader ends, even

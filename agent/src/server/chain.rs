@@ -53,6 +53,8 @@ pub struct Pending {
     /// Where the matched zone starts in the lower-cased name (it is a suffix).
     zone_at: usize,
     at: usize,
+    /// When the query arrived: its duration counts the wait upstream.
+    start: Instant,
 }
 
 /// Answers one packet as far as it can without waiting: the reply, a
@@ -104,6 +106,7 @@ pub fn handle(
             block: Arc::clone(block),
             zone_at: req.qname_lower().len() - zone.len(),
             at: reached,
+            start,
         });
     }
     complete(&block.chain, &mut cx, flow, reached, limits)
@@ -118,9 +121,13 @@ pub async fn resume(
     transport: Transport,
     limits: Limits,
 ) -> Option<Vec<u8>> {
-    let start = Instant::now();
     let req = Request::parse(raw, client, transport).ok()?;
-    let Pending { block, zone_at, at } = pending;
+    let Pending {
+        block,
+        zone_at,
+        at,
+        start,
+    } = pending;
     let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
     let chain = &block.chain;
     // Sized by the reply itself: these live as long as an upstream takes.

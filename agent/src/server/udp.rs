@@ -93,7 +93,14 @@ struct Outbox {
     idle_workers: Cell<usize>,
     /// The receive loop is waiting: only then is `ready` worth notifying.
     loop_waiting: Cell<bool>,
+    /// Query buffers of finished jobs, for the next ones.
+    spare: RefCell<Vec<Vec<u8>>>,
 }
+
+/// Spare query buffers kept per thread, and the largest kept: enough for
+/// every worker's typical query, never much memory.
+const MAX_SPARE: usize = WORKERS;
+const MAX_SPARE_CAPACITY: usize = 512;
 
 /// A miss handed to this thread's workers.
 struct Job {
@@ -141,6 +148,11 @@ async fn worker(outbox: Rc<Outbox>, limits: Limits) {
                 outbox.ready.notify_one();
             }
         }
+        let mut spare = outbox.spare.borrow_mut();
+        if spare.len() < MAX_SPARE && raw.capacity() <= MAX_SPARE_CAPACITY {
+            spare.push(raw);
+        }
+        drop(spare);
         outbox.running.set(outbox.running.get().saturating_sub(1));
     }
 }
@@ -209,31 +221,35 @@ async fn run(
                 return;
             }
         }
-        // Read a batch (try_io clears readiness when the socket is drained).
+        // Read a batch. A short one means the socket is drained: telling the
+        // runtime so (try_io clears readiness on WouldBlock) saves the read
+        // that would find it empty; edge-triggered readiness comes back with
+        // the next datagram.
+        let mut n = 0usize;
         let read = sock.try_io(tokio::io::Interest::READABLE, || {
             let mut chunks = recv_buf.chunks_exact_mut(RECV_SIZE);
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
                 std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-            match recvmmsg(
+            let results = recvmmsg(
                 fd,
                 &mut recv_headers,
                 iovs.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,
-            ) {
-                Ok(results) => {
-                    let mut n = 0;
-                    for (slot, r) in got.iter_mut().zip(results) {
-                        *slot = (r.bytes, r.address, r.flags.contains(MsgFlags::MSG_TRUNC));
-                        n += 1;
-                    }
-                    Ok(n)
-                }
-                Err(e) => Err(io::Error::from(e)),
+            )
+            .map_err(io::Error::from)?;
+            for (slot, r) in got.iter_mut().zip(results) {
+                *slot = (r.bytes, r.address, r.flags.contains(MsgFlags::MSG_TRUNC));
+                n += 1;
             }
+            if n < BATCH {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
         });
-        let n = match read {
-            Ok(n) => n,
+        match read {
+            Ok(()) => {}
+            Err(e) if n > 0 && e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e)
                 if matches!(
                     e.kind(),
@@ -246,7 +262,7 @@ async fn run(
                 tracing::warn!(error = %e, "udp receive failed");
                 continue;
             }
-        };
+        }
         // Answer each.
         let current = router.load();
         let mut out = 0usize;
@@ -372,9 +388,12 @@ fn spawn_upstream(
         tracing::debug!(%client, "too many queries waiting on upstreams; dropping one");
         return;
     };
+    let mut buf = outbox.spare.borrow_mut().pop().unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(raw);
     let job = Job {
         pending,
-        raw: raw.to_vec(),
+        raw: buf,
         client,
         addr,
         _permit: permit,

@@ -2,6 +2,7 @@
 //! place) and the table of queries waiting for their replies.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 
 use tokio::sync::oneshot;
@@ -108,10 +109,32 @@ struct Waiter {
     tx: oneshot::Sender<Outcome>,
 }
 
+/// Hashes a wire ID, which is random already: a multiply spreads its 16
+/// bits over the word (the table reads both ends of the hash). SipHash
+/// would cost more than the rest of a lookup, and an ID chosen by a remote
+/// party only picks which waiter is checked, never whether the reply
+/// matches.
+#[derive(Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u16(&mut self, id: u16) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Queries in flight on one socket or connection, by wire ID.
 #[derive(Default)]
 pub(super) struct Waiters {
-    map: HashMap<u16, Waiter>,
+    map: HashMap<u16, Waiter, BuildHasherDefault<IdHasher>>,
     next_token: u64,
 }
 

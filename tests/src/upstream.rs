@@ -53,6 +53,7 @@ pub struct FakeUpstreamBuilder {
     state: State,
     ttl: u32,
     tls: bool,
+    client_auth: bool,
 }
 
 /// A running fake upstream. Stops on drop.
@@ -64,6 +65,10 @@ pub struct FakeUpstream {
     /// PEM of the CA that signed its certificate (for `dns.example.test`
     /// and 127.0.0.1).
     pub tls: Option<(SocketAddr, String)>,
+    /// With [`FakeUpstreamBuilder::tls_client_auth`]: the PEM certificate
+    /// and PKCS#8 key of a client the TLS port accepts (signed by the same
+    /// CA); a client without them fails the handshake.
+    pub tls_client: Option<(String, String)>,
     state: Arc<State>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -92,6 +97,7 @@ impl FakeUpstream {
             },
             ttl: 300,
             tls: false,
+            client_auth: false,
         }
     }
     /// Changes the fault mode.
@@ -178,6 +184,13 @@ impl FakeUpstreamBuilder {
         self.tls = true;
         self
     }
+    /// Serves DNS-over-TLS (as [`Self::tls`]) only to clients that present
+    /// a certificate signed by the upstream's CA.
+    pub fn tls_client_auth(mut self) -> Self {
+        self.tls = true;
+        self.client_auth = true;
+        self
+    }
     /// The fault mode to start with.
     pub fn fault(self, f: Fault) -> Self {
         *self.state.fault.lock().expect("lock") = f;
@@ -237,8 +250,10 @@ impl FakeUpstreamBuilder {
         });
         let mut tasks = vec![udp_task, tcp_task];
         let mut tls = None;
+        let mut tls_client = None;
         if self.tls {
-            let (acceptor, ca_pem) = tls_acceptor();
+            let (acceptor, ca_pem, client) = tls_acceptor(self.client_auth);
+            tls_client = client;
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
             let tls_addr = listener.local_addr().expect("addr");
             let s = Arc::clone(&state);
@@ -269,6 +284,7 @@ impl FakeUpstreamBuilder {
         FakeUpstream {
             addr,
             tls,
+            tls_client,
             state,
             tasks,
         }
@@ -308,8 +324,12 @@ where
 }
 
 /// A TLS acceptor with a fresh CA and a certificate for
-/// `dns.example.test` and 127.0.0.1; returns the CA's PEM too.
-fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+/// `dns.example.test` and 127.0.0.1; returns the CA's PEM too. With
+/// `client_auth`, it requires a client certificate from that CA, and
+/// returns one (certificate and key, PEM).
+fn tls_acceptor(
+    client_auth: bool,
+) -> (tokio_rustls::TlsAcceptor, String, Option<(String, String)>) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -324,15 +344,37 @@ fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
     let cert = params.signed_by(&key, &ca).expect("cert");
     let chain = vec![cert.der().clone()];
     let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocols")
-    .with_no_client_auth()
-    .with_single_cert(chain, key_der)
-    .expect("server config");
-    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca.pem())
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("protocols");
+    let (builder, client) = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("ca root");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+        let client_key = KeyPair::generate().expect("client key");
+        let client_cert = CertificateParams::new(vec!["client.example.test".to_string()])
+            .expect("client params")
+            .signed_by(&client_key, &ca)
+            .expect("client cert");
+        (
+            builder.with_client_cert_verifier(verifier),
+            Some((client_cert.pem(), client_key.serialize_pem())),
+        )
+    } else {
+        (builder.with_no_client_auth(), None)
+    };
+    let config = builder
+        .with_single_cert(chain, key_der)
+        .expect("server config");
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        ca.pem(),
+        client,
+    )
 }
 
 async fn bind_pair() -> (UdpSocket, TcpListener) {

@@ -449,6 +449,37 @@ async fn dns_over_tls_with_a_test_ca() {
 }
 
 #[tokio::test]
+async fn dns_over_tls_presents_the_client_certificate() {
+    let up = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .tls_client_auth()
+        .start()
+        .await;
+    let (tls_addr, ca) = up.tls.clone().unwrap();
+    let (cert, key) = up.tls_client.clone().unwrap();
+    // `tls CERT KEY CA` authenticates; `tls CA` alone is refused by this
+    // upstream, so its zone gets SERVFAIL.
+    let agent = Agent::corefile(format!(
+        ".:0 {{\n    bind 127.0.0.1\n    forward . tls://{tls_addr}%dns.example.test {{\n        tls client.pem client.key ca.pem\n    }}\n}}\n\
+         example.net:0 {{\n    bind 127.0.0.1\n    forward . tls://{tls_addr}%dns.example.test {{\n        tls ca.pem\n        max_fails 0\n        read_timeout 500ms\n    }}\n}}\n"
+    ))
+    .file("ca.pem", ca)
+    .file("client.pem", cert)
+    .file("client.key", key)
+    .start()
+    .await;
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        a_of(&c.udp("www.example.org.", RecordType::A).await),
+        vec!["192.0.2.1"]
+    );
+    assert_eq!(up.tcp_queries(), 1);
+    let m = c.udp("www.example.net.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(up.tcp_queries(), 1, "no query without the certificate");
+}
+
+#[tokio::test]
 async fn dns_over_tls_resumes_sessions() {
     let up = FakeUpstream::builder()
         .wildcard_a("192.0.2.1")

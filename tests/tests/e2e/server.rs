@@ -336,3 +336,64 @@ async fn tcp_answers_leave_as_they_complete() {
         "out of order: fast first"
     );
 }
+
+/// `--udp-rcvbuf` sizes each UDP socket's receive buffer: while the agent
+/// is stopped, a burst of queries waits in that buffer, and once it runs
+/// again it answers only those that fitted.
+#[tokio::test]
+async fn udp_rcvbuf_bounds_the_queries_that_wait() {
+    const BURST: u16 = 100;
+    async fn answered_after_a_pause(rcvbuf: &str) -> usize {
+        use nix::sys::signal::Signal;
+        let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+            .arg("--udp-rcvbuf")
+            .arg(rcvbuf)
+            .start()
+            .await;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect(agent.udp()).await.unwrap();
+        agent.signal(Signal::SIGSTOP);
+        // Stopped means every thread: none is still reading.
+        let tasks = format!("/proc/{}/task", agent.pid());
+        let stopped = nodedns_tests::wait_until(Duration::from_secs(5), || {
+            let tasks = tasks.clone();
+            async move {
+                std::fs::read_dir(&tasks).is_ok_and(|d| {
+                    d.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                            s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T'))
+                        })
+                    })
+                })
+            }
+        })
+        .await;
+        assert!(stopped, "the agent stops");
+        for id in 0..BURST {
+            let mut q = query("example.org.", RecordType::A);
+            q.metadata.id = id;
+            sock.send(&q.to_vec().unwrap()).await.unwrap();
+        }
+        agent.signal(Signal::SIGCONT);
+        // Every reply that will come comes at once: stop after a quiet
+        // second (bounded by the burst's size).
+        let mut ids = std::collections::HashSet::new();
+        let mut buf = [0u8; 512];
+        for _ in 0..BURST {
+            match tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+                Ok(Ok(n)) => {
+                    ids.insert(Message::from_vec(&buf[..n]).unwrap().metadata.id);
+                }
+                _ => break,
+            }
+        }
+        ids.len()
+    }
+    let roomy = answered_after_a_pause("8388608").await;
+    let tight = answered_after_a_pause("4096").await;
+    assert_eq!(roomy, usize::from(BURST), "8 MiB holds the whole burst");
+    assert!(
+        tight < usize::from(BURST) / 2,
+        "4 KiB holds a few queries, not {tight}"
+    );
+}

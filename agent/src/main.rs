@@ -126,39 +126,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let life = Lifecycle::new();
         life.set_reporters(std::mem::take(&mut config.services.readiness));
         // Bind everything before serving anything: a bad address fails start-up whole.
-        let mut http = Vec::new();
-        let mut lameduck = Duration::ZERO;
-        let mut seen = std::collections::HashSet::new();
-        for h in &config.services.health {
-            lameduck = lameduck.max(h.lameduck);
-            if seen.insert(("health", h.addr.clone())) {
-                http.push((
-                    "health",
-                    bind_http(&h.addr)
-                        .await
-                        .with_context(|| format!("health: binding {}", h.addr))?,
-                ));
-            }
-        }
-        for r in &config.services.ready {
-            if seen.insert(("ready", r.addr.clone())) {
-                http.push((
-                    "ready",
-                    bind_http(&r.addr)
-                        .await
-                        .with_context(|| format!("ready: binding {}", r.addr))?,
-                ));
-            }
-        }
+        let mut http = HttpEndpoints::default();
+        let bound = http.bind_new(&config.services).await?;
         let mut server = Server::start(&config, &opts)?;
-        let mut background = Vec::new();
-        for (service, listener) in http {
-            let addr = listener.local_addr()?;
-            let life = Arc::clone(&life);
-            background.push(match service {
-                "health" => tokio::spawn(nodedns_plugins::health::serve(listener, life)),
-                _ => tokio::spawn(nodedns_plugins::ready::serve(listener, life)),
-            });
+        for (service, addr) in http.apply(&config.services, bound, &life) {
             announce(
                 args,
                 &format!("listening transport=http service={service} addr={addr}"),
@@ -186,19 +157,27 @@ fn run(args: &Args) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 r = tokio::signal::ctrl_c() => { r.context("installing the SIGINT handler")?; tracing::info!("SIGINT: shutting down"); break; }
-                _ = usr1.recv() => reload(args, &mut config, &mut server, &life, &mut config_tasks, "SIGUSR1"),
+                _ = usr1.recv() => reload(args, &mut config, &mut server, &mut http, &life, &mut config_tasks, "SIGUSR1").await,
                 () = tokio::time::sleep(poll.unwrap_or(Duration::ZERO)), if poll.is_some() => {
-                    reload(args, &mut config, &mut server, &life, &mut config_tasks, "reload");
+                    reload(args, &mut config, &mut server, &mut http, &life, &mut config_tasks, "reload").await;
                 }
             }
         }
         life.set_stopping();
+        let lameduck = config
+            .services
+            .health
+            .iter()
+            .map(|h| h.lameduck)
+            .max()
+            .unwrap_or_default();
         if !lameduck.is_zero() {
             tracing::info!(?lameduck, "going into lameduck mode");
             tokio::time::sleep(lameduck).await;
         }
         server.shutdown(args.shutdown_timeout).await;
-        for t in background.into_iter().chain(config_tasks) {
+        http.stop_all();
+        for t in config_tasks {
             t.abort();
         }
         if let Some(p) = &args.pidfile {
@@ -215,6 +194,107 @@ fn announce(args: &Args, line: &str) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
+    }
+}
+
+/// The `health` and `ready` endpoints that are up, by service and the
+/// address the Corefile gives (so `:0` keeps the port it got).
+#[derive(Default)]
+struct HttpEndpoints {
+    up: Vec<HttpEndpoint>,
+}
+
+struct HttpEndpoint {
+    service: &'static str,
+    addr: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// An endpoint bound and not serving yet.
+type Bound = (&'static str, String, TcpListener);
+
+impl HttpEndpoints {
+    /// The endpoints a configuration asks for, once each.
+    fn wanted(services: &nodedns_plugins::setup::Services) -> Vec<(&'static str, String)> {
+        let mut want: Vec<(&'static str, String)> = Vec::new();
+        let all = services
+            .health
+            .iter()
+            .map(|h| ("health", &h.addr))
+            .chain(services.ready.iter().map(|r| ("ready", &r.addr)));
+        for (service, addr) in all {
+            if !want.iter().any(|(s, a)| *s == service && a == addr) {
+                want.push((service, addr.clone()));
+            }
+        }
+        want
+    }
+
+    /// Binds the endpoints `services` asks for that are not up yet. Nothing
+    /// serves on them until [`Self::apply`]; dropping the result unbinds
+    /// them (a refused reload).
+    async fn bind_new(
+        &self,
+        services: &nodedns_plugins::setup::Services,
+    ) -> anyhow::Result<Vec<Bound>> {
+        let mut bound = Vec::new();
+        for (service, addr) in Self::wanted(services) {
+            if self
+                .up
+                .iter()
+                .any(|e| e.service == service && e.addr == addr)
+            {
+                continue;
+            }
+            let listener = bind_http(&addr)
+                .await
+                .with_context(|| format!("{service}: binding {addr}"))?;
+            bound.push((service, addr, listener));
+        }
+        Ok(bound)
+    }
+
+    /// Serves the newly bound endpoints and stops those `services` no
+    /// longer asks for. Returns the new ones' addresses, to announce.
+    fn apply(
+        &mut self,
+        services: &nodedns_plugins::setup::Services,
+        bound: Vec<Bound>,
+        life: &Arc<Lifecycle>,
+    ) -> Vec<(&'static str, SocketAddr)> {
+        let want = Self::wanted(services);
+        self.up.retain(|e| {
+            let keep = want.iter().any(|(s, a)| *s == e.service && *a == e.addr);
+            if !keep {
+                tracing::info!(service = e.service, addr = %e.addr, "no longer serving");
+                e.task.abort();
+            }
+            keep
+        });
+        let mut started = Vec::new();
+        for (service, addr, listener) in bound {
+            let Ok(local) = listener.local_addr() else {
+                continue;
+            };
+            let life = Arc::clone(life);
+            let task = match service {
+                "health" => tokio::spawn(nodedns_plugins::health::serve(listener, life)),
+                _ => tokio::spawn(nodedns_plugins::ready::serve(listener, life)),
+            };
+            self.up.push(HttpEndpoint {
+                service,
+                addr,
+                task,
+            });
+            started.push((service, local));
+        }
+        started
+    }
+
+    fn stop_all(&mut self) {
+        for e in self.up.drain(..) {
+            e.task.abort();
+        }
     }
 }
 
@@ -250,11 +330,13 @@ fn rand_below(n: u64) -> u64 {
 }
 
 /// Re-reads the Corefile and, if it changed and loads, applies it live.
-/// A bad Corefile is logged and the running one keeps serving.
-fn reload(
+/// A bad Corefile, or an address it cannot bind, is logged and the running
+/// one keeps serving.
+async fn reload(
     args: &Args,
     config: &mut Config,
     server: &mut Server,
+    http: &mut HttpEndpoints,
     life: &Arc<Lifecycle>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     why: &str,
@@ -302,6 +384,16 @@ fn reload(
             return;
         }
     };
+    // New health and ready addresses are bound first: one that fails
+    // refuses the reload before anything changed.
+    let bound = match http.bind_new(&new.services).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(trigger = why, error = %e, "reload refused, keeping the running config");
+            eprintln!("[ERROR] reload refused: {e:#}");
+            return;
+        }
+    };
     let added = match server.reload(&new) {
         Ok(a) => a,
         Err(e) => {
@@ -314,6 +406,12 @@ fn reload(
         announce(
             args,
             &format!("listening transport={transport} addr={addr}"),
+        );
+    }
+    for (service, addr) in http.apply(&new.services, bound, life) {
+        announce(
+            args,
+            &format!("listening transport=http service={service} addr={addr}"),
         );
     }
     for t in tasks.drain(..) {

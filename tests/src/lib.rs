@@ -33,6 +33,28 @@ where
     }
 }
 
+/// `GET path` over plain HTTP/1.1: the status code, or `None` if the
+/// connection failed (or nothing came within 5 s).
+pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        text.split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// A port free for both UDP and TCP on 127.0.0.1 right now (for Corefiles
 /// that need two distinct ports; a single one should use port 0).
 pub fn free_port() -> u16 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use nix::sys::signal::Signal;
-use nodedns_tests::{Agent, Client, FakeUpstream, wait_until};
+use nodedns_tests::{Agent, Client, FakeUpstream, free_port, http_status, wait_until};
 
 fn corefile(up: &FakeUpstream, cache: &str, extra: &str) -> String {
     format!(".:0 {{\n    bind 127.0.0.1\n    {cache}\n    forward . {up}\n}}\n{extra}")
@@ -141,4 +141,52 @@ async fn the_reload_plugin_picks_up_changes_by_itself() {
             .to_string(),
         "192.0.2.2"
     );
+}
+
+#[tokio::test]
+async fn a_reload_moves_health_and_ready_and_refuses_an_address_in_use() {
+    let text = |health: u16, ready: u16| {
+        format!(
+            ".:0 {{\n    bind 127.0.0.1\n    health 127.0.0.1:{health}\n    ready 127.0.0.1:{ready}\n    whoami\n}}\n"
+        )
+    };
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (h1, r, h2) = (free_port(), free_port(), free_port());
+    let agent = Agent::corefile(text(h1, r)).start().await;
+    assert_eq!(http_status(at(h1), "/health").await, Some(200));
+    assert_eq!(http_status(at(r), "/ready").await, Some(200));
+    // health moves; ready stays where it was.
+    std::fs::write(agent.path("Corefile"), text(h2, r)).unwrap();
+    agent.signal(Signal::SIGUSR1);
+    assert!(reloaded(&agent, 1).await, "stdout: {:?}", agent.stdout());
+    assert!(
+        agent.stdout().contains(&format!(
+            "listening transport=http service=health addr=127.0.0.1:{h2}"
+        )),
+        "the new endpoint is announced: {:?}",
+        agent.stdout()
+    );
+    assert_eq!(http_status(at(h2), "/health").await, Some(200));
+    assert_eq!(http_status(at(r), "/ready").await, Some(200));
+    let closed = wait_until(Duration::from_secs(5), || async {
+        http_status(at(h1), "/health").await.is_none()
+    })
+    .await;
+    assert!(closed, "the old health address is closed");
+    // An address something else holds refuses the whole reload.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    std::fs::write(agent.path("Corefile"), text(taken, r)).unwrap();
+    agent.signal(Signal::SIGUSR1);
+    let refused = wait_until(Duration::from_secs(10), || async {
+        agent.stderr().iter().any(|l| l.contains("reload refused"))
+    })
+    .await;
+    assert!(refused, "stderr: {:?}", agent.stderr());
+    assert_eq!(
+        http_status(at(h2), "/health").await,
+        Some(200),
+        "still serving"
+    );
+    assert_eq!(http_status(at(r), "/ready").await, Some(200));
 }

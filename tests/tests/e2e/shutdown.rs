@@ -6,29 +6,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use nix::sys::signal::Signal;
-use nodedns_tests::{Agent, Client};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path` over plain HTTP/1.1; the status code, or `None` if the
-/// connection failed.
-async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        text.split_whitespace().nth(1)?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .ok()
-        .flatten()
-}
+use nodedns_tests::{Agent, Client, http_status};
 
 #[tokio::test]
 async fn sigterm_and_sigint_exit_zero() {

@@ -41,7 +41,8 @@ const DEADLINE: Duration = Duration::from_secs(5);
 const RTT_SLACK: Duration = Duration::from_millis(100);
 /// How often a resolv.conf upstream list is checked for changes.
 const RESOLV_POLL: Duration = Duration::from_secs(2);
-/// Sockets in each upstream's UDP pool.
+/// Sockets in each upstream's UDP pool, at least: there is one per core
+/// beyond that, so that each server thread (one per core) has its own.
 const UDP_SOCKETS: usize = 4;
 /// Queries in flight per upstream.
 const MAX_IN_FLIGHT: usize = 16_384;
@@ -234,7 +235,8 @@ impl Builder {
             max_age: self.cfg.max_age,
             max_idle_conns: self.cfg.max_idle_conns,
             source_address: self.cfg.source_address,
-            udp_sockets: UDP_SOCKETS,
+            udp_sockets: std::thread::available_parallelism()
+                .map_or(UDP_SOCKETS, |n| n.get().max(UDP_SOCKETS)),
             max_in_flight: MAX_IN_FLIGHT,
         });
         let to = addr.to_string();

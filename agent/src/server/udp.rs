@@ -20,6 +20,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{
     MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, setsockopt, sockopt,
 };
+use nodedns_plugins::pkg::local::in_local_set;
 use nodedns_plugins::{Reply, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -76,7 +77,8 @@ pub(super) fn serve(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(sock, router, limits, stop, up));
+    // Plugins' tasks started from the loop or a worker join `local`.
+    local.block_on(&rt, in_local_set(run(sock, router, limits, stop, up)));
 }
 
 /// Replies that tasks on this thread finished, waiting for the next batch.
@@ -178,7 +180,7 @@ async fn run(
     let fd = sock.as_raw_fd();
     let outbox = Rc::new(Outbox::default());
     for _ in 0..WORKERS {
-        tokio::task::spawn_local(worker(Rc::clone(&outbox), limits));
+        tokio::task::spawn_local(in_local_set(worker(Rc::clone(&outbox), limits)));
     }
     let mut recv_buf = vec![0u8; BATCH * RECV_SIZE];
     let mut recv_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod fall;
 pub mod lifecycle;
+pub mod local;
 pub mod metrics;
 pub mod names;
 pub mod proxy;

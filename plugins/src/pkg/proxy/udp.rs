@@ -115,7 +115,9 @@ impl UdpPool {
             waiters: Mutex::default(),
             dead: AtomicBool::new(false),
         });
-        tokio::spawn(read_replies(
+        // On a server thread, the reader runs in its LocalSet: the queries
+        // it wakes are polled in the same turn.
+        crate::pkg::local::spawn(read_replies(
             Arc::clone(&s),
             Arc::clone(&shared.counters),
             shared.shutdown.clone(),
@@ -237,6 +239,7 @@ async fn read_replies(
         // Drain it: a short batch means the socket is empty, and says so to
         // the runtime without another read (edge-triggered readiness comes
         // back with the next datagram).
+        let mut drained = false;
         for _ in 0..MAX_BATCHES_PER_WAKE {
             let read = sock.0.socket.try_io(Interest::READABLE, || {
                 let n = read_batch(&sock.0, &counters)?;
@@ -247,7 +250,10 @@ async fn read_replies(
             });
             match read {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_icmp(e.kind()) => {
                     tracing::debug!(error = %e, "proxy: UDP upstream unreachable");
@@ -262,7 +268,9 @@ async fn read_replies(
         }
         // A socket still full after that many batches: let other tasks run
         // before reading on.
-        tokio::task::yield_now().await;
+        if !drained {
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -126,6 +126,22 @@ impl Up {
         }
     }
 
+    /// An upstream reached through `proxy`, healthy, with no RTT yet.
+    fn new(proxy: Proxy, tls: bool) -> Arc<Self> {
+        let to = proxy.addr().to_string();
+        Arc::new(Self {
+            proxy,
+            requests: metrics::REQUESTS.with_label_values(&[&to]),
+            hc_failures: metrics::PROXY_HC_FAILURES.with_label_values(&["forward", &to, ""]),
+            m: UpMetrics::new(&to),
+            to,
+            tls,
+            fails: AtomicU32::new(0),
+            checking: AtomicBool::new(false),
+            srtt_us: AtomicU64::new(0),
+        })
+    }
+
     fn observe(&self, rtt: Duration) {
         let sample = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
         let old = self.srtt_us.load(Ordering::Relaxed);
@@ -239,18 +255,7 @@ impl Builder {
                 .map_or(UDP_SOCKETS, |n| n.get().max(UDP_SOCKETS)),
             max_in_flight: MAX_IN_FLIGHT,
         });
-        let to = addr.to_string();
-        Ok(Arc::new(Up {
-            proxy,
-            requests: metrics::REQUESTS.with_label_values(&[&to]),
-            hc_failures: metrics::PROXY_HC_FAILURES.with_label_values(&["forward", &to, ""]),
-            m: UpMetrics::new(&to),
-            to,
-            tls,
-            fails: AtomicU32::new(0),
-            checking: AtomicBool::new(false),
-            srtt_us: AtomicU64::new(0),
-        }))
+        Ok(Up::new(proxy, tls))
     }
 
     fn build_all(&self, keep: &[Arc<Up>]) -> Result<Vec<Arc<Up>>, String> {
@@ -487,8 +492,12 @@ impl Forward {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(upstream = %up.to, error = %e, "forward: exchange failed");
-                    up.fails.fetch_add(1, Ordering::Relaxed);
-                    self.start_health_check(up);
+                    // A local limit (too many queries in flight) says
+                    // nothing about the upstream's health.
+                    if e.is_network() {
+                        up.fails.fetch_add(1, Ordering::Relaxed);
+                        self.start_health_check(up);
+                    }
                     last_err = Some(PluginError::Upstream {
                         plugin: "forward",
                         to: up.to.clone(),

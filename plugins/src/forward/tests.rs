@@ -431,3 +431,36 @@ fn a_forward_future_fits_mallocs_thread_cache() {
     let size = size_of_val(&f.forward(&mut cx));
     assert!(size <= 1024, "forward's future takes {size} bytes");
 }
+
+#[tokio::test]
+async fn a_full_pool_does_not_count_against_the_upstream() {
+    // An upstream that never answers, behind a pool that takes one query.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (f, _) = Forward::build(one(&format!("forward . {addr} {{\n max_fails 1\n}}"))).unwrap();
+    let mut cfg = ProxyConfig::new(addr);
+    cfg.max_in_flight = 1;
+    let up = Up::new(Proxy::new(cfg), false);
+    f.upstreams.store(Arc::new(vec![Arc::clone(&up)]));
+    let f = Arc::new(f);
+    let held = {
+        let f = Arc::clone(&f);
+        tokio::spawn(async move { exchange(&f, "held.example.org.").await })
+    };
+    crate::pkg::test::wait_until(
+        "the first query to take the slot",
+        Duration::from_secs(5),
+        || up.proxy.stats().in_flight == 1,
+    )
+    .await;
+    // The second finds the pool full: SERVFAIL, and the upstream is
+    // still healthy (no failure counted, no health check started).
+    let (flow, _) = exchange(&f, "busy.example.org.").await;
+    assert!(
+        matches!(flow, Flow::Fail(ResponseCode::ServFail, _)),
+        "{flow:?}"
+    );
+    assert_eq!(up.fails.load(Ordering::Relaxed), 0);
+    assert!(!up.checking.load(Ordering::Relaxed));
+    held.abort();
+}

@@ -185,12 +185,18 @@ pub enum ProxyError {
     /// retry on a fresh connection).
     #[error("connection closed by the upstream before the reply")]
     Closed,
+    /// The socket's reader stopped before the reply: the thread that ran
+    /// it ended (a reload removed its listener, or the server is
+    /// stopping). Local: another attempt opens a new socket.
+    #[error("the socket's reader stopped before the reply")]
+    Stopped,
 }
 
 impl ProxyError {
     /// The upstream, or the path to it, failed: counts against its health.
-    /// `false` for [`Busy`](Self::Busy) and [`Malformed`](Self::Malformed),
-    /// which are local and say nothing about the upstream.
+    /// `false` for [`Busy`](Self::Busy), [`Malformed`](Self::Malformed) and
+    /// [`Stopped`](Self::Stopped), which are local and say nothing about
+    /// the upstream.
     pub fn is_network(&self) -> bool {
         matches!(
             self,

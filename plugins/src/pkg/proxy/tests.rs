@@ -621,6 +621,71 @@ async fn dropping_the_proxy_ends_its_udp_tasks() {
     wait_until("the readers to end", || metrics.num_alive_tasks() == before).await;
 }
 
+#[test]
+fn queries_on_a_socket_whose_reader_stopped_fail_at_once_and_not_as_the_upstreams_fault() {
+    // One socket for every thread; its reader runs on the runtime of the
+    // thread that opened it.
+    // Multi-threaded, so the fake upstream keeps serving while the opener
+    // runs.
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, _) = main.block_on(udp_server(|q| {
+        // Answers "open." only: the other query waits.
+        if qname_of(q) == "open." {
+            now(echo(q))
+        } else {
+            Vec::new()
+        }
+    }));
+    let mut cfg = config(addr);
+    cfg.udp_sockets = 1;
+    let p = Arc::new(Proxy::new(cfg));
+    let opener = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let p2 = Arc::clone(&p);
+    let opener = std::thread::spawn(move || {
+        opener
+            .block_on(p2.exchange(&query(1, "open.", TYPE_A), Proto::Udp, T))
+            .unwrap();
+        opener
+    });
+    let opener = opener.join().unwrap();
+    let waiting = {
+        let p = Arc::clone(&p);
+        main.spawn(async move {
+            p.exchange(
+                &query(2, "wait.", TYPE_A),
+                Proto::Udp,
+                Duration::from_secs(30),
+            )
+            .await
+        })
+    };
+    main.block_on(wait_until("the query to wait on the shared socket", || {
+        p.waiting() == 1
+    }));
+    // The opener's runtime stops: so does the socket's reader.
+    drop(opener);
+    main.block_on(async {
+        let e = tokio::time::timeout(T, waiting)
+            .await
+            .expect("fails at once, not at its timeout")
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::Stopped), "{e:?}");
+        assert!(!e.is_network(), "not the upstream's fault");
+        // The next query opens a new socket, read on this runtime.
+        p.exchange(&query(3, "open.", TYPE_A), Proto::Udp, T)
+            .await
+            .unwrap();
+    });
+}
+
 #[tokio::test]
 async fn a_udp_reply_too_long_to_read_whole_comes_back_truncated() {
     // 5000 bytes: longer than a batch's slot for one reply.

@@ -347,6 +347,6 @@ struct EndGuard(Arc<Socket>);
 impl Drop for EndGuard {
     fn drop(&mut self) {
         self.0.dead.store(true, Ordering::Release);
-        lock(&self.0.waiters).fail_all(&Failure::Closed);
+        lock(&self.0.waiters).fail_all(&Failure::Stopped);
     }
 }

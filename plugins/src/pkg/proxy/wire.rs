@@ -78,8 +78,10 @@ impl Question {
 /// Why a query got no reply from its socket or connection.
 #[derive(Debug, Clone)]
 pub(super) enum Failure {
-    /// The peer closed the connection (or the socket's task ended).
+    /// The peer closed the connection.
     Closed,
+    /// The task reading the socket ended (its thread stopped).
+    Stopped,
     /// A read or write failed.
     Io(io::ErrorKind, String),
 }
@@ -94,6 +96,7 @@ impl From<Failure> for ProxyError {
     fn from(f: Failure) -> Self {
         match f {
             Failure::Closed => Self::Closed,
+            Failure::Stopped => Self::Stopped,
             Failure::Io(kind, msg) => Self::Io(io::Error::new(kind, msg)),
         }
     }

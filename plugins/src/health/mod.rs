@@ -8,7 +8,7 @@ mod setup;
 #[cfg(test)]
 mod tests;
 
-pub use setup::{DEFAULT_ADDR, check_listen_addr, setup};
+pub use setup::{DEFAULT_ADDR, setup};
 
 use std::sync::Arc;
 

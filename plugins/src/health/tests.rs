@@ -5,6 +5,7 @@ use super::*;
 use crate::dispenser::Dispenser;
 use crate::lexer::lex;
 use crate::pkg::lifecycle::Lifecycle;
+use crate::pkg::listen::check_listen_addr;
 use crate::pkg::test::{http_get, setup as run_setup};
 use crate::setup::{BlockInfo, BlockSetup, Controller, HealthConfig, Services};
 

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod fall;
 pub mod lifecycle;
+pub mod listen;
 pub mod local;
 pub mod metrics;
 pub mod names;

@@ -1,33 +1,11 @@
 //! `ready [ADDRESS] [{ monitor continuously }]`, once per server block.
 
 use crate::dispenser::{Dispenser, SetupError};
+use crate::pkg::listen::check_listen_addr;
 use crate::setup::{Controller, ReadyConfig};
 
 /// Where `/ready` listens when the Corefile does not say (CoreDNS's).
 pub const DEFAULT_ADDR: &str = ":8181";
-
-/// Checks a listen address as Go's `net.SplitHostPort` does (`HOST:PORT`,
-/// `[IPv6]:PORT`, `:PORT`), and that the port is a number. (The same rule
-/// as *health*'s; plugins do not share code outside `pkg`.)
-fn check_listen_addr(addr: &str) -> Result<(), &'static str> {
-    let port = if let Some(rest) = addr.strip_prefix('[') {
-        let (_, after) = rest.split_once(']').ok_or("missing ']' in address")?;
-        after.strip_prefix(':').ok_or("missing port in address")?
-    } else {
-        let (host, port) = addr.rsplit_once(':').ok_or("missing port in address")?;
-        if host.contains(':') {
-            return Err("too many colons in address (write IPv6 as [ADDRESS]:PORT)");
-        }
-        port
-    };
-    if port.is_empty() {
-        return Err("missing port in address");
-    }
-    if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
-        return Err("invalid port");
-    }
-    Ok(())
-}
 
 /// Reads the block's `ready` line (only one is allowed, as in CoreDNS).
 pub(super) fn parse(d: &mut Dispenser<'_>) -> Result<ReadyConfig, SetupError> {

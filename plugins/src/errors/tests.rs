@@ -338,18 +338,6 @@ fn drop_prints_pending_counts() {
     );
 }
 
-/// Waits up to 10 s for `cond`.
-async fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cond()
-}
-
 #[tokio::test]
 async fn task_prints_after_the_period_and_ends_with_the_handler() {
     let (errors, lines) = handler("errors {\n  consolidate 20ms stub\n}");
@@ -358,12 +346,18 @@ async fn task_prints_after_the_period_and_ends_with_the_handler() {
     serve(&errors, "example.org.", &fail());
     serve(&errors, "example.org.", &fail());
     let want = "[ERROR] plugin/errors: 2 errors like 'stub' occurred in last 20ms";
-    assert!(wait_until(|| lines.lock().unwrap().iter().any(|l| l == want)).await);
+    crate::pkg::test::wait_until(want, Duration::from_secs(10), || {
+        lines.lock().unwrap().iter().any(|l| l == want)
+    })
+    .await;
     // A second period.
     take(&lines);
     serve(&errors, "example.org.", &fail());
     let want = "[ERROR] plugin/errors: 1 errors like 'stub' occurred in last 20ms";
-    assert!(wait_until(|| lines.lock().unwrap().iter().any(|l| l == want)).await);
+    crate::pkg::test::wait_until(want, Duration::from_secs(10), || {
+        lines.lock().unwrap().iter().any(|l| l == want)
+    })
+    .await;
     // Dropping the handler ends the task, even mid-period.
     serve(&errors, "example.org.", &fail());
     drop(errors);

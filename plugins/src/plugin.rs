@@ -15,7 +15,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use tokio::time::Instant;
 
-use crate::request::Request;
+use crate::request::{Request, Transport};
 
 /// What a plugin decided about a query.
 #[must_use]
@@ -135,19 +135,32 @@ pub struct ServerInfo {
 /// background: cache prefetch and stale refresh.
 pub trait Chain: Send + Sync {
     /// Runs the plugins after index `after` for `query` (a whole query in
-    /// wire form) on a background task, and hands the reply's bytes (or
-    /// `None`: dropped or failed) to `done`.
+    /// wire form, as it came over `transport`) on a background task, and
+    /// tells `done` how it went, exactly once, whatever happens to the task.
     fn spawn_after(
         &self,
         after: usize,
         query: Vec<u8>,
         client: std::net::SocketAddr,
+        transport: Transport,
         done: RefreshDone,
     );
 }
 
-/// What a background re-run does with its reply.
-pub type RefreshDone = Box<dyn FnOnce(Option<Vec<u8>>) + Send>;
+/// What a background re-run does with its outcome.
+pub type RefreshDone = Box<dyn FnOnce(Rerun) + Send>;
+
+/// How a background re-run ended.
+#[derive(Debug)]
+pub enum Rerun {
+    /// The chain's reply, in wire form.
+    Reply(Vec<u8>),
+    /// The chain failed or dropped the query: nothing to store.
+    Failed,
+    /// It never ran or was cut off: no room under the server's in-flight
+    /// bound, no runtime, or shutdown. Not the upstream's doing.
+    NotRun,
+}
 
 /// Where a plugin stands in its chain: lets it re-run what follows it.
 #[derive(Clone, Copy)]
@@ -159,9 +172,17 @@ pub struct Next<'a> {
 }
 
 impl Next<'_> {
-    /// Runs the plugins after this one for `query` in the background.
-    pub fn spawn(&self, query: Vec<u8>, client: std::net::SocketAddr, done: RefreshDone) {
-        self.chain.spawn_after(self.at, query, client, done);
+    /// Runs the plugins after this one for `query` in the background, as
+    /// if it had come over `transport`.
+    pub fn spawn(
+        &self,
+        query: Vec<u8>,
+        client: std::net::SocketAddr,
+        transport: Transport,
+        done: RefreshDone,
+    ) {
+        self.chain
+            .spawn_after(self.at, query, client, transport, done);
     }
 }
 
@@ -182,9 +203,71 @@ impl Chain for NoChain {
         _after: usize,
         _query: Vec<u8>,
         _client: std::net::SocketAddr,
+        _transport: Transport,
         done: RefreshDone,
     ) {
-        done(None);
+        done(Rerun::NotRun);
+    }
+}
+
+/// A plugin that holds something open for a query while it waits on the
+/// network (the cache's coalescing flight) and must hear when that query
+/// is given up without reaching the plugin's `response` step.
+pub trait Abandon: Send + Sync {
+    /// The query holding `ticket` was dropped (a limit, a plugin, shutdown,
+    /// a cancelled task) before its `response` step ran.
+    fn abandoned(&self, key: u64, id: u64);
+}
+
+/// What a plugin holds open for one query: handed from the `query` step
+/// through the server (in the reply, then the pending query) to the
+/// `response` step, which takes it back with [`Reply::take_ticket`]. Dropped
+/// anywhere else, it tells its owner the query was abandoned, so what it
+/// holds is given back on every path.
+pub struct Ticket {
+    owner: Option<Arc<dyn Abandon>>,
+    key: u64,
+    id: u64,
+}
+
+impl Ticket {
+    /// A ticket for `owner`'s `key`, generation `id`.
+    pub fn new(owner: Arc<dyn Abandon>, key: u64, id: u64) -> Self {
+        Self {
+            owner: Some(owner),
+            key,
+            id,
+        }
+    }
+    /// The key it was issued for.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+    /// The generation it was issued for.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Takes it back without telling the owner (the query was answered).
+    pub fn redeem(mut self) -> (u64, u64) {
+        self.owner = None;
+        (self.key, self.id)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.take() {
+            owner.abandoned(self.key, self.id);
+        }
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -221,6 +304,7 @@ pub struct Reply {
     state: State,
     error: Option<PluginError>,
     failed: Option<ResponseCode>,
+    ticket: Option<Ticket>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +340,18 @@ impl Reply {
         self.state = State::Empty;
         self.error = None;
         self.failed = None;
+        self.ticket = None;
+    }
+    /// Holds a plugin's [`Ticket`] for this query until that plugin's
+    /// `response` step takes it back; one ticket per query (a second one
+    /// replaces, and so releases, the first).
+    pub fn hold(&mut self, ticket: Ticket) {
+        self.ticket = Some(ticket);
+    }
+    /// Takes the held ticket (the `response` step, or the server moving a
+    /// query that waits on the network).
+    pub fn take_ticket(&mut self) -> Option<Ticket> {
+        self.ticket.take()
     }
     /// Whether a plugin wrote a reply.
     pub fn is_written(&self) -> bool {

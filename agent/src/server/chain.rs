@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::serialize::binary::BinEncodable;
 use nodedns_plugins::pkg::response::{ADVERTISED_UDP_SIZE, error_for};
-use nodedns_plugins::plugin::RefreshDone;
+use nodedns_plugins::plugin::{RefreshDone, Rerun};
 use nodedns_plugins::request::{Header, ParseError};
 use nodedns_plugins::{Chain, Context, Flow, Next, PluginError, Reply, Request, Transport};
 use tokio::time::Instant;
@@ -55,6 +55,9 @@ pub struct Pending {
     at: usize,
     /// When the query arrived: its duration counts the wait upstream.
     start: Instant,
+    /// What a plugin holds open for this query (a cache flight): released
+    /// if the query is dropped before it resumes.
+    ticket: Option<nodedns_plugins::plugin::Ticket>,
 }
 
 /// Answers one packet as far as it can without waiting: the reply, a
@@ -107,6 +110,7 @@ pub fn handle(
             zone_at: req.qname_lower().len() - zone.len(),
             at: reached,
             start,
+            ticket: cx.reply.take_ticket(),
         });
     }
     complete(&block.chain, &mut cx, flow, reached, limits)
@@ -127,11 +131,18 @@ pub async fn resume(
         zone_at,
         at,
         start,
+        ticket,
     } = pending;
     let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
     let chain = &block.chain;
     // Sized by the reply itself: these live as long as an upstream takes.
     let mut reply = Reply::default();
+    // Back with the query: its plugin's response step redeems it; if this
+    // future is dropped first (shutdown), the reply drops it and its owner
+    // hears the query was abandoned.
+    if let Some(t) = ticket {
+        reply.hold(t);
+    }
     let mut cx = Context {
         req: &req,
         server: &block.info,
@@ -223,15 +234,18 @@ fn run_hooks(
 
 /// Runs the plugins after `after` for `raw` as a background re-run
 /// (prefetch, stale refresh): the rest of the chain, network steps
-/// included, and their response steps; the reply untruncated.
+/// included, and their response steps; the reply untruncated. The query
+/// keeps the transport it came over, so forward asks upstream the way it
+/// would for the client (UDP first for a UDP query), as CoreDNS does.
 async fn run_after(
     block: Arc<Block>,
     after: usize,
     raw: Vec<u8>,
     client: SocketAddr,
+    transport: Transport,
 ) -> Option<Vec<u8>> {
     let start = Instant::now();
-    let req = Request::parse(&raw, client, Transport::Tcp).ok()?;
+    let req = Request::parse(&raw, client, transport).ok()?;
     let zone = nodedns_plugins::pkg::zones::matches_owned(&block.info.zones, req.qname_lower());
     let chain = &block.chain;
     let mut reply = Reply::default();
@@ -260,30 +274,69 @@ async fn run_after(
     reply.finish().ok().map(<[u8]>::to_vec)
 }
 
-/// The runtime background re-runs go to (set when the server starts).
-static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+/// Where background re-runs go (set when the server starts): the runtime,
+/// and the server's in-flight bound and shutdown tracker, which they share
+/// with client queries.
+static BACKGROUND: std::sync::OnceLock<(tokio::runtime::Handle, Arc<super::UpstreamCtx>)> =
+    std::sync::OnceLock::new();
 
-/// Records the runtime for background re-runs started from any thread.
-pub(crate) fn set_runtime(handle: tokio::runtime::Handle) {
-    let _ = RUNTIME.set(handle);
+/// Records where background re-runs started from any thread go.
+pub(crate) fn set_background(handle: tokio::runtime::Handle, up: Arc<super::UpstreamCtx>) {
+    let _ = BACKGROUND.set((handle, up));
+}
+
+/// Calls a re-run's `done` exactly once: with how it ended, or with
+/// [`Rerun::NotRun`] when it is refused or its task is dropped (shutdown).
+struct DoneOnce(Option<RefreshDone>);
+
+impl DoneOnce {
+    fn call(mut self, reply: Option<Vec<u8>>) {
+        if let Some(done) = self.0.take() {
+            done(reply.map_or(Rerun::Failed, Rerun::Reply));
+        }
+    }
+}
+
+impl Drop for DoneOnce {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done(Rerun::NotRun);
+        }
+    }
 }
 
 impl Chain for Block {
-    fn spawn_after(&self, after: usize, query: Vec<u8>, client: SocketAddr, done: RefreshDone) {
+    fn spawn_after(
+        &self,
+        after: usize,
+        query: Vec<u8>,
+        client: SocketAddr,
+        transport: Transport,
+        done: RefreshDone,
+    ) {
+        let done = DoneOnce(Some(done));
         let Some(block) = self.me.upgrade() else {
-            done(None);
             return;
         };
-        let Some(rt) = RUNTIME
-            .get()
-            .cloned()
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
-        else {
-            done(None);
-            return;
+        // A re-run takes an in-flight permit like a client's miss, and is
+        // tracked for shutdown: over the bound it is not started.
+        let (rt, slot) = match BACKGROUND.get() {
+            Some((rt, up)) => {
+                let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
+                    tracing::debug!("too many queries waiting on upstreams; skipping a refresh");
+                    return;
+                };
+                (rt.clone(), Some((permit, up.tracker.enter())))
+            }
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => (rt, None),
+                Err(_) => return,
+            },
         };
         rt.spawn(async move {
-            done(run_after(block, after, query, client).await);
+            let reply = run_after(block, after, query, client, transport).await;
+            done.call(reply);
+            drop(slot);
         });
     }
 }
@@ -299,7 +352,11 @@ fn complete(
     limits: &Limits,
 ) -> Handled {
     match flow {
-        Flow::Drop => return Handled::Drop,
+        Flow::Drop => {
+            // Nothing is sent: what a plugin held for the query goes back.
+            drop(cx.reply.take_ticket());
+            return Handled::Drop;
+        }
         Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
         Flow::Answered | Flow::Next | Flow::Upstream => {}
     }
@@ -526,15 +583,18 @@ mod tests {
             0,
             query("example.org.", None),
             "127.0.0.1:9".parse().unwrap(),
+            Transport::Udp,
             Box::new(move |reply| {
                 let _ = tx.send(reply);
             }),
         );
-        let reply = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+        let Rerun::Reply(reply) = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
             .await
             .unwrap()
             .unwrap()
-            .expect("a reply");
+        else {
+            panic!("a reply");
+        };
         let m = Message::from_vec(&reply).unwrap();
         assert_eq!(m.additionals.len(), 2, "whoami answered");
         assert_eq!(

@@ -133,11 +133,11 @@ impl Server {
     pub fn start(config: &Config, opts: &Options) -> io::Result<Self> {
         let bound = bind_all(config, opts)?;
         let conns = Arc::new(Tracker::default());
-        chain::set_runtime(tokio::runtime::Handle::current());
         let up = Arc::new(UpstreamCtx {
             permits: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
             tracker: Arc::clone(&conns),
         });
+        chain::set_background(tokio::runtime::Handle::current(), Arc::clone(&up));
         let mut server = Self {
             listeners: std::collections::BTreeMap::new(),
             zero_ports: std::collections::HashMap::new(),

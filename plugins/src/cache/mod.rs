@@ -19,6 +19,7 @@ mod tests;
 pub use setup::{CacheConfig, Prefetch, Stale, StaleMode, Tier};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::pkg::response::ADVERTISED_UDP_SIZE;
 use crate::pkg::store::Store;
 use crate::pkg::wire::{self, Kind};
 use crate::pkg::zones;
-use crate::plugin::{Context, Flow, Plugin, Upstream, UpstreamFuture};
+use crate::plugin::{Abandon, Context, Flow, Plugin, Rerun, Ticket, Upstream, UpstreamFuture};
 use crate::request::{Request, Transport, is_subdomain};
 use crate::setup::Controller;
 
@@ -74,19 +75,26 @@ enum Outcome {
     Reply(Arc<[u8]>),
     /// The chain failed with this rcode.
     Failed(ResponseCode),
+    /// The query that was asking was dropped (a limit, shutdown): those
+    /// waiting ask for themselves.
+    Abandoned,
 }
 
 /// A miss or refresh in progress for one key. Its channel is made only
-/// when a second query comes to wait, so a lone miss allocates none.
+/// when a second query comes to wait, so a lone miss allocates none. Its
+/// `id` tells it from a later flight for the same key, so a late landing
+/// (or a dropped query's ticket) ends only its own flight.
 struct Flight {
     started: u32,
+    id: u64,
     tx: Option<watch::Sender<Option<Outcome>>>,
 }
 
 impl Flight {
-    fn new(now: u32) -> Self {
+    fn new(now: u32, id: u64) -> Self {
         Self {
             started: now,
+            id,
             tx: None,
         }
     }
@@ -128,6 +136,8 @@ struct Inner {
     positive: Store<Entry>,
     negative: Store<Entry>,
     flights: Mutex<HashMap<u64, Flight>>,
+    /// The next flight's id.
+    flight_ids: AtomicU64,
     m: Handles,
 }
 
@@ -251,6 +261,7 @@ impl Cache {
             positive: Store::new(cfg.success.capacity, bytes(2), SHARDS),
             negative: Store::new(cfg.denial.capacity, bytes(2), SHARDS),
             flights: Mutex::new(HashMap::new()),
+            flight_ids: AtomicU64::new(1),
             m,
             cfg,
         };
@@ -329,16 +340,19 @@ impl Inner {
                 if now >= e.dead_at {
                     return None;
                 }
-                if let StaleMode::Verify(_) = stale.mode {
+                let recheck = u32::try_from(stale.failure_recheck.as_secs()).unwrap_or(u32::MAX);
+                let last_fail = e.last_fail.load(Ordering::Relaxed);
+                let refresh = last_fail == 0 || now.saturating_sub(last_fail) >= recheck;
+                // verify asks first, unless a refresh failed within the
+                // recheck spacing: then it serves stale at once, as immediate.
+                if let StaleMode::Verify(_) = stale.mode
+                    && refresh
+                {
                     return Some(Hit::StaleVerify);
                 }
                 let ttl = u32::try_from(stale.response_ttl.as_secs()).unwrap_or(u32::MAX);
                 self.serve(cx, e, ttl, true);
-                let recheck = u32::try_from(stale.failure_recheck.as_secs()).unwrap_or(u32::MAX);
-                let last_fail = e.last_fail.load(std::sync::atomic::Ordering::Relaxed);
-                Some(Hit::Stale {
-                    refresh: last_fail == 0 || now.saturating_sub(last_fail) >= recheck,
-                })
+                Some(Hit::Stale { refresh })
             });
             if hit.is_some() {
                 return hit;
@@ -473,19 +487,49 @@ impl Inner {
         }
     }
 
-    /// Ends the flight for `h` (if any) with an outcome.
-    fn land(&self, h: u64, outcome: impl FnOnce() -> Outcome) {
-        let flight = self
-            .flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&h);
+    /// Starts a flight for `h` unless one younger than [`FLIGHT_WAIT`] is
+    /// running (or the table is full). Returns the new flight's id.
+    fn take_off(&self, h: u64, now: u32) -> Option<u64> {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = flights.get(&h)
+            && now.saturating_sub(f.started) < FLIGHT_WAIT.as_secs() as u32
+        {
+            return None;
+        }
+        if flights.len() >= MAX_FLIGHTS && !flights.contains_key(&h) {
+            return None;
+        }
+        let id = self.flight_ids.fetch_add(1, Ordering::Relaxed);
+        flights.insert(h, Flight::new(now, id));
+        Some(id)
+    }
+
+    /// Ends flight `id` for `h` (if it is still the one running) with an
+    /// outcome for those waiting on it.
+    fn land(&self, h: u64, id: u64, outcome: impl FnOnce() -> Outcome) {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            match flights.get(&h) {
+                Some(f) if f.id == id => flights.remove(&h),
+                _ => None,
+            }
+        };
         // Only coalesced queries need the outcome: none waiting, no copy.
         if let Some(tx) = flight.and_then(|f| f.tx)
             && tx.receiver_count() > 0
         {
             tx.send_replace(Some(outcome()));
         }
+    }
+
+    /// Whether a flight younger than [`FLIGHT_WAIT`] is running for `h`.
+    fn flying(&self, h: u64) -> bool {
+        let now = now_secs();
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&h)
+            .is_some_and(|f| now.saturating_sub(f.started) < FLIGHT_WAIT.as_secs() as u32)
     }
 
     /// A receiver for the outcome of the flight in progress for `h`, if any.
@@ -498,25 +542,21 @@ impl Inner {
         )
     }
 
-    /// Starts a background refresh of `req`'s key unless one is running.
+    /// Starts a background refresh of `req`'s key unless one is running
+    /// (or the flight table is full: refreshes are bounded by it). The
+    /// refresh asks over the transport the query came in on.
     fn refresh(self: &Arc<Self>, cx: &Context<'_>, h: u64, bits: u8, now: u32) {
-        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(f) = flights.get(&h)
-            && now.saturating_sub(f.started) < FLIGHT_WAIT.as_secs() as u32
-        {
+        let Some(id) = self.take_off(h, now) else {
             return;
-        }
-        if flights.len() < MAX_FLIGHTS {
-            flights.insert(h, Flight::new(now));
-        }
-        drop(flights);
+        };
         let inner = Arc::clone(self);
         let raw = cx.req.raw().to_vec();
         let client = cx.req.client();
         cx.next.spawn(
             raw.clone(),
             client,
-            Box::new(move |reply| inner.refreshed(&raw, client, h, bits, reply)),
+            cx.req.transport(),
+            Box::new(move |reply| inner.refreshed(&raw, client, h, id, bits, reply)),
         );
     }
 
@@ -526,12 +566,23 @@ impl Inner {
         raw: &[u8],
         client: std::net::SocketAddr,
         h: u64,
+        id: u64,
         bits: u8,
-        reply: Option<Vec<u8>>,
+        rerun: Rerun,
     ) {
         let now = now_secs();
+        let reply = match rerun {
+            Rerun::Reply(bytes) => Some(bytes),
+            Rerun::Failed => None,
+            // Not run (no room, shutdown): not a failed refresh, so no
+            // recheck spacing; the next stale hit may try again.
+            Rerun::NotRun => {
+                self.land(h, id, || Outcome::Abandoned);
+                return;
+            }
+        };
         let Ok(req) = Request::parse(raw, client, Transport::Udp) else {
-            self.land(h, || Outcome::Failed(ResponseCode::ServFail));
+            self.land(h, id, || Outcome::Failed(ResponseCode::ServFail));
             return;
         };
         let failed = reply
@@ -543,9 +594,9 @@ impl Inner {
         match reply {
             Some(bytes) => {
                 self.store(&req, &bytes, h, bits, now, true);
-                self.land(h, || Outcome::Reply(Arc::from(bytes)));
+                self.land(h, id, || Outcome::Reply(Arc::from(bytes)));
             }
-            None => self.land(h, || Outcome::Failed(ResponseCode::ServFail)),
+            None => self.land(h, id, || Outcome::Failed(ResponseCode::ServFail)),
         }
     }
 
@@ -554,9 +605,15 @@ impl Inner {
         for store in [&self.positive, &self.negative] {
             store.get(h, |e| {
                 e.answers(qn, qt, qc, bits)
-                    .then(|| e.last_fail.store(now, std::sync::atomic::Ordering::Relaxed))
+                    .then(|| e.last_fail.store(now, Ordering::Relaxed))
             });
         }
+    }
+}
+
+impl Abandon for Inner {
+    fn abandoned(&self, key: u64, id: u64) {
+        self.land(key, id, || Outcome::Abandoned);
     }
 }
 
@@ -600,18 +657,17 @@ impl Plugin for Cache {
             None => {}
         }
         inner.m.misses.inc();
-        let mut flights = inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        match flights.get(&h) {
-            // Someone is already asking: wait for that answer.
-            Some(f) if now.saturating_sub(f.started) < FLIGHT_WAIT.as_secs() as u32 => {
-                Flow::Upstream
-            }
-            _ => {
-                if flights.len() < MAX_FLIGHTS {
-                    flights.insert(h, Flight::new(now));
-                }
+        match inner.take_off(h, now) {
+            // This query asks; the ticket ends its flight however it ends.
+            Some(id) => {
+                let owner: Arc<dyn Abandon> = Arc::clone(&self.inner) as Arc<dyn Abandon>;
+                cx.reply.hold(Ticket::new(owner, h, id));
                 Flow::Next
             }
+            // Someone is already asking: wait for that answer.
+            None if inner.flying(h) => Flow::Upstream,
+            // The flight table is full: ask without coalescing.
+            None => Flow::Next,
         }
     }
 
@@ -622,17 +678,24 @@ impl Plugin for Cache {
         }
         let bits = key_bits(cx.req);
         let h = key_hash(cx.req.qname_lower(), cx.req.qtype(), cx.req.qclass(), bits);
+        // The flight this query started, if it started one.
+        let flight = cx.reply.take_ticket().map(Ticket::redeem);
+        let land = |outcome: &dyn Fn() -> Outcome| {
+            if let Some((key, id)) = flight {
+                inner.land(key, id, outcome);
+            }
+        };
         if !cx.reply.is_written() {
             let rc = cx.reply.failed().unwrap_or(ResponseCode::ServFail);
-            inner.land(h, || Outcome::Failed(rc));
+            land(&|| Outcome::Failed(rc));
             return;
         }
         let Ok(bytes) = cx.reply.finish() else {
-            inner.land(h, || Outcome::Failed(ResponseCode::ServFail));
+            land(&|| Outcome::Failed(ResponseCode::ServFail));
             return;
         };
         inner.store(cx.req, bytes, h, bits, now_secs(), false);
-        inner.land(h, || Outcome::Reply(Arc::from(bytes)));
+        land(&|| Outcome::Reply(Arc::from(bytes)));
     }
 
     fn upstream(&self) -> Option<&dyn Upstream> {
@@ -657,8 +720,15 @@ impl Upstream for Cache {
                 StaleMode::Verify(t) => Some(t),
                 StaleMode::Immediate => None,
             });
-            let (rx, limit) = match (waiting, verify) {
-                (Some(rx), _) => (Some(rx), FLIGHT_WAIT),
+            // An asker with a stale entry to fall back on gets an answer by
+            // the verify timeout (from its arrival), whether it started the
+            // refresh or joined one; a plain miss waits for the flight.
+            let verify_left = verify
+                .filter(|_| inner.has_stale(cx.req, h, bits, now))
+                .map(|t| t.saturating_sub(cx.start.elapsed()));
+            let (rx, limit) = match (waiting, verify_left) {
+                (Some(rx), Some(t)) => (Some(rx), t),
+                (Some(rx), None) => (Some(rx), FLIGHT_WAIT),
                 (None, Some(t)) => {
                     inner.refresh(cx, h, bits, now);
                     (inner.subscribe(h), t)
@@ -702,6 +772,18 @@ impl Upstream for Cache {
 }
 
 impl Inner {
+    /// Whether a stale entry that may still be served is held for `req`.
+    fn has_stale(&self, req: &Request<'_>, h: u64, bits: u8, now: u32) -> bool {
+        let (qn, qt, qc) = (req.qname_lower(), req.qtype(), req.qclass());
+        [&self.positive, &self.negative].iter().any(|store| {
+            store
+                .get(h, |e| {
+                    (e.answers(qn, qt, qc, bits) && now < e.dead_at).then_some(())
+                })
+                .is_some()
+        })
+    }
+
     /// Serves a stale entry (verify mode, after the upstream failed).
     fn serve_stale(&self, cx: &mut Context<'_>, h: u64, bits: u8, now: u32) -> bool {
         let Some(stale) = self.cfg.stale else {

@@ -3,6 +3,7 @@
 
 mod cache;
 mod cli;
+mod flights;
 mod forward;
 mod harness;
 mod plugins;

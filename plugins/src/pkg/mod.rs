@@ -8,6 +8,7 @@ pub mod listen;
 pub mod local;
 pub mod metrics;
 pub mod names;
+pub mod output;
 pub mod proxy;
 pub mod response;
 pub mod store;

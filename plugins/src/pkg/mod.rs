@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod fall;
+pub mod http;
 pub mod lifecycle;
 pub mod listen;
 pub mod local;

@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod forward;
 mod harness;
+mod operational;
 mod plugins;
 mod readme;
 mod reload;

@@ -103,6 +103,8 @@ impl std::fmt::Display for ListenKey {
 pub struct Config {
     /// The Corefile text it was built from.
     pub corefile: String,
+    /// Its server blocks, imports expanded: what a reload compares.
+    pub blocks: Vec<ServerBlock>,
     /// One router per listening address.
     pub listeners: BTreeMap<ListenKey, Arc<Router>>,
     /// Health and ready endpoints, readiness reporters.
@@ -256,6 +258,7 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
     Ok(Config {
         carry,
         corefile: text.to_string(),
+        blocks: blocks.to_vec(),
         listeners: routers
             .into_iter()
             .map(|(k, (r, _))| (k, Arc::new(r)))

@@ -1,7 +1,6 @@
 //! The `nodedns` binary: parse flags, load the Corefile, serve, stop
 //! gracefully on SIGTERM or SIGINT.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,6 +13,7 @@ use nodedns::config::{self, Config};
 use nodedns::corefile::Source;
 use nodedns::server::{Limits, Options, Server, TcpOptions};
 use nodedns_plugins::pkg::lifecycle::Lifecycle;
+use nodedns_plugins::pkg::output;
 use tokio::net::TcpListener;
 
 /// Served when no Corefile is given or found: a caching forwarder to the
@@ -54,8 +54,10 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    // Tracing goes through the bounded stderr queue: a stalled reader
+    // costs lines (counted), never a serving thread.
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| output::stderr().writer())
         // Colour only for a person at a terminal, not for log collectors.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
@@ -63,12 +65,42 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(&args) {
+    raise_nofile_limit();
+    let code = match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e:#}");
+            output::stderr().line(&format!("{e:#}"));
             ExitCode::FAILURE
         }
+    };
+    // What is queued gets a bounded chance to be written; a reader that
+    // stalled does not keep the process from exiting.
+    output::flush_all(EXIT_FLUSH);
+    code
+}
+
+/// How long exit waits for queued output to be written.
+const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
+/// How long exit waits for the runtime's remaining tasks.
+const RUNTIME_STOP: Duration = Duration::from_secs(2);
+
+/// Raises the soft limit on open descriptors to the hard limit, as the Go
+/// runtime does for CoreDNS: connections, upstream sockets and HTTP
+/// probes all take one, and the default soft limit (often 1024) is easily
+/// reached on a busy node.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "raising the open-file limit failed");
+            } else {
+                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the open-file limit failed"),
     }
 }
 
@@ -107,7 +139,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .thread_name("nodedns")
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let opts = Options {
             udp_sockets: args.udp_sockets,
             udp_rcvbuf: args.udp_rcvbuf,
@@ -129,7 +161,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let mut http = HttpEndpoints::default();
         let bound = http.bind_new(&config.services).await?;
         let mut server = Server::start(&config, &opts)?;
-        for (service, addr) in http.apply(&config.services, bound, &life) {
+        for (service, addr) in http.apply(&config.services, bound, &life).await {
             announce(
                 args,
                 &format!("listening transport=http service={service} addr={addr}"),
@@ -153,7 +185,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
             .context("installing the SIGUSR1 handler")?;
         loop {
-            let poll = config.services.reload.map(|r| r.interval + jitter(r.jitter));
+            let poll = config.services.reload.as_ref().map(nodedns_plugins::reload::next_check);
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 r = tokio::signal::ctrl_c() => { r.context("installing the SIGINT handler")?; tracing::info!("SIGINT: shutting down"); break; }
@@ -176,7 +208,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             tokio::time::sleep(lameduck).await;
         }
         server.shutdown(args.shutdown_timeout).await;
-        http.stop_all();
+        http.stop_all().await;
         for t in config_tasks {
             t.abort();
         }
@@ -185,15 +217,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         drop(config);
         Ok(())
-    })
+    });
+    // Blocking tasks still running (a stuck write, a slow file read) are
+    // left behind rather than waited for.
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    result
 }
 
-/// Prints a start-up line to stdout (tests and operators read these).
+/// Prints a start-up line to stdout (tests and operators read these),
+/// through the bounded queue, so a stalled reader cannot stall a reload.
 fn announce(args: &Args, line: &str) {
     if !args.quiet {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        output::stdout().line(line);
     }
 }
 
@@ -207,7 +242,24 @@ struct HttpEndpoints {
 struct HttpEndpoint {
     service: &'static str,
     addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// How long a stopped HTTP endpoint may take to close its connections
+/// before its task is aborted.
+const HTTP_STOP: Duration = Duration::from_secs(2);
+
+impl HttpEndpoint {
+    /// Stops accepting and closes every connection, keep-alive ones
+    /// included (at most [`HTTP_STOP`]).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(HTTP_STOP, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 /// An endpoint bound and not serving yet.
@@ -255,35 +307,38 @@ impl HttpEndpoints {
     }
 
     /// Serves the newly bound endpoints and stops those `services` no
-    /// longer asks for. Returns the new ones' addresses, to announce.
-    fn apply(
+    /// longer asks for (their connections closed when this returns).
+    /// Returns the new ones' addresses, to announce.
+    async fn apply(
         &mut self,
         services: &nodedns_plugins::setup::Services,
         bound: Vec<Bound>,
         life: &Arc<Lifecycle>,
     ) -> Vec<(&'static str, SocketAddr)> {
         let want = Self::wanted(services);
-        self.up.retain(|e| {
-            let keep = want.iter().any(|(s, a)| *s == e.service && *a == e.addr);
-            if !keep {
-                tracing::info!(service = e.service, addr = %e.addr, "no longer serving");
-                e.task.abort();
-            }
-            keep
-        });
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.up)
+            .into_iter()
+            .partition(|e| want.iter().any(|(s, a)| *s == e.service && *a == e.addr));
+        self.up = kept;
+        for e in gone {
+            tracing::info!(service = e.service, addr = %e.addr, "no longer serving");
+            e.stop().await;
+        }
         let mut started = Vec::new();
         for (service, addr, listener) in bound {
             let Ok(local) = listener.local_addr() else {
                 continue;
             };
             let life = Arc::clone(life);
+            let (stop, stopped) = tokio::sync::oneshot::channel();
             let task = match service {
-                "health" => tokio::spawn(nodedns_plugins::health::serve(listener, life)),
-                _ => tokio::spawn(nodedns_plugins::ready::serve(listener, life)),
+                "health" => tokio::spawn(nodedns_plugins::health::serve(listener, life, stopped)),
+                _ => tokio::spawn(nodedns_plugins::ready::serve(listener, life, stopped)),
             };
             self.up.push(HttpEndpoint {
                 service,
                 addr,
+                stop,
                 task,
             });
             started.push((service, local));
@@ -291,9 +346,9 @@ impl HttpEndpoints {
         started
     }
 
-    fn stop_all(&mut self) {
+    async fn stop_all(&mut self) {
         for e in self.up.drain(..) {
-            e.task.abort();
+            e.stop().await;
         }
     }
 }
@@ -315,23 +370,12 @@ async fn bind_http(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// A random duration in `[0, 2 * jitter)`, less `jitter`: spreads reload
-/// checks over `interval ± jitter`, returned as the part to add.
-fn jitter(jitter: Duration) -> Duration {
-    let span = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX).max(1);
-    Duration::from_millis(rand_below(span))
-}
-
-fn rand_below(n: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(n);
-    h.finish() % n
-}
-
-/// Re-reads the Corefile and, if it changed and loads, applies it live.
-/// A bad Corefile, or an address it cannot bind, is logged and the running
-/// one keeps serving.
+/// Re-reads the Corefile and, if its configuration changed (the Corefile
+/// with every `import`ed file and snippet expanded) and it loads, applies
+/// it live. A Corefile that cannot be read or does not load (no server
+/// block included), or an address it cannot bind, is refused: logged,
+/// counted in `coredns_reload_failed_total`, and the running one keeps
+/// serving.
 async fn reload(
     args: &Args,
     config: &mut Config,
@@ -355,14 +399,9 @@ async fn reload(
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(trigger = why, error = %e, "reload: reading {} failed; keeping the running config", path.display());
-            return;
+            return refuse(why, &format!("reading {}: {e}", path.display()));
         }
     };
-    if text == config.corefile {
-        tracing::debug!(trigger = why, "reload: Corefile unchanged");
-        return;
-    }
     let name = path.display().to_string();
     let dir = path
         .parent()
@@ -373,34 +412,29 @@ async fn reload(
         text: &text,
         dir,
     };
-    let mut new = match config::load_with(&src, args.dns_port, config.carry.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(
-                trigger = why,
-                "reload refused, keeping the running config: {e}"
-            );
-            eprintln!("[ERROR] reload refused: {e}");
+    // Compare what the Corefile expands to, not its text: an edit in an
+    // imported file is a change, a comment-only edit is not.
+    match nodedns::corefile::parse(&src, args.dns_port) {
+        Ok(blocks) if blocks == config.blocks => {
+            tracing::debug!(trigger = why, "reload: configuration unchanged");
             return;
         }
+        Ok(_) => {}
+        Err(e) => return refuse(why, &e.to_string()),
+    }
+    let mut new = match config::load_with(&src, args.dns_port, config.carry.clone()) {
+        Ok(c) => c,
+        Err(e) => return refuse(why, &e.to_string()),
     };
     // New health and ready addresses are bound first: one that fails
     // refuses the reload before anything changed.
     let bound = match http.bind_new(&new.services).await {
         Ok(b) => b,
-        Err(e) => {
-            tracing::error!(trigger = why, error = %e, "reload refused, keeping the running config");
-            eprintln!("[ERROR] reload refused: {e:#}");
-            return;
-        }
+        Err(e) => return refuse(why, &format!("{e:#}")),
     };
     let added = match server.reload(&new) {
         Ok(a) => a,
-        Err(e) => {
-            tracing::error!(trigger = why, error = %e, "reload refused, keeping the running config");
-            eprintln!("[ERROR] reload refused: {e:#}");
-            return;
-        }
+        Err(e) => return refuse(why, &format!("{e:#}")),
     };
     for (transport, addr) in added {
         announce(
@@ -408,7 +442,7 @@ async fn reload(
             &format!("listening transport={transport} addr={addr}"),
         );
     }
-    for (service, addr) in http.apply(&new.services, bound, life) {
+    for (service, addr) in http.apply(&new.services, bound, life).await {
         announce(
             args,
             &format!("listening transport=http service={service} addr={addr}"),
@@ -422,4 +456,14 @@ async fn reload(
     *config = new;
     tracing::info!(trigger = why, "reloaded");
     announce(args, "nodedns reloaded");
+}
+
+/// Logs and counts a refused reload; the running config keeps serving.
+fn refuse(why: &str, error: &str) {
+    nodedns_plugins::reload::count_failure();
+    tracing::error!(
+        trigger = why,
+        "reload refused, keeping the running config: {error}"
+    );
+    output::stderr().line(&format!("[ERROR] reload refused: {error}"));
 }

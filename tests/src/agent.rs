@@ -5,6 +5,10 @@
 //! deadline, for the `listening …` lines and the `started` line the agent
 //! prints on stdout. Drop kills the process and, if the test failed,
 //! prints what it wrote to stderr.
+//!
+//! [`AgentBuilder::unread_stdout`] stops reading stdout once the agent has
+//! started (the pipe stays open and fills up, as with a supervisor that
+//! stalls); [`Agent::resume_stdout`] reads it again.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -22,6 +26,18 @@ pub struct AgentBuilder {
     corefile: String,
     args: Vec<String>,
     files: Vec<(String, String)>,
+    unread_stdout: bool,
+    soft_nofile: Option<u64>,
+}
+
+/// A pipe the test stopped reading, kept open.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<Option<Box<dyn Read + Send>>>>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 /// A running `nodedns`.
@@ -31,6 +47,7 @@ pub struct Agent {
     dir: PathBuf,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    held_stdout: Held,
     /// `(transport, addr)` from the `listening` lines; http lines carry
     /// the service (`http/health`).
     pub listening: Vec<(String, SocketAddr)>,
@@ -57,6 +74,8 @@ impl Agent {
             corefile: corefile.into(),
             args: Vec::new(),
             files: Vec::new(),
+            unread_stdout: false,
+            soft_nofile: None,
         }
     }
 
@@ -113,12 +132,32 @@ impl Agent {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+    /// Reads stdout again after [`AgentBuilder::unread_stdout`]: what the
+    /// agent writes from now on shows in [`Self::stdout`].
+    pub fn resume_stdout(&self) {
+        let held = self.held_stdout.0.lock().expect("held lock").take();
+        if let Some(r) = held {
+            pump(r, Arc::clone(&self.stdout));
+        }
+    }
 }
 
 impl AgentBuilder {
     /// Adds a command-line argument.
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
+        self
+    }
+    /// Stops reading stdout once the agent has started, keeping the pipe
+    /// open: it fills and stays full until [`Agent::resume_stdout`].
+    pub fn unread_stdout(mut self) -> Self {
+        self.unread_stdout = true;
+        self
+    }
+    /// Starts the agent with this soft limit on open files (the hard
+    /// limit unchanged).
+    pub fn soft_nofile(mut self, n: u64) -> Self {
+        self.soft_nofile = Some(n);
         self
     }
     /// Writes a file into the agent's working directory before start
@@ -189,7 +228,18 @@ impl AgentBuilder {
 
     async fn spawn(self) -> Result<Agent, String> {
         let dir = self.prepare();
-        let mut child = Command::new(binary())
+        let mut cmd = match self.soft_nofile {
+            // The shell lowers its soft limit and becomes nodedns (same PID).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -S -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = cmd
             .arg("-conf")
             .arg(dir.join("Corefile"))
             .args(&self.args)
@@ -201,13 +251,20 @@ impl AgentBuilder {
             .map_err(|e| format!("spawning {}: {e}", binary().display()))?;
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        pump(child.stdout.take().expect("stdout"), Arc::clone(&stdout));
+        let held_stdout = Held::default();
+        let out = child.stdout.take().expect("stdout");
+        if self.unread_stdout {
+            pump_until_started(out, Arc::clone(&stdout), held_stdout.clone());
+        } else {
+            pump(out, Arc::clone(&stdout));
+        }
         pump(child.stderr.take().expect("stderr"), Arc::clone(&stderr));
         let mut agent = Agent {
             child: Some(child),
             dir,
             stdout,
             stderr,
+            held_stdout,
             listening: Vec::new(),
         };
         let deadline = Instant::now() + START_DEADLINE;
@@ -275,12 +332,36 @@ fn pump<R: Read + Send + 'static>(r: R, into: Arc<Mutex<Vec<String>>>) {
     });
 }
 
+/// Like [`pump`] up to and including the `started` line; then stops
+/// reading and parks the still-open pipe in `held`.
+fn pump_until_started<R: Read + Send + 'static>(r: R, into: Arc<Mutex<Vec<String>>>, held: Held) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(r);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let l = line.trim_end_matches('\n').to_string();
+            let started = l.starts_with("nodedns-") && l.ends_with(" started");
+            into.lock().expect("lines lock").push(l);
+            if started {
+                *held.0.lock().expect("held lock") = Some(Box::new(reader));
+                return;
+            }
+        }
+    });
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        drop(self.held_stdout.0.lock().map(|mut h| h.take()));
         if std::thread::panicking() {
             eprintln!("--- nodedns stderr ---\n{}", self.stderr().join("\n"));
             eprintln!("--- nodedns stdout ---\n{}", self.stdout().join("\n"));

@@ -59,10 +59,26 @@ pub struct Source<'a> {
     pub dir: &'a Path,
 }
 
-/// Parses a whole Corefile into server blocks.
+/// Parses a whole Corefile into server blocks, `import`s and snippets
+/// expanded. A Corefile with no server block (empty, only comments or
+/// snippets, or cut short by an editor) is an error: it would serve
+/// nothing, and a reload to it would stop every listener.
+///
+/// The result is what a reload compares: two Corefiles that expand to the
+/// same blocks (same tokens, files and lines) are the same configuration,
+/// whichever file an edit was in.
 pub fn parse(src: &Source<'_>, default_port: u16) -> Result<Vec<ServerBlock>, SetupError> {
     let tokens = expand::expand(src)?;
-    blocks(&tokens, default_port)
+    let out = blocks(&tokens, default_port)?;
+    if out.is_empty() {
+        return Err(SetupError::new(
+            &Arc::from(src.name),
+            1,
+            "no server blocks: the Corefile is empty or holds only comments or snippets \
+             (want at least one block such as '. { forward . /etc/resolv.conf }')",
+        ));
+    }
+    Ok(out)
 }
 
 fn same_line(a: &Token, b: &Token) -> bool {

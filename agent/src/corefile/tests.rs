@@ -210,10 +210,20 @@ fn several_keys_ports_and_schemes() {
 }
 
 #[test]
-fn brace_less_single_block_and_empty_file() {
+fn brace_less_single_block() {
     let b = src(".:1053\nwhoami\nlog\n");
     assert_eq!(shape(&b), vec![(names(".:1053"), names("whoami log"))]);
-    assert!(src("# nothing\n").is_empty());
+}
+
+#[test]
+fn a_corefile_without_server_blocks_is_refused() {
+    for text in ["", "\n\n", "# nothing\n", "(snip) {\n  whoami\n}\n"] {
+        let e = err(text);
+        assert!(
+            e.starts_with("Corefile:1: no server blocks"),
+            "{text:?}: {e}"
+        );
+    }
 }
 
 #[test]

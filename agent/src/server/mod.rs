@@ -285,30 +285,52 @@ impl Server {
     }
 
     /// Stops accepting, lets in-flight queries finish (at most `grace`),
-    /// and returns when everything stopped.
+    /// and returns when everything stopped, or when `grace` plus
+    /// [`JOIN_DEADLINE`] has passed: a thread or task stuck past that is
+    /// left behind (the process is exiting), never waited for.
     pub async fn shutdown(self, grace: Duration) {
         for l in self.listeners.values() {
             l.stop();
         }
         let mut threads = Vec::new();
+        let mut tasks = Vec::new();
         for (_, l) in self.listeners {
-            let _ = l.tcp_task.await;
+            tasks.push(l.tcp_task);
             threads.extend(l.udp_threads);
         }
+        let deadline = tokio::time::Instant::now() + grace + JOIN_DEADLINE;
         if tokio::time::timeout(grace, self.conns.wait_idle())
             .await
             .is_err()
         {
             tracing::warn!("shutdown: connections still open after {grace:?}; closing them");
         }
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
+        for t in tasks {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                tracing::warn!("shutdown: a TCP listener did not stop in time; leaving it");
             }
-        })
-        .await;
+        }
+        // Joined on a plain thread (not `spawn_blocking`, which the runtime
+        // would wait for on drop), so a stuck thread cannot hold up exit.
+        let n = threads.len();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("udp-join".to_string())
+            .spawn(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+                let _ = done_tx.send(());
+            });
+        if joiner.is_err() || tokio::time::timeout_at(deadline, done_rx).await.is_err() {
+            tracing::warn!("shutdown: {n} UDP threads did not stop in time; leaving them");
+        }
     }
 }
+
+/// How long shutdown waits, past the grace period, for listener threads
+/// and tasks to end.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(5);
 
 fn udp_sockets(opts: &Options) -> usize {
     if opts.udp_sockets == 0 {

@@ -18,7 +18,6 @@ mod tests;
 pub use setup::setup;
 
 use std::future::Future;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use crate::pkg::names::write_type;
@@ -31,15 +30,11 @@ use self::consolidate::{Pattern, flush_task};
 /// prefix, without the newline). [`stdout`] by default; tests capture lines.
 pub type Output = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Writes each line to standard output, as CoreDNS's `clog` does.
+/// Writes each line to standard output, as CoreDNS's `clog` does, through
+/// the bounded queue of [`crate::pkg::output`]: a stalled reader drops
+/// (and counts) lines instead of stalling queries.
 pub fn stdout() -> Output {
-    Arc::new(|line: &str| {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(line.as_bytes());
-        if !line.ends_with('\n') {
-            let _ = out.write_all(b"\n");
-        }
-    })
+    Arc::new(|line: &str| crate::pkg::output::stdout().line(line))
 }
 
 /// CoreDNS's plugin prefix (`clog.NewWithPlugin("errors")`).

@@ -23,13 +23,17 @@ use crate::pkg::lifecycle::Lifecycle;
 /// The endpoint's path (fixed, as in CoreDNS).
 pub const PATH: &str = "/health";
 
-/// Serves `/health` on `listener` until the task running it is aborted.
-/// Every method is answered, as Go's `ServeMux` does; other paths get 404.
-pub async fn serve(listener: TcpListener, life: Arc<Lifecycle>) {
+/// Serves `/health` on `listener` until `stop` fires (or its sender is
+/// dropped), then closes every connection. Bounded as every HTTP endpoint
+/// (see [`crate::pkg::http`]). Every method is answered, as Go's
+/// `ServeMux` does; other paths get 404.
+pub async fn serve(
+    listener: TcpListener,
+    life: Arc<Lifecycle>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let app = Router::new().route(PATH, any(health)).with_state(life);
-    if let Err(error) = axum::serve(listener, app).await {
-        tracing::warn!(%error, "health endpoint stopped");
-    }
+    crate::pkg::http::serve("health", listener, app, stop).await;
 }
 
 async fn health(State(life): State<Arc<Lifecycle>>) -> (StatusCode, &'static str) {

@@ -15,7 +15,6 @@ mod tests;
 
 pub use setup::setup;
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,16 +31,11 @@ use self::format::{Format, ReplyFacts, reply_facts};
 /// capture lines instead.
 pub type Output = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Writes each line to standard output, as CoreDNS's `clog` does.
+/// Writes each line to standard output, as CoreDNS's `clog` does, through
+/// the bounded queue of [`crate::pkg::output`]: a stalled reader drops
+/// (and counts) lines instead of stalling queries.
 pub fn stdout() -> Output {
-    Arc::new(|line: &str| {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(line.as_bytes());
-        // Go's log.Print adds the newline only when it is missing.
-        if !line.ends_with('\n') {
-            let _ = out.write_all(b"\n");
-        }
-    })
+    Arc::new(|line: &str| crate::pkg::output::stdout().line(line))
 }
 
 /// CoreDNS's level prefix for query lines (`clog.Infof`).

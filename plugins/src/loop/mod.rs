@@ -57,7 +57,10 @@ impl std::fmt::Debug for Loop {
 /// Prints the fatal message and exits non-zero, as CoreDNS's `log.Fatalf`.
 fn exit_on_loop(msg: &str) {
     tracing::error!("{msg}");
-    eprintln!("[FATAL] plugin/loop: {msg}");
+    // Through the bounded queue, and a bounded wait for it: a stalled
+    // stderr must not keep the process from exiting.
+    crate::pkg::output::stderr().line(&format!("[FATAL] plugin/loop: {msg}"));
+    crate::pkg::output::flush_all(Duration::from_secs(2));
     std::process::exit(1);
 }
 

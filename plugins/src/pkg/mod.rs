@@ -3,11 +3,13 @@
 
 pub mod clock;
 pub mod fall;
+pub mod http;
 pub mod lifecycle;
 pub mod listen;
 pub mod local;
 pub mod metrics;
 pub mod names;
+pub mod output;
 pub mod proxy;
 pub mod response;
 pub mod store;

@@ -1,11 +1,52 @@
 //! *reload* makes the agent re-read its Corefile when it changes: every
-//! INTERVAL (± JITTER) the file's contents are compared with the running
-//! ones, and a change is applied live. A Corefile that does not load is
-//! refused with its `FILE:LINE` error and the running one keeps serving.
-//! SIGUSR1 reloads at once, with or without this plugin.
+//! INTERVAL ± JITTER the configuration, `import`ed files and snippets
+//! expanded, is compared with the running one, and a change is applied
+//! live. A Corefile that does not load (a syntax error, no server block at
+//! all, an address that cannot be bound) is refused with its `FILE:LINE`
+//! error, counted in `coredns_reload_failed_total`, and the running one
+//! keeps serving. SIGUSR1 reloads at once, with or without this plugin.
 
 mod setup;
 #[cfg(test)]
 mod tests;
 
 pub use setup::setup;
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+
+use crate::setup::ReloadConfig;
+
+static FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
+    crate::pkg::metrics::counter(
+        "coredns_reload_failed_total",
+        "Counter of the number of failed reload attempts.",
+    )
+});
+
+/// Counts a refused reload (`coredns_reload_failed_total`, as CoreDNS).
+pub fn count_failure() {
+    FAILED.inc();
+}
+
+/// Refused reloads so far.
+pub fn failures() -> u64 {
+    FAILED.get()
+}
+
+/// How long to wait before the next check: INTERVAL ± JITTER, uniformly
+/// (CoreDNS's `reload` spreads checks this way, so that agents started
+/// together do not all re-read at once).
+pub fn next_check(cfg: &ReloadConfig) -> Duration {
+    spread(cfg, rand::random::<u64>())
+}
+
+/// INTERVAL − JITTER plus `r` reduced to `[0, 2 × JITTER]` milliseconds.
+fn spread(cfg: &ReloadConfig, r: u64) -> Duration {
+    let jitter = cfg.jitter.min(cfg.interval);
+    let span = u64::try_from(jitter.as_millis().saturating_mul(2)).unwrap_or(u64::MAX);
+    let offset = Duration::from_millis(r % span.saturating_add(1).max(1));
+    (cfg.interval - jitter) + offset
+}

@@ -58,3 +58,37 @@ fn setup_table() {
         );
     }
 }
+
+#[test]
+fn checks_spread_over_interval_plus_or_minus_jitter() {
+    let cfg = ReloadConfig {
+        interval: Duration::from_secs(30),
+        jitter: Duration::from_secs(15),
+    };
+    // The extremes of the random draw map to the ends of the range.
+    assert_eq!(super::spread(&cfg, 0), Duration::from_secs(15));
+    assert_eq!(super::spread(&cfg, 30_000), Duration::from_secs(45));
+    assert_eq!(super::spread(&cfg, 15_000), Duration::from_secs(30));
+    let mut below = false;
+    let mut above = false;
+    for _ in 0..1000 {
+        let d = super::next_check(&cfg);
+        assert!(
+            (Duration::from_secs(15)..=Duration::from_secs(45)).contains(&d),
+            "{d:?}"
+        );
+        below |= d < cfg.interval;
+        above |= d > cfg.interval;
+    }
+    // 1000 uniform draws land on both sides of INTERVAL except with
+    // probability 2^-999.
+    assert!(below && above, "±JITTER, not 0…JITTER");
+}
+
+#[test]
+fn failures_are_counted() {
+    let before = super::failures();
+    super::count_failure();
+    assert!(super::failures() > before);
+    assert!(crate::pkg::metrics::render().contains("coredns_reload_failed_total"));
+}

@@ -6,6 +6,7 @@ mod cli;
 mod flights;
 mod forward;
 mod harness;
+mod operational;
 mod plugins;
 mod readme;
 mod reload;

@@ -19,6 +19,7 @@ mod tests;
 pub use setup::{CacheConfig, Prefetch, Stale, StaleMode, Tier};
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ use crate::pkg::wire::{self, Kind};
 use crate::pkg::zones;
 use crate::plugin::{Context, Flow, Plugin, Upstream, UpstreamFuture};
 use crate::request::{Request, Transport, is_subdomain};
-use crate::setup::Controller;
+use crate::setup::{BlockInfo, Controller};
 
 /// Shards per tier.
 const SHARDS: usize = 64;
@@ -56,8 +57,9 @@ fn now_secs() -> u32 {
 /// Parses `cache` and adds the handler.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let cfg = setup::parse(&mut c.d, &c.block.zones)?;
-    // A reload that leaves the settings unchanged keeps the entries.
-    let key = format!("cache|{}|{cfg:?}", c.block.server_name);
+    // A reload that leaves the block and the settings unchanged keeps the
+    // entries. `bind` runs before `cache`, so the addresses are known.
+    let key = carry_key(&cfg, c.block, c.out.bind.as_deref());
     let cache = match c.services.carry_in.take::<Inner>(&key) {
         Some(inner) => Cache { inner },
         None => Cache::new(cfg, &c.block.server_name).map_err(|e| c.d.err(e))?,
@@ -65,6 +67,25 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     c.services.carry_out.keep(key, Arc::clone(&cache.inner));
     c.add_plugin(Box::new(cache));
     Ok(())
+}
+
+/// The key a cache is carried over a reload under: the block it belongs to
+/// (its server name, which holds the port; its listen addresses, `None`
+/// for every address; its zones) and its settings. Within one
+/// configuration no two blocks share a port, an address and a zone (the
+/// Corefile is refused), so two blocks on one port split by `bind`, with
+/// the same zones and the same `cache` line, get keys of their own and
+/// each finds its own entries again after a reload.
+fn carry_key(cfg: &CacheConfig, block: &BlockInfo, bind: Option<&[IpAddr]>) -> String {
+    let addrs = bind.map(|list| {
+        let mut v = list.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        v
+    });
+    let mut zones = block.zones.clone();
+    zones.sort_unstable();
+    format!("cache|{}|{addrs:?}|{zones:?}|{cfg:?}", block.server_name)
 }
 
 /// What a finished miss or refresh left for those waiting on it.

@@ -138,14 +138,20 @@ impl Entry {
             && u16::from_be_bytes([tc[2], tc[3]]) == qclass
     }
 
+    /// When its TTL runs out (coarse seconds). Saturates: however large
+    /// the TTL, the entry never wraps around into expired.
+    fn expires_at(&self) -> u32 {
+        self.stored.saturating_add(self.ttl)
+    }
+
     /// Seconds of TTL left at `now` (0 once expired).
     pub(super) fn remaining(&self, now: u32) -> u32 {
-        (self.stored + self.ttl).saturating_sub(now)
+        self.expires_at().saturating_sub(now)
     }
 
     /// Whether it is past its TTL.
     pub(super) fn expired(&self, now: u32) -> bool {
-        now >= self.stored + self.ttl
+        now >= self.expires_at()
     }
 
     /// Counts a hit for prefetch and says whether the entry is now popular:

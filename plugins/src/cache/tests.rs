@@ -552,3 +552,55 @@ fn metric_names_are_coredns_names() {
     }
     assert!(names.iter().all(|n| n.starts_with("coredns_")), "{names:?}");
 }
+
+// === TTL bounds (issue #8, point 9) ===
+
+#[test]
+fn out_of_range_ttls_are_refused_with_the_line() {
+    let cases = [
+        (
+            "cache {\n success 9984 5000000000 4294967295\n}",
+            "Corefile:2: cache: success: TTL 5000000000 is too large (at most 2147483647)",
+        ),
+        (
+            "cache {\n denial 9984 60 4294967295\n}",
+            "Corefile:2: cache: denial: TTL 4294967295 is too large (at most 2147483647)",
+        ),
+        (
+            "cache 2147483648",
+            "Corefile:1: cache: cache TTL 2147483648 is too large (at most 2147483647)",
+        ),
+        (
+            "cache {\n serve_stale 1h immediate 600000h\n}",
+            "Corefile:2: cache: serve_stale: response TTL '600000h' is too large (at most 2147483647s)",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(cfg(text).unwrap_err(), want, "{text}");
+    }
+    let c = cfg("cache 2147483647 {\n success 1 2147483647 2147483647\n}").unwrap();
+    assert_eq!(c.success.min_ttl, Duration::from_secs(2_147_483_647));
+}
+
+#[test]
+fn a_huge_ttl_stays_fresh() {
+    // However large the TTL, the expiry saturates instead of wrapping.
+    let e = Entry::new(&[0u8; 12], &[], 0, false, 100, u32::MAX, u32::MAX).unwrap();
+    assert!(!e.expired(100));
+    assert!(!e.expired(1_000_000));
+    assert_eq!(e.remaining(100), u32::MAX - 100);
+    // Through the handler, with the largest TTL setup accepts.
+    let c = cache("cache {\n success 10 2147483647 2147483647\n}");
+    let next = counting(AnswerStub);
+    for id in 1..=3 {
+        let r = run_with(
+            &c,
+            &q("www.example.org.", RecordType::A, id, None, false),
+            Transport::Udp,
+            &next,
+        );
+        let ttl = r.msg.unwrap().answers[0].ttl;
+        assert!(ttl >= 2_147_483_600, "{ttl}");
+    }
+    assert_eq!(next.n.load(Ordering::Relaxed), 1, "hits, not misses");
+}

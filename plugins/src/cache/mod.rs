@@ -417,6 +417,49 @@ impl Inner {
             self.m.drops.inc();
             return;
         };
+        self.store_analyzed(req, bytes, &a, h, bits, now, refresh);
+    }
+
+    /// The tier (`true`: denial) and the TTL the cache gives a reply of
+    /// this analysis, as CoreDNS computes them; `None` for what it never
+    /// caches. The TTL is the smallest over every record of every section
+    /// (OPT aside; for a denial the SOA's MINIMUM too, RFC 2308 5), raised
+    /// to the tier's MINTTL and capped by its TTL.
+    fn lifetime(&self, a: &wire::Analysis) -> Option<(bool, u32)> {
+        match a.kind {
+            Kind::NoError | Kind::Delegation => {
+                let t = a.min_ttl.unwrap_or(FAILSAFE_TTL);
+                Some((false, clamp(t, &self.cfg.success)))
+            }
+            Kind::NameError | Kind::NoData => {
+                let t = a.min_ttl.into_iter().chain(a.negative_ttl).min();
+                Some((true, clamp(t.unwrap_or(FAILSAFE_TTL), &self.cfg.denial)))
+            }
+            Kind::ServerError if !self.cfg.servfail.is_zero() => Some((
+                true,
+                u32::try_from(self.cfg.servfail.as_secs())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            )),
+            Kind::ServerError | Kind::OtherError | Kind::Meta | Kind::Update => None,
+        }
+    }
+
+    /// [`Self::store`] with the reply already analyzed.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "store's arguments plus its analysis"
+    )]
+    fn store_analyzed(
+        &self,
+        req: &Request<'_>,
+        bytes: &[u8],
+        a: &wire::Analysis,
+        h: u64,
+        bits: u8,
+        now: u32,
+        refresh: bool,
+    ) {
         if !wire::question_matches(bytes, req.qname_lower(), req.qtype(), req.qclass()) {
             self.m.drops.inc();
             return;
@@ -425,27 +468,8 @@ impl Inner {
             return;
         }
         let qn = req.qname_lower();
-        let (negative, ttl) = match a.kind {
-            Kind::NoError | Kind::Delegation => {
-                let t = a.min_ttl.unwrap_or(FAILSAFE_TTL);
-                (false, clamp(t, &self.cfg.success))
-            }
-            Kind::NameError | Kind::NoData => {
-                let t = a.negative_ttl.or(a.min_ttl).unwrap_or(FAILSAFE_TTL);
-                (true, clamp(t, &self.cfg.denial))
-            }
-            Kind::ServerError => {
-                if self.cfg.servfail.is_zero() {
-                    return;
-                }
-                (
-                    true,
-                    u32::try_from(self.cfg.servfail.as_secs())
-                        .unwrap_or(u32::MAX)
-                        .max(1),
-                )
-            }
-            Kind::OtherError | Kind::Meta | Kind::Update => return,
+        let Some((negative, ttl)) = self.lifetime(a) else {
+            return;
         };
         let off = if negative {
             &self.denial_off
@@ -476,7 +500,7 @@ impl Inner {
             u32::try_from(s.duration.as_secs()).unwrap_or(u32::MAX)
         });
         let dead_at = now.saturating_add(ttl).saturating_add(stale_secs);
-        let Some(e) = Entry::from_reply(bytes, &a, bits, negative, now, ttl, dead_at) else {
+        let Some(e) = Entry::from_reply(bytes, a, bits, negative, now, ttl, dead_at) else {
             return;
         };
         let (tier, other, i) = if negative {
@@ -648,11 +672,26 @@ impl Plugin for Cache {
             inner.land(h, || Outcome::Failed(rc));
             return;
         }
-        let Ok(bytes) = cx.reply.finish() else {
+        if cx.reply.finish().is_err() {
             inner.land(h, || Outcome::Failed(ResponseCode::ServFail));
             return;
+        }
+        let unix = crate::pkg::clock::unix_secs();
+        let Ok(a) = wire::analyze_at(cx.reply.wire(), unix) else {
+            inner.m.drops.inc();
+            let bytes = cx.reply.wire();
+            inner.land(h, || Outcome::Reply(Arc::from(bytes)));
+            return;
         };
-        inner.store(cx.req, bytes, h, bits, now_secs(), false);
+        // The reply carries the TTL the entry gets, in every record (as
+        // CoreDNS), so the first answer and the hits after it agree.
+        if !inner.cfg.keepttl
+            && let Some((_, ttl)) = inner.lifetime(&a)
+        {
+            wire::set_reply_ttls(cx.reply.wire_buf(), &a, ttl);
+        }
+        let bytes = cx.reply.wire();
+        inner.store_analyzed(cx.req, bytes, &a, h, bits, now_secs(), false);
         inner.land(h, || Outcome::Reply(Arc::from(bytes)));
     }
 

@@ -265,8 +265,8 @@ fn a_hit_answers_without_asking_on_and_patches_id_case_and_ttl() {
     assert!(matches!(first.flow, Flow::Next));
     assert_eq!(
         first.msg.unwrap().answers[0].ttl,
-        300,
-        "the miss passes the upstream reply through"
+        30,
+        "the miss reply carries the cache's TTL, as the hits will"
     );
     let hit = run_with(
         &c,
@@ -408,14 +408,15 @@ fn disable_and_zones_restrict_what_is_cached() {
 
 #[test]
 fn keepttl_answers_with_the_ttl_as_received() {
-    let c = cache("cache {\n keepttl\n}");
+    let c = cache("cache 30 {\n keepttl\n}");
     let next = counting(AnswerStub);
-    let _ = run_with(
+    let miss = run_with(
         &c,
         &q("www.example.org.", RecordType::A, 1, None, false),
         Transport::Udp,
         &next,
     );
+    assert_eq!(miss.msg.unwrap().answers[0].ttl, 300, "the miss too");
     let hit = run_with(
         &c,
         &q("www.example.org.", RecordType::A, 2, None, false),

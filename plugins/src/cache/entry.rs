@@ -154,6 +154,18 @@ impl Entry {
         now >= self.expires_at()
     }
 
+    /// The prefetch hit count and last-hit stamp, as one word.
+    pub(super) fn popularity(&self) -> u32 {
+        self.popularity.load(Ordering::Relaxed)
+    }
+
+    /// Takes over a replaced entry's hit count (what [`Self::popularity`]
+    /// returned), as CoreDNS does for a prefetched item: a popular name
+    /// stays popular across its refreshes.
+    pub(super) fn inherit_popularity(&self, word: u32) {
+        self.popularity.store(word, Ordering::Relaxed);
+    }
+
     /// Counts a hit for prefetch and says whether the entry is now popular:
     /// `amount` hits with no gap of `window` or more between them. Gaps are
     /// measured modulo 2^20 s (12 days), far beyond any prefetch window.

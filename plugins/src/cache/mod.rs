@@ -338,7 +338,10 @@ impl Inner {
                     let prefetch = self.cfg.prefetch.is_some_and(|p| {
                         let window = u32::try_from(p.window.as_secs()).unwrap_or(u32::MAX).max(1);
                         let left = e.remaining(now);
-                        let threshold = (u64::from(e.ttl) * u64::from(p.percent) / 100).max(1);
+                        // CoreDNS takes the ceiling: TTL 15 at 10% is 2 s.
+                        let threshold = (u64::from(e.ttl) * u64::from(p.percent))
+                            .div_ceil(100)
+                            .max(1);
                         e.popular(now, p.amount, window) && u64::from(left) <= threshold
                     });
                     return Some(Hit::Fresh {
@@ -508,6 +511,19 @@ impl Inner {
         } else {
             (&self.positive, &self.negative, 0)
         };
+        if refresh {
+            // A prefetch or stale refresh keeps the hits gathered so far
+            // (CoreDNS's Freq.Reset): a popular name is prefetched again
+            // without first needing AMOUNT fresh hits.
+            let word = [tier, other].into_iter().find_map(|s| {
+                s.get(h, |old| {
+                    old.answers(qn, qt, qc, bits).then(|| old.popularity())
+                })
+            });
+            if let Some(word) = word {
+                e.inherit_popularity(word);
+            }
+        }
         let moved = other.remove_if(h, |e| e.answers(qn, qt, qc, bits));
         let evicted = tier.insert(h, e, now);
         self.m.evictions[i].inc_by(evicted as u64);

@@ -605,3 +605,60 @@ fn a_huge_ttl_stays_fresh() {
     }
     assert_eq!(next.n.load(Ordering::Relaxed), 1, "hits, not misses");
 }
+
+// === prefetch (issue #8, point 17) ===
+
+#[tokio::test(start_paused = true)]
+async fn prefetch_threshold_is_the_ceiling_of_the_percentage() {
+    let c = Cache::new(
+        cfg("cache {\n success 100 15 15\n prefetch 1 1m 10%\n}").unwrap(),
+        "dns://:prefetch-ceil",
+    )
+    .unwrap();
+    let up = counting(AnswerStub);
+    let ask = |id| {
+        run_with(
+            &c,
+            &q("www.example.org.", RecordType::A, id, None, false),
+            Transport::Udp,
+            &up,
+        )
+    };
+    assert!(matches!(ask(1).flow, Flow::Next));
+    // 3 s of 15 left: above 10% rounded up (2 s), no prefetch.
+    tokio::time::advance(Duration::from_secs(12)).await;
+    assert!(matches!(ask(2).flow, Flow::Answered));
+    assert_eq!(c.stats().prefetches, 0);
+    // 2 s left: 15 * 10% = 1.5, and CoreDNS takes the ceiling.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(matches!(ask(3).flow, Flow::Answered));
+    assert_eq!(c.stats().prefetches, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_prefetched_entry_keeps_its_hits() {
+    let c = Cache::new(
+        cfg("cache {\n success 100 15 15\n prefetch 3 1m 10%\n}").unwrap(),
+        "dns://:prefetch-carry",
+    )
+    .unwrap();
+    let up = counting(AnswerStub);
+    let raw = q("www.example.org.", RecordType::A, 1, None, false);
+    let ask = || run_with(&c, &raw, Transport::Udp, &up);
+    let reply = ask().msg.unwrap().to_vec().unwrap();
+    for _ in 0..3 {
+        assert!(matches!(ask().flow, Flow::Answered));
+    }
+    assert_eq!(c.stats().prefetches, 0, "popular, but the TTL is young");
+    // The prefetch's reply replaces the entry (as a background refresh
+    // stores it).
+    let req = Request::parse(&raw, client(), Transport::Udp).unwrap();
+    let bits = key_bits(&req);
+    let h = key_hash(req.qname_lower(), req.qtype(), req.qclass(), bits);
+    c.inner.store(&req, &reply, h, bits, now_secs(), true);
+    // Near the new entry's end, one more hit is enough: the hits carried over.
+    tokio::time::advance(Duration::from_secs(14)).await;
+    assert!(matches!(ask().flow, Flow::Answered));
+    assert_eq!(c.stats().prefetches, 1);
+    assert_eq!(up.n.load(Ordering::Relaxed), 1);
+}

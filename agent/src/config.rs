@@ -378,4 +378,26 @@ mod tests {
             "Corefile:2: kubernetes: plugin not supported yet by nodedns"
         );
     }
+
+    /// Two blocks on one port split by `bind`, same zones and same `cache`
+    /// line: each cache is carried under a key of its own, so a reload
+    /// cannot hand one block the other's entries.
+    #[test]
+    fn caches_of_blocks_split_by_bind_are_carried_apart() {
+        let text = ".:1053 {\n bind 127.0.0.1\n cache 30\n whoami\n}\n\
+                    .:1053 {\n bind 127.0.0.2\n cache 30\n whoami\n}\n";
+        let c = load_str(text).unwrap();
+        assert_eq!(c.carry.len(), 2, "{:?}", c.carry);
+        let again = load_with(
+            &Source {
+                name: "Corefile",
+                text,
+                dir: Path::new("."),
+            },
+            DEFAULT_PORT,
+            c.carry,
+        )
+        .unwrap();
+        assert_eq!(again.carry.len(), 2, "{:?}", again.carry);
+    }
 }

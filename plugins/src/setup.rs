@@ -102,10 +102,13 @@ pub struct ReloadConfig {
 
 /// State that outlives a configuration when a reload leaves its settings
 /// unchanged (cache stores, and later upstream pools), keyed by a
-/// description of those settings.
+/// description of those settings and of the block that owns it. A key kept
+/// twice is ambiguous: nothing is carried under it, rather than one block
+/// getting another's state.
 #[derive(Default, Clone)]
 pub struct Carry {
     items: std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>,
+    ambiguous: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Carry {
@@ -122,8 +125,16 @@ impl Carry {
         let v = self.items.remove(key)?;
         v.downcast::<T>().ok()
     }
-    /// Keeps `value` for the next configuration under `key`.
+    /// Keeps `value` for the next configuration under `key`; if something
+    /// was already kept under `key`, neither is.
     pub fn keep<T: std::any::Any + Send + Sync>(&mut self, key: String, value: Arc<T>) {
+        if self.ambiguous.contains(&key) {
+            return;
+        }
+        if self.items.remove(&key).is_some() {
+            self.ambiguous.insert(key);
+            return;
+        }
         self.items.insert(key, value);
     }
     /// How many items it holds.
@@ -192,3 +203,20 @@ impl Controller<'_> {
 
 /// A plugin's setup function.
 pub type SetupFn = fn(&mut Controller<'_>) -> Result<(), SetupError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_kept_twice_carries_nothing() {
+        let mut c = Carry::default();
+        c.keep("a".into(), Arc::new(1u8));
+        c.keep("b".into(), Arc::new(2u8));
+        c.keep("a".into(), Arc::new(3u8));
+        c.keep("a".into(), Arc::new(4u8));
+        assert_eq!(c.len(), 1);
+        assert!(c.take::<u8>("a").is_none(), "ambiguous: not carried");
+        assert_eq!(c.take::<u8>("b").as_deref(), Some(&2));
+    }
+}

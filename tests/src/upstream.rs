@@ -45,7 +45,12 @@ struct State {
     tcp_open: AtomicUsize,
     tls_resumed: AtomicUsize,
     udp_peers: Mutex<Vec<IpAddr>>,
+    canned: Mutex<HashMap<(String, RecordType), Canned>>,
 }
+
+/// A reply set up whole with [`FakeUpstreamBuilder::canned`]: rcode,
+/// answer and authority records.
+type Canned = (ResponseCode, Vec<Record>, Vec<Record>);
 
 /// Builder for a [`FakeUpstream`].
 #[derive(Debug)]
@@ -94,6 +99,7 @@ impl FakeUpstream {
                 tcp_open: AtomicUsize::new(0),
                 tls_resumed: AtomicUsize::new(0),
                 udp_peers: Mutex::new(Vec::new()),
+                canned: Mutex::new(HashMap::new()),
             },
             ttl: 300,
             tls: false,
@@ -171,6 +177,23 @@ impl FakeUpstreamBuilder {
     /// Answers every A query for a name without records with `ip`.
     pub fn wildcard_a(self, ip: &str) -> Self {
         *self.state.wildcard_a.lock().expect("lock") = Some(ip.parse().expect("IP address"));
+        self
+    }
+    /// Answers `name` and `qtype` with `rcode` and exactly these answer
+    /// and authority records (their own TTLs), whatever else is set up.
+    pub fn canned(
+        self,
+        name: &str,
+        qtype: RecordType,
+        rcode: ResponseCode,
+        answers: Vec<Record>,
+        authority: Vec<Record>,
+    ) -> Self {
+        self.state
+            .canned
+            .lock()
+            .expect("lock")
+            .insert((normalize(name), qtype), (rcode, answers, authority));
         self
     }
     /// TTL of the records added after this call.
@@ -418,6 +441,16 @@ async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
         m.metadata.response_code = ResponseCode::ServFail;
     } else if fault == Fault::Truncate && !tcp {
         m.metadata.truncation = true;
+    } else if let Some((rcode, answers, authority)) = s
+        .canned
+        .lock()
+        .expect("canned lock")
+        .get(&(name.clone(), query.query_type()))
+        .cloned()
+    {
+        m.metadata.response_code = rcode;
+        m.answers.extend(answers);
+        m.authorities.extend(authority);
     } else {
         let records = s.records.lock().expect("records lock");
         let exact = records.get(&(name.clone(), query.query_type())).cloned();

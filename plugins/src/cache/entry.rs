@@ -138,14 +138,32 @@ impl Entry {
             && u16::from_be_bytes([tc[2], tc[3]]) == qclass
     }
 
+    /// When its TTL runs out (coarse seconds). Saturates: however large
+    /// the TTL, the entry never wraps around into expired.
+    fn expires_at(&self) -> u32 {
+        self.stored.saturating_add(self.ttl)
+    }
+
     /// Seconds of TTL left at `now` (0 once expired).
     pub(super) fn remaining(&self, now: u32) -> u32 {
-        (self.stored + self.ttl).saturating_sub(now)
+        self.expires_at().saturating_sub(now)
     }
 
     /// Whether it is past its TTL.
     pub(super) fn expired(&self, now: u32) -> bool {
-        now >= self.stored + self.ttl
+        now >= self.expires_at()
+    }
+
+    /// The prefetch hit count and last-hit stamp, as one word.
+    pub(super) fn popularity(&self) -> u32 {
+        self.popularity.load(Ordering::Relaxed)
+    }
+
+    /// Takes over a replaced entry's hit count (what [`Self::popularity`]
+    /// returned), as CoreDNS does for a prefetched item: a popular name
+    /// stays popular across its refreshes.
+    pub(super) fn inherit_popularity(&self, word: u32) {
+        self.popularity.store(word, Ordering::Relaxed);
     }
 
     /// Counts a hit for prefetch and says whether the entry is now popular:

@@ -19,6 +19,7 @@ mod tests;
 pub use setup::{CacheConfig, Prefetch, Stale, StaleMode, Tier};
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -35,7 +36,7 @@ use crate::pkg::wire::{self, Kind};
 use crate::pkg::zones;
 use crate::plugin::{Abandon, Context, Flow, Plugin, Rerun, Ticket, Upstream, UpstreamFuture};
 use crate::request::{Request, Transport, is_subdomain};
-use crate::setup::Controller;
+use crate::setup::{BlockInfo, Controller};
 
 /// Shards per tier.
 const SHARDS: usize = 64;
@@ -57,8 +58,9 @@ fn now_secs() -> u32 {
 /// Parses `cache` and adds the handler.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let cfg = setup::parse(&mut c.d, &c.block.zones)?;
-    // A reload that leaves the settings unchanged keeps the entries.
-    let key = format!("cache|{}|{cfg:?}", c.block.server_name);
+    // A reload that leaves the block and the settings unchanged keeps the
+    // entries. `bind` runs before `cache`, so the addresses are known.
+    let key = carry_key(&cfg, c.block, c.out.bind.as_deref());
     let cache = match c.services.carry_in.take::<Inner>(&key) {
         Some(inner) => Cache { inner },
         None => Cache::new(cfg, &c.block.server_name).map_err(|e| c.d.err(e))?,
@@ -66,6 +68,25 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     c.services.carry_out.keep(key, Arc::clone(&cache.inner));
     c.add_plugin(Box::new(cache));
     Ok(())
+}
+
+/// The key a cache is carried over a reload under: the block it belongs to
+/// (its server name, which holds the port; its listen addresses, `None`
+/// for every address; its zones) and its settings. Within one
+/// configuration no two blocks share a port, an address and a zone (the
+/// Corefile is refused), so two blocks on one port split by `bind`, with
+/// the same zones and the same `cache` line, get keys of their own and
+/// each finds its own entries again after a reload.
+fn carry_key(cfg: &CacheConfig, block: &BlockInfo, bind: Option<&[IpAddr]>) -> String {
+    let addrs = bind.map(|list| {
+        let mut v = list.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        v
+    });
+    let mut zones = block.zones.clone();
+    zones.sort_unstable();
+    format!("cache|{}|{addrs:?}|{zones:?}|{cfg:?}", block.server_name)
 }
 
 /// What a finished miss or refresh left for those waiting on it.
@@ -328,7 +349,10 @@ impl Inner {
                     let prefetch = self.cfg.prefetch.is_some_and(|p| {
                         let window = u32::try_from(p.window.as_secs()).unwrap_or(u32::MAX).max(1);
                         let left = e.remaining(now);
-                        let threshold = (u64::from(e.ttl) * u64::from(p.percent) / 100).max(1);
+                        // CoreDNS takes the ceiling: TTL 15 at 10% is 2 s.
+                        let threshold = (u64::from(e.ttl) * u64::from(p.percent))
+                            .div_ceil(100)
+                            .max(1);
                         e.popular(now, p.amount, window) && u64::from(left) <= threshold
                     });
                     return Some(Hit::Fresh {
@@ -404,12 +428,56 @@ impl Inner {
     /// Stores a reply to `req` if it is cacheable. `refresh` replies keep a
     /// stale entry in place of a failure (RFC 8767) and, with
     /// `prefer_positive`, a positive one in place of a denial.
+    #[cfg(test)]
     fn store(&self, req: &Request<'_>, bytes: &[u8], h: u64, bits: u8, now: u32, refresh: bool) {
         let unix = crate::pkg::clock::unix_secs();
         let Ok(a) = wire::analyze_at(bytes, unix) else {
             self.m.drops.inc();
             return;
         };
+        self.store_analyzed(req, bytes, &a, h, bits, now, refresh);
+    }
+
+    /// The tier (`true`: denial) and the TTL the cache gives a reply of
+    /// this analysis, as CoreDNS computes them; `None` for what it never
+    /// caches. The TTL is the smallest over every record of every section
+    /// (OPT aside; for a denial the SOA's MINIMUM too, RFC 2308 5), raised
+    /// to the tier's MINTTL and capped by its TTL.
+    fn lifetime(&self, a: &wire::Analysis) -> Option<(bool, u32)> {
+        match a.kind {
+            Kind::NoError | Kind::Delegation => {
+                let t = a.min_ttl.unwrap_or(FAILSAFE_TTL);
+                Some((false, clamp(t, &self.cfg.success)))
+            }
+            Kind::NameError | Kind::NoData => {
+                let t = a.min_ttl.into_iter().chain(a.negative_ttl).min();
+                Some((true, clamp(t.unwrap_or(FAILSAFE_TTL), &self.cfg.denial)))
+            }
+            Kind::ServerError if !self.cfg.servfail.is_zero() => Some((
+                true,
+                u32::try_from(self.cfg.servfail.as_secs())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            )),
+            Kind::ServerError | Kind::OtherError | Kind::Meta | Kind::Update => None,
+        }
+    }
+
+    /// [`Self::store`] with the reply already analyzed.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "store's arguments plus its analysis"
+    )]
+    fn store_analyzed(
+        &self,
+        req: &Request<'_>,
+        bytes: &[u8],
+        a: &wire::Analysis,
+        h: u64,
+        bits: u8,
+        now: u32,
+        refresh: bool,
+    ) {
         if !wire::question_matches(bytes, req.qname_lower(), req.qtype(), req.qclass()) {
             self.m.drops.inc();
             return;
@@ -418,27 +486,8 @@ impl Inner {
             return;
         }
         let qn = req.qname_lower();
-        let (negative, ttl) = match a.kind {
-            Kind::NoError | Kind::Delegation => {
-                let t = a.min_ttl.unwrap_or(FAILSAFE_TTL);
-                (false, clamp(t, &self.cfg.success))
-            }
-            Kind::NameError | Kind::NoData => {
-                let t = a.negative_ttl.or(a.min_ttl).unwrap_or(FAILSAFE_TTL);
-                (true, clamp(t, &self.cfg.denial))
-            }
-            Kind::ServerError => {
-                if self.cfg.servfail.is_zero() {
-                    return;
-                }
-                (
-                    true,
-                    u32::try_from(self.cfg.servfail.as_secs())
-                        .unwrap_or(u32::MAX)
-                        .max(1),
-                )
-            }
-            Kind::OtherError | Kind::Meta | Kind::Update => return,
+        let Some((negative, ttl)) = self.lifetime(a) else {
+            return;
         };
         let off = if negative {
             &self.denial_off
@@ -469,7 +518,7 @@ impl Inner {
             u32::try_from(s.duration.as_secs()).unwrap_or(u32::MAX)
         });
         let dead_at = now.saturating_add(ttl).saturating_add(stale_secs);
-        let Some(e) = Entry::from_reply(bytes, &a, bits, negative, now, ttl, dead_at) else {
+        let Some(e) = Entry::from_reply(bytes, a, bits, negative, now, ttl, dead_at) else {
             return;
         };
         let (tier, other, i) = if negative {
@@ -477,6 +526,19 @@ impl Inner {
         } else {
             (&self.positive, &self.negative, 0)
         };
+        if refresh {
+            // A prefetch or stale refresh keeps the hits gathered so far
+            // (CoreDNS's Freq.Reset): a popular name is prefetched again
+            // without first needing AMOUNT fresh hits.
+            let word = [tier, other].into_iter().find_map(|s| {
+                s.get(h, |old| {
+                    old.answers(qn, qt, qc, bits).then(|| old.popularity())
+                })
+            });
+            if let Some(word) = word {
+                e.inherit_popularity(word);
+            }
+        }
         let moved = other.remove_if(h, |e| e.answers(qn, qt, qc, bits));
         let evicted = tier.insert(h, e, now);
         self.m.evictions[i].inc_by(evicted as u64);
@@ -592,8 +654,21 @@ impl Inner {
             self.mark_failed(&req, h, bits, now);
         }
         match reply {
-            Some(bytes) => {
-                self.store(&req, &bytes, h, bits, now, true);
+            Some(mut bytes) => {
+                let unix = crate::pkg::clock::unix_secs();
+                let Ok(a) = wire::analyze_at(&bytes, unix) else {
+                    self.m.drops.inc();
+                    self.land(h, id, || Outcome::Failed(ResponseCode::ServFail));
+                    return;
+                };
+                // Those waiting on the refresh (verify) get the TTL the
+                // entry gets, as a miss's askers do.
+                if !self.cfg.keepttl
+                    && let Some((_, ttl)) = self.lifetime(&a)
+                {
+                    wire::set_reply_ttls(&mut bytes, &a, ttl);
+                }
+                self.store_analyzed(&req, &bytes, &a, h, bits, now, true);
                 self.land(h, id, || Outcome::Reply(Arc::from(bytes)));
             }
             None => self.land(h, id, || Outcome::Failed(ResponseCode::ServFail)),
@@ -690,11 +765,26 @@ impl Plugin for Cache {
             land(&|| Outcome::Failed(rc));
             return;
         }
-        let Ok(bytes) = cx.reply.finish() else {
+        if cx.reply.finish().is_err() {
             land(&|| Outcome::Failed(ResponseCode::ServFail));
             return;
+        }
+        let unix = crate::pkg::clock::unix_secs();
+        let Ok(a) = wire::analyze_at(cx.reply.wire(), unix) else {
+            inner.m.drops.inc();
+            let bytes = cx.reply.wire();
+            land(&|| Outcome::Reply(Arc::from(bytes)));
+            return;
         };
-        inner.store(cx.req, bytes, h, bits, now_secs(), false);
+        // The reply carries the TTL the entry gets, in every record (as
+        // CoreDNS), so the first answer and the hits after it agree.
+        if !inner.cfg.keepttl
+            && let Some((_, ttl)) = inner.lifetime(&a)
+        {
+            wire::set_reply_ttls(cx.reply.wire_buf(), &a, ttl);
+        }
+        let bytes = cx.reply.wire();
+        inner.store_analyzed(cx.req, bytes, &a, h, bits, now_secs(), false);
         land(&|| Outcome::Reply(Arc::from(bytes)));
     }
 

@@ -15,6 +15,9 @@ pub(crate) const MAX_SUCCESS_TTL: Duration = Duration::from_secs(3600);
 pub(crate) const MAX_DENIAL_TTL: Duration = Duration::from_secs(1800);
 /// Shortest TTL an answer is cached with.
 pub(crate) const MIN_TTL: Duration = Duration::from_secs(5);
+/// Largest TTL a setting may give: 2^31 - 1 s (RFC 2181 8; a TTL with the
+/// top bit set means 0 to resolvers).
+pub(crate) const MAX_TTL_SECS: u64 = i32::MAX as u64;
 /// How long SERVFAIL is cached by default; at most 5 minutes.
 pub(crate) const DEFAULT_SERVFAIL: Duration = Duration::from_secs(5);
 const MAX_SERVFAIL: Duration = Duration::from_secs(300);
@@ -140,6 +143,11 @@ pub(crate) fn parse(
             if n == 0 {
                 return Err(d.err("cache TTL can not be zero or negative"));
             }
+            if n > MAX_TTL_SECS {
+                return Err(d.err(format_args!(
+                    "cache TTL {n} is too large (at most {MAX_TTL_SECS})"
+                )));
+            }
             ttl = Some(Duration::from_secs(n));
             args.next();
         }
@@ -259,7 +267,7 @@ fn option(d: &mut Dispenser<'_>, cfg: &mut CacheConfig) -> Result<(), SetupError
                         return Err(d.arg_err());
                     }
                     if let Some(t) = rest.first() {
-                        s.response_ttl = dur(d, "serve_stale", t)?;
+                        s.response_ttl = response_ttl(d, t)?;
                     }
                     if let Some(t) = rest.get(1) {
                         s.failure_recheck = dur(d, "serve_stale", t)?;
@@ -277,7 +285,7 @@ fn option(d: &mut Dispenser<'_>, cfg: &mut CacheConfig) -> Result<(), SetupError
                         }
                     }
                     if let Some(t) = rest.get(1) {
-                        s.response_ttl = dur(d, "serve_stale", t)?;
+                        s.response_ttl = response_ttl(d, t)?;
                     }
                     if let Some(t) = rest.get(2) {
                         s.failure_recheck = dur(d, "serve_stale", t)?;
@@ -355,11 +363,28 @@ fn option(d: &mut Dispenser<'_>, cfg: &mut CacheConfig) -> Result<(), SetupError
     Ok(())
 }
 
-/// A TTL in whole seconds.
+/// A TTL in whole seconds, at most [`MAX_TTL_SECS`].
 fn secs(d: &Dispenser<'_>, what: &str, v: &str) -> Result<Duration, SetupError> {
-    v.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| d.err(format_args!("{what}: invalid TTL '{v}'")))
+    let n = v
+        .parse::<u64>()
+        .map_err(|_| d.err(format_args!("{what}: invalid TTL '{v}'")))?;
+    if n > MAX_TTL_SECS {
+        return Err(d.err(format_args!(
+            "{what}: TTL {n} is too large (at most {MAX_TTL_SECS})"
+        )));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+/// serve_stale's RESPONSE_TTL: a duration that is a valid TTL.
+fn response_ttl(d: &Dispenser<'_>, v: &str) -> Result<Duration, SetupError> {
+    let t = dur(d, "serve_stale", v)?;
+    if t.as_secs() > MAX_TTL_SECS {
+        return Err(d.err(format_args!(
+            "serve_stale: response TTL '{v}' is too large (at most {MAX_TTL_SECS}s)"
+        )));
+    }
+    Ok(t)
 }
 
 fn dur(d: &Dispenser<'_>, what: &str, v: &str) -> Result<Duration, SetupError> {

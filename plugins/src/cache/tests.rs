@@ -265,8 +265,8 @@ fn a_hit_answers_without_asking_on_and_patches_id_case_and_ttl() {
     assert!(matches!(first.flow, Flow::Next));
     assert_eq!(
         first.msg.unwrap().answers[0].ttl,
-        300,
-        "the miss passes the upstream reply through"
+        30,
+        "the miss reply carries the cache's TTL, as the hits will"
     );
     let hit = run_with(
         &c,
@@ -408,14 +408,15 @@ fn disable_and_zones_restrict_what_is_cached() {
 
 #[test]
 fn keepttl_answers_with_the_ttl_as_received() {
-    let c = cache("cache {\n keepttl\n}");
+    let c = cache("cache 30 {\n keepttl\n}");
     let next = counting(AnswerStub);
-    let _ = run_with(
+    let miss = run_with(
         &c,
         &q("www.example.org.", RecordType::A, 1, None, false),
         Transport::Udp,
         &next,
     );
+    assert_eq!(miss.msg.unwrap().answers[0].ttl, 300, "the miss too");
     let hit = run_with(
         &c,
         &q("www.example.org.", RecordType::A, 2, None, false),
@@ -551,4 +552,113 @@ fn metric_names_are_coredns_names() {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
     assert!(names.iter().all(|n| n.starts_with("coredns_")), "{names:?}");
+}
+
+// === TTL bounds (issue #8, point 9) ===
+
+#[test]
+fn out_of_range_ttls_are_refused_with_the_line() {
+    let cases = [
+        (
+            "cache {\n success 9984 5000000000 4294967295\n}",
+            "Corefile:2: cache: success: TTL 5000000000 is too large (at most 2147483647)",
+        ),
+        (
+            "cache {\n denial 9984 60 4294967295\n}",
+            "Corefile:2: cache: denial: TTL 4294967295 is too large (at most 2147483647)",
+        ),
+        (
+            "cache 2147483648",
+            "Corefile:1: cache: cache TTL 2147483648 is too large (at most 2147483647)",
+        ),
+        (
+            "cache {\n serve_stale 1h immediate 600000h\n}",
+            "Corefile:2: cache: serve_stale: response TTL '600000h' is too large (at most 2147483647s)",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(cfg(text).unwrap_err(), want, "{text}");
+    }
+    let c = cfg("cache 2147483647 {\n success 1 2147483647 2147483647\n}").unwrap();
+    assert_eq!(c.success.min_ttl, Duration::from_secs(2_147_483_647));
+}
+
+#[test]
+fn a_huge_ttl_stays_fresh() {
+    // However large the TTL, the expiry saturates instead of wrapping.
+    let e = Entry::new(&[0u8; 12], &[], 0, false, 100, u32::MAX, u32::MAX).unwrap();
+    assert!(!e.expired(100));
+    assert!(!e.expired(1_000_000));
+    assert_eq!(e.remaining(100), u32::MAX - 100);
+    // Through the handler, with the largest TTL setup accepts.
+    let c = cache("cache {\n success 10 2147483647 2147483647\n}");
+    let next = counting(AnswerStub);
+    for id in 1..=3 {
+        let r = run_with(
+            &c,
+            &q("www.example.org.", RecordType::A, id, None, false),
+            Transport::Udp,
+            &next,
+        );
+        let ttl = r.msg.unwrap().answers[0].ttl;
+        assert!(ttl >= 2_147_483_600, "{ttl}");
+    }
+    assert_eq!(next.n.load(Ordering::Relaxed), 1, "hits, not misses");
+}
+
+// === prefetch (issue #8, point 17) ===
+
+#[tokio::test(start_paused = true)]
+async fn prefetch_threshold_is_the_ceiling_of_the_percentage() {
+    let c = Cache::new(
+        cfg("cache {\n success 100 15 15\n prefetch 1 1m 10%\n}").unwrap(),
+        "dns://:prefetch-ceil",
+    )
+    .unwrap();
+    let up = counting(AnswerStub);
+    let ask = |id| {
+        run_with(
+            &c,
+            &q("www.example.org.", RecordType::A, id, None, false),
+            Transport::Udp,
+            &up,
+        )
+    };
+    assert!(matches!(ask(1).flow, Flow::Next));
+    // 3 s of 15 left: above 10% rounded up (2 s), no prefetch.
+    tokio::time::advance(Duration::from_secs(12)).await;
+    assert!(matches!(ask(2).flow, Flow::Answered));
+    assert_eq!(c.stats().prefetches, 0);
+    // 2 s left: 15 * 10% = 1.5, and CoreDNS takes the ceiling.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(matches!(ask(3).flow, Flow::Answered));
+    assert_eq!(c.stats().prefetches, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_prefetched_entry_keeps_its_hits() {
+    let c = Cache::new(
+        cfg("cache {\n success 100 15 15\n prefetch 3 1m 10%\n}").unwrap(),
+        "dns://:prefetch-carry",
+    )
+    .unwrap();
+    let up = counting(AnswerStub);
+    let raw = q("www.example.org.", RecordType::A, 1, None, false);
+    let ask = || run_with(&c, &raw, Transport::Udp, &up);
+    let reply = ask().msg.unwrap().to_vec().unwrap();
+    for _ in 0..3 {
+        assert!(matches!(ask().flow, Flow::Answered));
+    }
+    assert_eq!(c.stats().prefetches, 0, "popular, but the TTL is young");
+    // The prefetch's reply replaces the entry (as a background refresh
+    // stores it).
+    let req = Request::parse(&raw, client(), Transport::Udp).unwrap();
+    let bits = key_bits(&req);
+    let h = key_hash(req.qname_lower(), req.qtype(), req.qclass(), bits);
+    c.inner.store(&req, &reply, h, bits, now_secs(), true);
+    // Near the new entry's end, one more hit is enough: the hits carried over.
+    tokio::time::advance(Duration::from_secs(14)).await;
+    assert!(matches!(ask().flow, Flow::Answered));
+    assert_eq!(c.stats().prefetches, 1);
+    assert_eq!(up.n.load(Ordering::Relaxed), 1);
 }

@@ -662,6 +662,28 @@ pub fn set_ttls(msg: &mut [u8], offsets: &[u16], ttl: u32) {
     }
 }
 
+/// Writes `ttl` into the TTL field of every record of `reply` itself (the
+/// message [`analyze`] was given, not the stored form) except the OPT
+/// record, whose TTL field holds EDNS flags. [`Analysis::ttl_offsets`] are
+/// offsets in the stored form: records after the OPT record sit its length
+/// further on in the reply. `a` must be [`analyze`]'s answer for `reply`;
+/// offsets that do not fit are skipped. Does not allocate.
+pub fn set_reply_ttls(reply: &mut [u8], a: &Analysis, ttl: u32) {
+    let ttl = ttl.to_be_bytes();
+    let (opt_start, cut) = a.opt.as_ref().map_or((usize::MAX, 0), |r| {
+        (r.start, r.end.saturating_sub(r.start))
+    });
+    for &o in &a.ttl_offsets {
+        let mut o = usize::from(o);
+        if o >= opt_start {
+            o += cut;
+        }
+        if let Some(field) = reply.get_mut(o..o + 4) {
+            field.copy_from_slice(&ttl);
+        }
+    }
+}
+
 /// Copies the client's spelling of the question name over the stored one at
 /// offset 12. Both are the same lower-cased name, so the same length; names
 /// in the records that point at the question follow the new spelling too.
@@ -1056,6 +1078,31 @@ mod tests {
         raw.extend(OPT_RR);
         raw.extend(rr(&(0xc000 | opt_at).to_be_bytes(), 1, 1, &[0; 4]));
         assert!(matches!(analyze(&raw), Err(WireError::BadPointer { .. })));
+    }
+
+    /// A miss reply is capped in place: every record's TTL, on either side
+    /// of an OPT record that is not last, and never the OPT's own TTL.
+    #[test]
+    fn reply_ttls_are_patched_in_place_around_the_opt() {
+        let mut raw = header(0x8180, [1, 1, 0, 3]);
+        raw.extend(name_to_wire("www.example.org.").unwrap());
+        raw.extend([0, 1, 0, 1]);
+        raw.extend(rr(&[0xc0, 12], 1, 300, &[192, 0, 2, 1]));
+        let opt_at = raw.len();
+        raw.extend(OPT_RR);
+        raw.extend(rr(&[0xc0, 12], 1, 100, &[192, 0, 2, 53]));
+        raw.extend(rr(&[0xc0, 12], 28, 50, &[0x20; 16]));
+        let a = analyze(&raw).unwrap();
+        set_reply_ttls(&mut raw, &a, 7);
+        assert_eq!(raw[opt_at..opt_at + OPT_LEN], OPT_RR, "OPT untouched");
+        let m = Message::from_vec(&raw).unwrap();
+        assert_eq!(m.answers[0].ttl, 7);
+        assert!(m.additionals.iter().all(|r| r.ttl == 7), "{m:?}");
+        assert_eq!(m.additionals.len(), 2);
+        assert!(m.edns.is_some());
+        // And what the cache stores from it says the same.
+        let again = analyze(&raw).unwrap();
+        assert_eq!(again.min_ttl, Some(7));
     }
 
     #[test]

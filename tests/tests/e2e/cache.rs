@@ -341,3 +341,94 @@ async fn a_flood_of_unique_names_stays_within_capacity() {
     }
     assert!(up.udp_queries() - before <= 2);
 }
+
+fn soa_record(ttl: u32, minimum: u32) -> hickory_proto::rr::Record {
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::{Name, Record};
+    let zone = Name::from_ascii("example.org.").unwrap();
+    Record::from_rdata(
+        zone.clone(),
+        ttl,
+        RData::SOA(SOA::new(zone.clone(), zone, 1, 7200, 3600, 86400, minimum)),
+    )
+}
+
+/// Issue #8, point 2: the reply to a miss carries the TTL the entry gets
+/// (capped, or raised to MINTTL) in every section, as CoreDNS writes it, so
+/// the first answer and the hits after it agree.
+#[tokio::test]
+async fn the_reply_to_a_miss_carries_the_cache_ttl() {
+    let up = FakeUpstream::builder()
+        .ttl(3600)
+        .a("www.example.org.", "192.0.2.1")
+        .ttl(1)
+        .a("short.example.org.", "192.0.2.2")
+        .canned(
+            "gone.example.org.",
+            RecordType::A,
+            ResponseCode::NXDomain,
+            vec![],
+            vec![soa_record(3600, 3600)],
+        )
+        .start()
+        .await;
+    let agent = start("cache 30", &up, "").await;
+    let c = Client::new(agent.udp());
+    let miss = c.udp("www.example.org.", RecordType::A).await;
+    assert_eq!(a_of(&miss), vec!["192.0.2.1"]);
+    assert_eq!(miss.answers[0].ttl, 30, "capped on the miss too");
+    let hit = c.udp("www.example.org.", RecordType::A).await;
+    assert!((29..=30).contains(&hit.answers[0].ttl), "{:?}", hit.answers);
+    // The denial cap.
+    let miss = c.udp("gone.example.org.", RecordType::A).await;
+    assert_eq!(miss.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(miss.authorities[0].ttl, 30, "{:?}", miss.authorities);
+    // MINTTL raises a short TTL (5 s by default).
+    let miss = c.udp("short.example.org.", RecordType::A).await;
+    assert_eq!(miss.answers[0].ttl, 5, "{:?}", miss.answers);
+    assert_eq!(up.count("www.example.org.", RecordType::A), 1);
+}
+
+/// Issue #8, point 14: a denial lives as long as its shortest record (a
+/// CNAME of TTL 10 beside an SOA of TTL 3600), not the SOA's TTL.
+#[tokio::test]
+async fn a_denial_lives_as_long_as_its_shortest_record() {
+    use hickory_proto::rr::rdata::CNAME;
+    use hickory_proto::rr::{Name, Record};
+    let cname = Record::from_rdata(
+        Name::from_ascii("alias.example.org.").unwrap(),
+        10,
+        RData::CNAME(CNAME(Name::from_ascii("gone.example.org.").unwrap())),
+    );
+    let up = FakeUpstream::builder()
+        .canned(
+            "alias.example.org.",
+            RecordType::A,
+            ResponseCode::NXDomain,
+            vec![cname],
+            vec![soa_record(3600, 3600)],
+        )
+        .start()
+        .await;
+    let agent = start("cache", &up, "").await;
+    let c = Client::new(agent.udp());
+    let miss = c.udp("alias.example.org.", RecordType::A).await;
+    assert_eq!(miss.metadata.response_code, ResponseCode::NXDomain);
+    let ttls = |m: &hickory_proto::op::Message| {
+        m.answers
+            .iter()
+            .chain(&m.authorities)
+            .map(|r| r.ttl)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ttls(&miss), vec![10, 10], "{miss:?}");
+    let hit = c.udp("alias.example.org.", RecordType::A).await;
+    assert_eq!(hit.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(hit.answers.len(), 1);
+    assert!(
+        ttls(&hit).iter().all(|t| (9..=10).contains(t)),
+        "cached for the CNAME's 10 s: {:?}",
+        ttls(&hit)
+    );
+    assert_eq!(up.count("alias.example.org.", RecordType::A), 1);
+}

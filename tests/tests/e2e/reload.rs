@@ -190,3 +190,64 @@ async fn a_reload_moves_health_and_ready_and_refuses_an_address_in_use() {
     );
     assert_eq!(http_status(at(r), "/ready").await, Some(200));
 }
+
+/// Issue #8, point 3: two blocks on one port split by `bind`, with the same
+/// zones and the same `cache` line but different upstreams. After a reload
+/// each address still answers from its own block's cache.
+#[tokio::test]
+async fn blocks_split_by_bind_keep_their_own_caches_over_a_reload() {
+    let one = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let two = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.2")
+        .start()
+        .await;
+    let port = free_port();
+    let text = |extra: &str| {
+        format!(
+            ".:{port} {{\n    bind 127.0.0.1\n    cache 300\n    forward . {one}\n}}\n\
+             .:{port} {{\n    bind 127.0.0.2\n    cache 300\n    forward . {two}\n}}\n{extra}"
+        )
+    };
+    let agent = Agent::corefile(text("")).start().await;
+    let at = |last: u8| Client::new(std::net::SocketAddr::from(([127, 0, 0, last], port)));
+    let answer = |m: hickory_proto::op::Message| {
+        m.answers
+            .first()
+            .map(|r| r.data.to_string())
+            .unwrap_or_default()
+    };
+    // Both addresses answer once the listeners are up (127.0.0.2 included).
+    let up = wait_until(Duration::from_secs(10), || async {
+        answer(at(2).udp("www.example.org.", RecordType::A).await) == "192.0.2.2"
+    })
+    .await;
+    assert!(up, "127.0.0.2 answers from its own upstream");
+    assert_eq!(
+        answer(at(1).udp("www.example.org.", RecordType::A).await),
+        "192.0.2.1"
+    );
+    // A change elsewhere in the file (a comment alone is no change); the
+    // two blocks stay as they were.
+    let extra = format!("example.net:{port} {{\n    bind 127.0.0.1\n    whoami\n}}\n");
+    std::fs::write(agent.path("Corefile"), text(&extra)).unwrap();
+    agent.signal(Signal::SIGUSR1);
+    assert!(reloaded(&agent, 1).await, "stdout: {:?}", agent.stdout());
+    for _ in 0..3 {
+        assert_eq!(
+            answer(at(1).udp("www.example.org.", RecordType::A).await),
+            "192.0.2.1",
+            "127.0.0.1 answers from its own block's cache"
+        );
+        assert_eq!(
+            answer(at(2).udp("www.example.org.", RecordType::A).await),
+            "192.0.2.2",
+            "127.0.0.2 answers from its own block's cache"
+        );
+    }
+    // And both caches were carried over: no upstream was asked again.
+    assert_eq!(one.count("www.example.org.", RecordType::A), 1);
+    assert_eq!(two.count("www.example.org.", RecordType::A), 1);
+}

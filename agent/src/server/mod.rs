@@ -33,7 +33,7 @@ pub struct Options {
     /// TCP settings.
     pub tcp: TcpOptions,
     /// Most queries waiting on upstreams at once, over every listener;
-    /// past it new ones are dropped.
+    /// past it a new UDP query is dropped and a TCP one refused.
     pub max_inflight: usize,
 }
 

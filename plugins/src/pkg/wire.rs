@@ -748,7 +748,7 @@ pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> Result<(), WireError> {
         return Ok(());
     }
     let opt = find_opt(msg)?;
-    let p = prefix(msg, limit, opt.clone())?;
+    let p = prefix(msg, limit, opt.clone(), false)?;
     let mut arcount = p.kept[2];
     let end = match opt {
         Some(r) if p.keep_opt && r.start >= p.end => {
@@ -783,7 +783,7 @@ pub fn copy_fitting(msg: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
         out.extend_from_slice(msg);
         return false;
     }
-    let Ok(p) = prefix(msg, limit, None) else {
+    let Ok(p) = prefix(msg, limit, None, true) else {
         out.extend_from_slice(msg);
         return false;
     };
@@ -828,8 +828,16 @@ struct Prefix {
 /// Walks the question and then the records, in order, while they fit in
 /// `limit` bytes with the OPT record at `opt` (its bytes reserved, and not
 /// walked); stops at the first record that does not fit. Every compression
-/// pointer met in the kept names must point inside the kept bytes.
-fn prefix(msg: &[u8], limit: usize, opt: Option<Range<usize>>) -> Result<Prefix, WireError> {
+/// pointer met in the kept names must point inside the kept bytes. For a
+/// `stored` message (one [`analyze`] accepted, as the cache keeps it) an
+/// owner name that ends in a pointer is not followed: the pointer must
+/// point back, before itself, which keeps the hit's walk short.
+fn prefix(
+    msg: &[u8],
+    limit: usize,
+    opt: Option<Range<usize>>,
+    stored: bool,
+) -> Result<Prefix, WireError> {
     let (qd, an, ns, total) = counts(msg)?;
     let mut max_target = 0usize;
     let mut pos = HEADER_LEN;
@@ -859,7 +867,11 @@ fn prefix(msg: &[u8], limit: usize, opt: Option<Range<usize>>) -> Result<Prefix,
             continue;
         }
         let mut furthest = 0usize;
-        let (_, end) = record(msg, pos, &mut |_, t| furthest = furthest.max(t))?;
+        let (_, end) = if stored {
+            stored_record(msg, pos, &mut |_, t| furthest = furthest.max(t))?
+        } else {
+            record(msg, pos, &mut |_, t| furthest = furthest.max(t))?
+        };
         used += end - pos;
         if used > budget {
             left_out = true;
@@ -885,6 +897,54 @@ fn prefix(msg: &[u8], limit: usize, opt: Option<Range<usize>>) -> Result<Prefix,
         left_out,
         keep_opt,
     })
+}
+
+/// [`record`] for a message [`analyze`] already accepted: the owner name is
+/// skipped in place, and a pointer that ends it must point before itself
+/// (reported to `on_ptr`, not followed); the names in the record data are
+/// walked as [`record`] walks them.
+fn stored_record<F: FnMut(usize, usize)>(
+    msg: &[u8],
+    pos: usize,
+    on_ptr: &mut F,
+) -> Result<(u16, usize), WireError> {
+    let mut p = pos;
+    for _ in 0..MAX_NAME {
+        let Some(&len) = msg.get(p) else {
+            return Err(WireError::Truncated { at: p });
+        };
+        match len & 0xc0 {
+            0x00 if len == 0 => {
+                p += 1;
+                break;
+            }
+            0x00 => p += 1 + usize::from(len),
+            0xc0 => {
+                let Some(&low) = msg.get(p + 1) else {
+                    return Err(WireError::Truncated { at: p + 1 });
+                };
+                let target = (usize::from(len & 0x3f) << 8) | usize::from(low);
+                if !(HEADER_LEN..p).contains(&target) {
+                    return Err(WireError::BadPointer { at: p });
+                }
+                on_ptr(p, target);
+                p += 2;
+                break;
+            }
+            _ => return Err(WireError::BadLabel { at: p }),
+        }
+    }
+    if p + 10 > msg.len() {
+        return Err(WireError::Truncated { at: p });
+    }
+    let rtype = be16(msg, p);
+    let rdata = p + 10;
+    let end = rdata + usize::from(be16(msg, p + 8));
+    if end > msg.len() {
+        return Err(WireError::Truncated { at: rdata });
+    }
+    check_rdata(msg, rtype, rdata, end, on_ptr)?;
+    Ok((rtype, end))
 }
 
 /// Where the OPT record is (the first record of type OPT in the

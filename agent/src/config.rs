@@ -36,6 +36,20 @@ pub struct Block {
 pub struct Router {
     zones: HashMap<Box<[u8]>, usize>,
     blocks: Vec<Arc<Block>>,
+    /// A block runs a plugin that serves classes other than IN.
+    any_class: bool,
+}
+
+/// Plugins whose presence in any block opens an address to queries in
+/// classes other than IN: CoreDNS's `dnsserver.EnableChaos` (its `proxy`
+/// is not a nodedns plugin).
+const OPEN_CLASSES: &[&str] = &["chaos", "forward"];
+
+/// Record type DS.
+const TYPE_DS: u16 = 43;
+
+fn opens_classes(chain: &[Box<dyn Plugin>]) -> bool {
+    chain.iter().any(|p| OPEN_CLASSES.contains(&p.name()))
 }
 
 impl Router {
@@ -54,6 +68,7 @@ impl Router {
         });
         Self {
             zones: HashMap::from([(Box::from(&[0u8][..]), 0)]),
+            any_class: opens_classes(&block.chain),
             blocks: vec![block],
         }
     }
@@ -63,20 +78,39 @@ impl Router {
         &self.blocks
     }
 
-    /// The block for a lower-cased wire-form name, and the zone that matched.
-    pub fn route<'a>(&'a self, name: &'a [u8]) -> Option<(&'a Arc<Block>, &'a [u8])> {
+    /// Whether queries in classes other than IN may reach the blocks:
+    /// CoreDNS refuses them (REFUSED, before any block) unless a block on
+    /// the address runs `chaos` or `forward`.
+    pub fn any_class(&self) -> bool {
+        self.any_class
+    }
+
+    /// The block for a lower-cased wire-form name and a query type, and the
+    /// zone that matched: the longest zone the name is in, the root zone
+    /// last. A DS query goes to the shortest zone instead (the root only
+    /// when nothing else matches), as CoreDNS's server routes it: the DS
+    /// record of a zone lives in its parent's.
+    pub fn route<'a>(&'a self, name: &'a [u8], qtype: u16) -> Option<(&'a Arc<Block>, &'a [u8])> {
+        let ds = qtype == TYPE_DS;
+        let mut best = None;
         let mut pos = 0usize;
-        loop {
-            let suffix = name.get(pos..)?;
+        while let Some(suffix) = name.get(pos..) {
+            let Some(&len) = suffix.first() else { break };
             if let Some(&i) = self.zones.get(suffix) {
-                return Some((&self.blocks[i], suffix));
+                if len == 0 && best.is_some() {
+                    break;
+                }
+                best = Some((&self.blocks[i], suffix));
+                if !ds {
+                    break;
+                }
             }
-            let len = *name.get(pos)? as usize;
             if len == 0 {
-                return None;
+                break;
             }
-            pos += 1 + len;
+            pos += 1 + usize::from(len);
         }
+        best
     }
 }
 
@@ -220,6 +254,7 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
                 let key = ListenKey { addr, port };
                 let (router, owners) = routers.entry(key).or_default();
                 let idx = router.blocks.len();
+                router.any_class |= opens_classes(&block.chain);
                 router.blocks.push(Arc::clone(&block));
                 for z in &zones_here {
                     let wire = zones::to_wire(z)
@@ -335,19 +370,71 @@ mod tests {
         assert_eq!(c.listeners.len(), 1);
         let r = c.listeners.values().next().unwrap();
         let name = to_wire("www.Example.org.").unwrap();
-        let (b, zone) = r.route(&name).unwrap();
+        let (b, zone) = r.route(&name, 1).unwrap();
         assert_eq!(b.info.zones, vec!["example.org."]);
         assert_eq!(zone, &to_wire("example.org.").unwrap()[..]);
         let net = to_wire("example.net.").unwrap();
-        let (b, _) = r.route(&net).unwrap();
+        let (b, _) = r.route(&net, 1).unwrap();
         assert_eq!(b.info.zones, vec!["."]);
+    }
+
+    #[test]
+    fn ds_goes_to_the_shortest_zone_but_the_root() {
+        const DS: u16 = 43;
+        let c = load_str(
+            ".:1053 {\n whoami\n}\norg:1053 {\n whoami\n}\nexample.org:1053 {\n whoami\n}\n",
+        )
+        .unwrap();
+        let r = c.listeners.values().next().unwrap();
+        let zone_of = |name: &str, qtype: u16| {
+            let wire = to_wire(name).unwrap();
+            let (b, _) = r.route(&wire, qtype).unwrap();
+            b.info.zones[0].clone()
+        };
+        assert_eq!(zone_of("example.org.", 1), "example.org.");
+        assert_eq!(zone_of("example.org.", DS), "org.");
+        // As CoreDNS: the grandparent when it is served, never the root
+        // when another zone matches.
+        assert_eq!(zone_of("a.b.example.org.", DS), "org.");
+        assert_eq!(zone_of("org.", DS), "org.");
+        assert_eq!(zone_of("example.net.", DS), ".");
+        assert_eq!(zone_of(".", DS), ".");
+        let c = load_str(".:1053 {\n whoami\n}\nexample.org:1053 {\n whoami\n}\n").unwrap();
+        let r = c.listeners.values().next().unwrap();
+        let wire = to_wire("example.org.").unwrap();
+        let (b, _) = r.route(&wire, DS).unwrap();
+        assert_eq!(
+            b.info.zones,
+            vec!["example.org."],
+            "the root is the last resort"
+        );
+    }
+
+    #[test]
+    fn chaos_or_forward_in_any_block_opens_other_classes() {
+        for (corefile, open) in [
+            (".:1053 {\n whoami\n}\n", false),
+            (
+                ".:1053 {\n whoami\n}\nversion.bind:1053 {\n chaos\n}\n",
+                true,
+            ),
+            (".:1053 {\n forward . 127.0.0.1:9\n}\n", true),
+            (
+                ".:1053 {\n whoami\n}\nversion.bind:1054 {\n chaos\n}\n",
+                false,
+            ),
+        ] {
+            let c = load_str(corefile).unwrap();
+            let port_1053 = c.listeners.iter().find(|(k, _)| k.port == 1053).unwrap().1;
+            assert_eq!(port_1053.any_class(), open, "{corefile}");
+        }
     }
 
     #[test]
     fn no_root_means_unrouted() {
         let c = load_str("example.org:1053 {\n whoami\n}\n").unwrap();
         let r = c.listeners.values().next().unwrap();
-        assert!(r.route(&to_wire("example.net.").unwrap()).is_none());
+        assert!(r.route(&to_wire("example.net.").unwrap(), 1).is_none());
     }
 
     #[test]

@@ -146,3 +146,49 @@ async fn a_warm_cache_hit_does_not_allocate() {
         "one miss in all"
     );
 }
+
+/// A hit on an entry far larger than the client takes over UDP is cut to
+/// fit without parsing or encoding it, and without allocating.
+#[test]
+fn a_warm_hit_on_a_large_entry_truncated_for_udp_does_not_allocate() {
+    let mut hosts = String::new();
+    for i in 0..1000u32 {
+        hosts.push_str(&format!("  10.0.{}.{} big.example.org\n", i / 250, i % 250));
+    }
+    let config =
+        load_str(&format!(". {{\n cache 300\n hosts {{\n{hosts} }}\n}}\n")).expect("config");
+    let router = config
+        .listeners
+        .values()
+        .next()
+        .expect("a listener")
+        .clone();
+    let client = "127.0.0.1:40000".parse().expect("addr");
+    let limits = Limits::default();
+    let mut reply = Reply::new();
+    for edns in [false, true] {
+        let raw = query("big.example.org.", edns);
+        // The first answer (hosts) is stored; then warm up.
+        for _ in 0..10 {
+            assert!(matches!(
+                handle(&router, &raw, client, Transport::Udp, &mut reply, &limits),
+                Handled::Reply
+            ));
+        }
+        let mut all_replies = true;
+        let n = count_while(|| {
+            for _ in 0..100 {
+                let h = handle(&router, &raw, client, Transport::Udp, &mut reply, &limits);
+                all_replies &= matches!(h, Handled::Reply);
+            }
+        });
+        assert!(all_replies);
+        let limit = if edns { 1232 } else { 512 };
+        assert!(reply.wire().len() <= limit, "{} bytes", reply.wire().len());
+        let m = Message::from_vec(reply.wire()).expect("the hit decodes");
+        assert!(m.metadata.truncation, "TC set");
+        assert!(!m.answers.is_empty() && m.answers.len() < 1000);
+        assert_eq!(m.edns.is_some(), edns);
+        assert_eq!(n, 0, "100 large hits (edns={edns}) made {n} allocations");
+    }
+}

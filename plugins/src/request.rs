@@ -144,6 +144,8 @@ pub struct Request<'a> {
     edns: Option<Edns>,
     client: SocketAddr,
     transport: Transport,
+    /// The server's cap on a UDP reply (`--max-udp-size`).
+    max_udp: u16,
     message: OnceLock<Option<Message>>,
 }
 
@@ -202,6 +204,7 @@ impl<'a> Request<'a> {
             edns,
             client,
             transport,
+            max_udp: u16::MAX,
             message: OnceLock::new(),
         })
     }
@@ -251,6 +254,21 @@ impl<'a> Request<'a> {
     pub fn udp_size(&self) -> u16 {
         self.edns
             .map_or(MIN_UDP_SIZE, |e| e.udp_size.max(MIN_UDP_SIZE))
+    }
+    /// Caps UDP replies at `max` bytes (never below 512), whatever the
+    /// client advertises: the server's `--max-udp-size`.
+    pub fn set_max_udp_size(&mut self, max: u16) {
+        self.max_udp = max.max(MIN_UDP_SIZE);
+    }
+    /// The largest reply that can be sent: over UDP the client's size
+    /// ([`Request::udp_size`]) within the server's cap, over TCP 65535. The
+    /// server truncates a longer reply to it; a plugin that answers from
+    /// stored bytes may cut to it itself and save the copy.
+    pub fn reply_limit(&self) -> usize {
+        match self.transport {
+            Transport::Udp => usize::from(self.udp_size().min(self.max_udp)),
+            Transport::Tcp => usize::from(u16::MAX),
+        }
     }
     /// The client's address.
     pub fn client(&self) -> SocketAddr {

@@ -7,10 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::serialize::binary::BinEncodable;
+use hickory_proto::op::ResponseCode;
 use nodedns_plugins::pkg::response::{ADVERTISED_UDP_SIZE, error_for};
+use nodedns_plugins::pkg::wire;
 use nodedns_plugins::plugin::{RefreshDone, Rerun};
 use nodedns_plugins::request::{Header, ParseError};
 use nodedns_plugins::{Chain, Context, Flow, Next, PluginError, Reply, Request, Transport};
@@ -47,6 +48,17 @@ pub enum Handled {
     Upstream(Pending),
 }
 
+/// How long a query may wait for its answer, counted from its arrival:
+/// forward's overall deadline (CoreDNS's `defaultTimeout`), which forward
+/// also counts from the arrival ([`Context::start`]). A query still
+/// waiting for a worker past it is answered SERVFAIL without going to the
+/// network: its client has given up, and it must not hold a worker or an
+/// in-flight permit any longer.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// DNS class IN.
+const CLASS_IN: u16 = 1;
+
 /// Where a query that needs the network stopped.
 pub struct Pending {
     block: Arc<Block>,
@@ -58,6 +70,13 @@ pub struct Pending {
     /// What a plugin holds open for this query (a cache flight): released
     /// if the query is dropped before it resumes.
     ticket: Option<nodedns_plugins::plugin::Ticket>,
+}
+
+impl Pending {
+    /// Whether the query is past its deadline ([`QUERY_DEADLINE`] from its arrival).
+    pub fn expired(&self) -> bool {
+        self.start.elapsed() >= QUERY_DEADLINE
+    }
 }
 
 /// Answers one packet as far as it can without waiting: the reply, a
@@ -72,7 +91,7 @@ pub fn handle(
 ) -> Handled {
     reply.clear();
     let start = Instant::now();
-    let req = match Request::parse(raw, client, transport) {
+    let mut req = match Request::parse(raw, client, transport) {
         Ok(r) => r,
         Err(ParseError::TooShort | ParseError::IsResponse) => return Handled::Drop,
         Err(ParseError::FormErr(h)) => {
@@ -88,9 +107,16 @@ pub fn handle(
             return Handled::Reply;
         }
     };
-    let Some((block, zone)) = router.route(req.qname_lower()) else {
+    req.set_max_udp_size(limits.max_udp_size);
+    // CoreDNS refuses every class but IN before any block sees it, unless
+    // a block on the address runs chaos or forward.
+    if req.qclass() != CLASS_IN && !router.any_class() {
         reply.set_message(error_for(&req, ResponseCode::Refused));
-        return finish(reply, &req, limits);
+        return finish(reply, &req);
+    }
+    let Some((block, zone)) = router.route(req.qname_lower(), req.qtype()) else {
+        reply.set_message(error_for(&req, ResponseCode::Refused));
+        return finish(reply, &req);
     };
     let mut cx = Context {
         req: &req,
@@ -113,11 +139,12 @@ pub fn handle(
             ticket: cx.reply.take_ticket(),
         });
     }
-    complete(&block.chain, &mut cx, flow, reached, limits)
+    complete(&block.chain, &mut cx, flow, reached)
 }
 
 /// Continues a query after its plugin's network step, through the rest of
-/// the chain, and returns the reply to send (`None`: send nothing).
+/// the chain, and returns the reply to send (`None`: send nothing). A
+/// query already past its deadline is [`abandon`]ed with SERVFAIL instead.
 pub async fn resume(
     pending: Pending,
     raw: &[u8],
@@ -125,7 +152,19 @@ pub async fn resume(
     transport: Transport,
     limits: Limits,
 ) -> Option<Vec<u8>> {
-    let req = Request::parse(raw, client, transport).ok()?;
+    if pending.expired() {
+        tracing::debug!(%client, "query past its deadline before reaching the network");
+        return abandon(
+            pending,
+            raw,
+            client,
+            transport,
+            limits,
+            ResponseCode::ServFail,
+        );
+    }
+    let mut req = Request::parse(raw, client, transport).ok()?;
+    req.set_max_udp_size(limits.max_udp_size);
     let Pending {
         block,
         zone_at,
@@ -152,8 +191,52 @@ pub async fn resume(
         next: Next { chain: &*block, at },
     };
     let (flow, at) = drive(chain, &mut cx, Flow::Upstream, at).await;
-    match complete(chain, &mut cx, flow, at, &limits) {
+    match complete(chain, &mut cx, flow, at) {
         // The reply's own buffer, not a copy.
+        Handled::Reply => Some(std::mem::take(reply.wire_buf())),
+        Handled::Drop | Handled::Upstream(_) => None,
+    }
+}
+
+/// Ends a query that will not take its network step — past its deadline,
+/// or over the in-flight limit — as a failure with `rcode`, at once: the
+/// response steps of the plugins that passed it on run as for any failure
+/// (a cache may still answer stale), and the reply to send is returned.
+/// Every path that gives up on a [`Pending`] without resuming it comes
+/// through here.
+pub fn abandon(
+    pending: Pending,
+    raw: &[u8],
+    client: SocketAddr,
+    transport: Transport,
+    limits: Limits,
+    rcode: ResponseCode,
+) -> Option<Vec<u8>> {
+    let mut req = Request::parse(raw, client, transport).ok()?;
+    req.set_max_udp_size(limits.max_udp_size);
+    let Pending {
+        block,
+        zone_at,
+        at,
+        start,
+        ticket,
+    } = pending;
+    // The query is given up, not answered by its upstream: whoever waits on
+    // what a plugin held for it (a cache flight) asks for itself rather
+    // than take this query's local failure.
+    drop(ticket);
+    let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
+    let chain = &block.chain;
+    let mut reply = Reply::default();
+    let mut cx = Context {
+        req: &req,
+        server: &block.info,
+        zone,
+        reply: &mut reply,
+        start,
+        next: Next { chain: &*block, at },
+    };
+    match complete(chain, &mut cx, Flow::Fail(rcode, None), at) {
         Handled::Reply => Some(std::mem::take(reply.wire_buf())),
         Handled::Drop | Handled::Upstream(_) => None,
     }
@@ -349,7 +432,6 @@ fn complete(
     cx: &mut Context<'_>,
     flow: Flow,
     reached: usize,
-    limits: &Limits,
 ) -> Handled {
     match flow {
         Flow::Drop => {
@@ -365,11 +447,11 @@ fn complete(
         let rc = cx.reply.failed().unwrap_or(ResponseCode::ServFail);
         cx.reply.set_message(error_for(cx.req, rc));
     }
-    finish(cx.reply, cx.req, limits)
+    finish(cx.reply, cx.req)
 }
 
 /// Encodes the reply and fits it to the transport's size.
-fn finish(reply: &mut Reply, req: &Request<'_>, limits: &Limits) -> Handled {
+fn finish(reply: &mut Reply, req: &Request<'_>) -> Handled {
     let len = match reply.finish() {
         Ok(w) => w.len(),
         Err(e) => {
@@ -378,10 +460,7 @@ fn finish(reply: &mut Reply, req: &Request<'_>, limits: &Limits) -> Handled {
             return Handled::Reply;
         }
     };
-    let limit = match req.transport() {
-        Transport::Udp => usize::from(req.udp_size().min(limits.max_udp_size.max(512))),
-        Transport::Tcp => MAX_MESSAGE,
-    };
+    let limit = req.reply_limit();
     if len > limit {
         truncate(reply, req, limit);
     }
@@ -389,61 +468,17 @@ fn finish(reply: &mut Reply, req: &Request<'_>, limits: &Limits) -> Handled {
 }
 
 /// Keeps as many records as fit in `limit` (answer, then authority, then
-/// additional, in order) and sets TC when any was left out, as miekg/dns's
-/// `Truncate` does for CoreDNS.
+/// additional, in order), keeps the OPT record, and sets TC when any was
+/// left out, as miekg/dns's `Truncate` does for CoreDNS: on the wire bytes,
+/// in one walk. Bytes that cannot be cut as they are (a compression
+/// pointer forward, past the cut) are parsed and encoded once (hickory
+/// compresses backwards) and cut again.
 fn truncate(reply: &mut Reply, req: &Request<'_>, limit: usize) {
-    let Some(msg) = reply.message_mut() else {
-        header_only(reply, req.header(), ResponseCode::ServFail);
+    if wire::truncate(reply.wire_buf(), limit).is_ok() {
         return;
-    };
-    let mut full = std::mem::replace(
-        msg,
-        Message::new(0, msg.metadata.message_type, msg.metadata.op_code),
-    );
-    let records: Vec<(u8, hickory_proto::rr::Record)> = std::mem::take(&mut full.answers)
-        .into_iter()
-        .map(|r| (0, r))
-        .chain(
-            std::mem::take(&mut full.authorities)
-                .into_iter()
-                .map(|r| (1, r)),
-        )
-        .chain(
-            std::mem::take(&mut full.additionals)
-                .into_iter()
-                .map(|r| (2, r)),
-        )
-        .collect();
-    let build = |base: &Message, k: usize| {
-        let mut m = base.clone();
-        for (section, r) in records.iter().take(k) {
-            match section {
-                0 => m.answers.push(r.clone()),
-                1 => m.authorities.push(r.clone()),
-                _ => m.additionals.push(r.clone()),
-            }
-        }
-        m
-    };
-    let fits = |base: &Message, k: usize| build(base, k).to_bytes().is_ok_and(|b| b.len() <= limit);
-    if !fits(&full, 0) {
-        full.edns = None;
     }
-    let (mut lo, mut hi) = (0usize, records.len());
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if fits(&full, mid) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    let mut m = build(&full, lo);
-    if lo < records.len() {
-        m.metadata.truncation = true;
-    }
-    reply.set_message(m);
-    if reply.finish().map_or(true, |w| w.len() > limit) {
+    let reencoded = reply.message_mut().is_some() && reply.finish().is_ok();
+    if !reencoded || wire::truncate(reply.wire_buf(), limit).is_err() {
         header_only(reply, req.header(), ResponseCode::ServFail);
     }
 }
@@ -476,7 +511,7 @@ fn bad_version(reply: &mut Reply, h: &Header) {
 mod tests {
     use super::*;
     use crate::config::load_str;
-    use hickory_proto::op::{Edns, Query};
+    use hickory_proto::op::{Edns, Message, Query};
     use hickory_proto::rr::{Name, RecordType};
 
     fn router(corefile: &str) -> Arc<Router> {
@@ -530,7 +565,7 @@ mod tests {
             cx: &'a mut Context<'_>,
         ) -> nodedns_plugins::plugin::UpstreamFuture<'a> {
             Box::pin(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 if self.hand_on {
                     return Flow::Next;
                 }
@@ -588,7 +623,7 @@ mod tests {
                 let _ = tx.send(reply);
             }),
         );
-        let Rerun::Reply(reply) = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+        let Rerun::Reply(reply) = tokio::time::timeout(Duration::from_secs(5), rx)
             .await
             .unwrap()
             .unwrap()

@@ -8,7 +8,7 @@ mod udp;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -33,7 +33,7 @@ pub struct Options {
     /// TCP settings.
     pub tcp: TcpOptions,
     /// Most queries waiting on upstreams at once, over every listener;
-    /// past it new ones are dropped.
+    /// past it a new UDP query is dropped and a TCP one refused.
     pub max_inflight: usize,
 }
 
@@ -97,9 +97,11 @@ impl Drop for TrackerGuard {
 /// they serve (swapped on reload).
 struct Listener {
     router: Arc<ArcSwap<Router>>,
-    stop_udp: Arc<AtomicBool>,
+    stop_udp: Arc<udp::Stop>,
     shutdown: watch::Sender<bool>,
     udp_threads: Vec<std::thread::JoinHandle<()>>,
+    /// Disconnects once every UDP thread has ended (and closed its socket).
+    udp_closed: std::sync::mpsc::Receiver<()>,
     tcp_task: JoinHandle<()>,
     bound: Vec<(Transport, SocketAddr)>,
 }
@@ -108,14 +110,45 @@ impl Listener {
     /// Tells its sockets to stop (threads notice within their poll interval).
     fn stop(&self) {
         let _ = self.shutdown.send(true);
-        self.stop_udp.store(true, Ordering::Relaxed);
+        self.stop_udp.stop();
+    }
+
+    /// Closes its UDP sockets now, dropping the replies still waiting on
+    /// upstreams, and waits (at most [`ABORT_WAIT`]) for them to be closed.
+    fn abort(self) {
+        self.stop_udp.abort();
+        let _ = self.shutdown.send(true);
+        // The threads wake at once (or at their next poll) and exit; the
+        // channel disconnects when the last one has closed its socket.
+        match self.udp_closed.recv_timeout(ABORT_WAIT) {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                for t in self.udp_threads {
+                    let _ = t.join();
+                }
+            }
+            _ => tracing::warn!("reload: a UDP socket of a removed listener is still open"),
+        }
+    }
+
+    /// Whether its UDP threads (and so its sockets) are done.
+    fn closed(&self) -> bool {
+        self.udp_threads
+            .iter()
+            .all(std::thread::JoinHandle::is_finished)
     }
 }
+
+/// How long a reload waits for a removed listener's UDP sockets to close
+/// before it binds their address again.
+const ABORT_WAIT: Duration = Duration::from_secs(1);
 
 /// A running server.
 pub struct Server {
     /// By address as bound (a port 0 resolved).
     listeners: std::collections::BTreeMap<ListenKey, Listener>,
+    /// Listeners a reload removed whose UDP sockets are still open, still
+    /// sending the replies of queries that were waiting on upstreams.
+    draining: Vec<(ListenKey, Listener)>,
     /// The ports that Corefile keys with port 0 got, so a reload that
     /// still says port 0 (or names the port) keeps the same sockets.
     zero_ports: std::collections::HashMap<Option<IpAddr>, u16>,
@@ -140,6 +173,7 @@ impl Server {
         chain::set_background(tokio::runtime::Handle::current(), Arc::clone(&up));
         let mut server = Self {
             listeners: std::collections::BTreeMap::new(),
+            draining: Vec::new(),
             zero_ports: std::collections::HashMap::new(),
             conns,
             up,
@@ -171,8 +205,13 @@ impl Server {
             .filter(|(k, _)| !self.listeners.contains_key(k))
             .cloned()
             .collect();
+        self.draining.retain(|(_, l)| !l.closed());
         let mut opened = Vec::new();
         for (key, router) in fresh {
+            // A removed listener still draining on this address would keep
+            // a share of its datagrams (SO_REUSEPORT) and never read them:
+            // close it first.
+            self.close_draining(key);
             let sockets = udp_sockets(&self.opts);
             let (tcp, udps) = bind_pair(&key, sockets, self.opts.udp_rcvbuf)
                 .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?;
@@ -196,6 +235,7 @@ impl Server {
                 tracing::info!(addr = %key, "reload: no longer listening");
                 l.stop();
                 self.bound.retain(|b| !l.bound.contains(b));
+                self.draining.push((key, l));
             }
         }
         for (key, router) in &wanted {
@@ -212,6 +252,20 @@ impl Server {
         }
         self.bound.extend(added.iter().copied());
         Ok(added)
+    }
+
+    /// Closes the sockets of removed listeners still draining on `key`.
+    fn close_draining(&mut self, key: ListenKey) {
+        let mut i = 0;
+        while i < self.draining.len() {
+            if self.draining[i].0 == key {
+                let (_, l) = self.draining.swap_remove(i);
+                tracing::info!(addr = %key, "reload: address listened on again; closing its old sockets");
+                l.abort();
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// A Corefile key with the port a port-0 key already got.
@@ -240,11 +294,12 @@ impl Server {
         udps: Vec<std::net::UdpSocket>,
     ) -> io::Result<Listener> {
         let shared = Arc::new(ArcSwap::new(router));
-        let stop_udp = Arc::new(AtomicBool::new(false));
+        let stop_udp = Arc::new(udp::Stop::default());
         let (shutdown, _) = watch::channel(false);
         let tcp_addr = tcp.local_addr()?;
         let mut bound = Vec::new();
         let mut threads = Vec::new();
+        let (closed_tx, udp_closed) = std::sync::mpsc::channel::<()>();
         for (i, u) in udps.into_iter().enumerate() {
             if i == 0 {
                 let addr = u.local_addr()?;
@@ -257,10 +312,14 @@ impl Server {
             let stop = Arc::clone(&stop_udp);
             let limits = self.opts.limits;
             let up = Arc::clone(&self.up);
+            let closed = closed_tx.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("udp-{}-{i}", tcp_addr.port()))
-                    .spawn(move || udp::serve(u, shared, limits, stop, up))?,
+                    .spawn(move || {
+                        udp::serve(u, shared, limits, stop, up);
+                        drop(closed);
+                    })?,
             );
         }
         bound.push((Transport::Tcp, tcp_addr));
@@ -279,6 +338,7 @@ impl Server {
             stop_udp,
             shutdown,
             udp_threads: threads,
+            udp_closed,
             tcp_task,
             bound,
         })

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hickory_proto::op::ResponseCode;
 use nodedns_plugins::{Reply, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -14,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::timeout;
 
 use super::UpstreamCtx;
-use super::chain::{Handled, Limits, handle, resume};
+use super::chain::{Handled, Limits, abandon, handle, resume};
 use crate::config::Router;
 
 /// TCP settings.
@@ -134,7 +135,16 @@ async fn connection(
                     break;
                 };
                 let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
-                    tracing::debug!(%peer, "too many queries waiting on upstreams; dropping one");
+                    // A stream client has no retry timer to fall back on:
+                    // tell it now rather than let it wait out the idle timeout.
+                    tracing::debug!(%peer, "too many queries waiting on upstreams; refusing one");
+                    drop(slot);
+                    if let Some(bytes) =
+                        abandon(p, &buf, peer, Transport::Tcp, limits, ResponseCode::Refused)
+                        && tx.send(bytes).await.is_err()
+                    {
+                        break;
+                    }
                     continue;
                 };
                 let guard = up.tracker.enter();

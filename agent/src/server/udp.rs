@@ -55,6 +55,33 @@ pub(super) fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<UdpSocket> {
     Ok(sock.into())
 }
 
+/// Tells a listener's socket threads to stop.
+#[derive(Debug, Default)]
+pub(super) struct Stop {
+    /// Stop reading; finish the queries waiting on upstreams (bounded by
+    /// [`STOP_GRACE`]), then close the socket.
+    stop: AtomicBool,
+    /// Close the socket now, dropping what is still waiting (the address
+    /// is about to be bound again, and an open socket would take its share
+    /// of the new one's datagrams).
+    abort: AtomicBool,
+    /// Wakes the threads to look at the flags.
+    wake: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// Stops reading; the socket closes once what waits is answered.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+    /// Closes the socket at once.
+    pub(super) fn abort(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+        self.stop();
+    }
+}
+
 /// Serves one socket until `stop` is set. Runs on its own thread, with a
 /// single-threaded runtime of its own: a query that needs the network
 /// continues on this thread (no hand-off to another), and its reply joins
@@ -63,7 +90,7 @@ pub(super) fn serve(
     sock: UdpSocket,
     router: Arc<ArcSwap<Router>>,
     limits: Limits,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     up: Arc<UpstreamCtx>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -163,7 +190,7 @@ async fn run(
     sock: UdpSocket,
     router: Arc<ArcSwap<Router>>,
     limits: Limits,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     up: Arc<UpstreamCtx>,
 ) {
     if let Err(e) = sock.set_nonblocking(true) {
@@ -193,16 +220,21 @@ async fn run(
     let mut stopping_since: Option<tokio::time::Instant> = None;
     loop {
         flush_outbox(fd, &mut send_headers, &outbox);
-        if stop.load(Ordering::Relaxed) {
-            // Stop reading; let queries waiting on upstreams finish (bounded).
+        if stop.stop.load(Ordering::Relaxed) {
+            // Stop reading; let queries waiting on upstreams finish (bounded),
+            // unless told to close now.
             let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
-            if outbox.running.get() == 0 || since.elapsed() > STOP_GRACE {
+            if outbox.running.get() == 0
+                || since.elapsed() > STOP_GRACE
+                || stop.abort.load(Ordering::Relaxed)
+            {
                 flush_outbox(fd, &mut send_headers, &outbox);
                 return;
             }
             outbox.loop_waiting.set(true);
             tokio::select! {
                 () = outbox.ready.notified() => {}
+                () = stop.wake.notified() => {}
                 _ = tick.tick() => {}
             }
             outbox.loop_waiting.set(false);
@@ -212,6 +244,7 @@ async fn run(
         let woke = tokio::select! {
             r = sock.readable() => r.map(|()| true),
             () = outbox.ready.notified() => Ok(false),
+            () = stop.wake.notified() => Ok(false),
             _ = tick.tick() => Ok(false),
         };
         outbox.loop_waiting.set(false);

@@ -389,14 +389,25 @@ impl Inner {
     fn serve(&self, cx: &mut Context<'_>, e: &Entry, ttl: u32, stale: bool) {
         let req = cx.req;
         let buf = cx.reply.wire_buf();
-        buf.clear();
-        buf.extend_from_slice(e.wire());
+        // Only what the client can take: a large entry asked over UDP is
+        // cut here (as the server would cut it), not copied and patched whole.
+        let opt_len = if req.edns().is_some() {
+            wire::OPT_LEN
+        } else {
+            0
+        };
+        let cut = wire::copy_fitting(e.wire(), req.reply_limit().saturating_sub(opt_len), buf);
         wire::set_id(buf, req.id());
         wire::set_qname(buf, req.qname_wire());
         wire::set_hit_flags(buf, req.header().flags, req.dnssec_ok());
+        if cut {
+            wire::set_truncated(buf);
+        }
         if stale || !self.cfg.keepttl {
             let bytes = ttl.to_be_bytes();
-            for o in e.offsets() {
+            let kept = buf.len();
+            // Offsets rise through the message: stop at the cut.
+            for o in e.offsets().take_while(|&o| usize::from(o) < kept) {
                 if let Some(slot) = buf.get_mut(usize::from(o)..usize::from(o) + 4) {
                     slot.copy_from_slice(&bytes);
                 }

@@ -417,7 +417,8 @@ impl Forward {
         // The clock is read once per attempt (and once per reply, for the
         // RTT): a miss is a few microseconds of work.
         let mut now = Instant::now();
-        let deadline = now + DEADLINE;
+        // From the query's arrival: time spent queued for a worker counts.
+        let deadline = cx.start + DEADLINE;
         let max_attempts = if self.cfg.max_connect_attempts > 0 {
             self.cfg.max_connect_attempts as usize
         } else {

@@ -752,6 +752,283 @@ pub fn question_matches(reply: &[u8], qname_lower: &[u8], qtype: u16, qclass: u1
     t == qtype && c == qclass && lower[..len] == *qname_lower
 }
 
+/// Truncates `msg` in place to at most `limit` bytes as miekg/dns's
+/// `Msg.Truncate` does for CoreDNS's server: the header and the question
+/// stay; then the longest run of records, in order (answer, then
+/// authority, then additional), that fits in `limit` less the OPT record;
+/// the OPT record stays (moved after the kept records when it lay past
+/// them) unless not even the header and question fit beside it; TC is set
+/// when a record was left out. Nothing changes when `msg` already fits.
+///
+/// The records are kept as they are on the wire, so it costs a walk over
+/// the records, never a parse or an encode, and it does not allocate.
+/// Fails, leaving `msg` as it was, when the message does not read, when a
+/// kept name points past the kept bytes (a forward compression pointer),
+/// or when not even the header and question fit.
+pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> Result<(), WireError> {
+    if msg.len() <= limit {
+        return Ok(());
+    }
+    let opt = find_opt(msg)?;
+    let p = prefix(msg, limit, opt.clone(), false)?;
+    let mut arcount = p.kept[2];
+    let end = match opt {
+        Some(r) if p.keep_opt && r.start >= p.end => {
+            let len = r.end - r.start;
+            msg.copy_within(r, p.end);
+            arcount += 1;
+            p.end + len
+        }
+        Some(r) if p.keep_opt && r.end <= p.end => {
+            arcount += 1;
+            p.end
+        }
+        _ => p.end,
+    };
+    msg.truncate(end);
+    set_counts(msg, p.kept[0], p.kept[1], arcount, p.left_out);
+    Ok(())
+}
+
+/// Copies `msg` — a message without an OPT record, as the cache stores
+/// one — into `out` (cleared first), cut as [`truncate`] cuts to fit in
+/// `limit` bytes: whole when it fits, else the header, the question and the
+/// longest run of records that fits. Returns whether a record was left
+/// out; the caller sets TC ([`set_truncated`]) once it has set the flags.
+///
+/// Reads only the records it keeps, so a hit on a large entry for a small
+/// UDP client costs about what a hit on a small entry does. When the kept
+/// part cannot be walked (see [`truncate`]), copies `msg` whole.
+pub fn copy_fitting(msg: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if msg.len() <= limit {
+        out.extend_from_slice(msg);
+        return false;
+    }
+    let Ok(p) = prefix(msg, limit, None, true) else {
+        out.extend_from_slice(msg);
+        return false;
+    };
+    out.extend_from_slice(&msg[..p.end]);
+    set_counts(out, p.kept[0], p.kept[1], p.kept[2], false);
+    p.left_out
+}
+
+/// Sets TC in a message's header.
+pub fn set_truncated(msg: &mut [u8]) {
+    if let Some(b) = msg.get_mut(2) {
+        *b |= 0x02;
+    }
+}
+
+/// Writes the three record counts and, when `tc`, sets TC.
+fn set_counts(msg: &mut [u8], an: u16, ns: u16, ar: u16, tc: bool) {
+    if msg.len() < HEADER_LEN {
+        return;
+    }
+    msg[6..8].copy_from_slice(&an.to_be_bytes());
+    msg[8..10].copy_from_slice(&ns.to_be_bytes());
+    msg[10..12].copy_from_slice(&ar.to_be_bytes());
+    if tc {
+        set_truncated(msg);
+    }
+}
+
+/// The kept part of a message, as [`prefix`] found it.
+struct Prefix {
+    /// Offset just past the kept records (the OPT record included when it
+    /// lies among them).
+    end: usize,
+    /// Records kept per section, the OPT record not counted.
+    kept: [u16; 3],
+    /// A record other than the OPT was left out.
+    left_out: bool,
+    /// The OPT record stays.
+    keep_opt: bool,
+}
+
+/// Walks the question and then the records, in order, while they fit in
+/// `limit` bytes with the OPT record at `opt` (its bytes reserved, and not
+/// walked); stops at the first record that does not fit. Every compression
+/// pointer met in the kept names must point inside the kept bytes. For a
+/// `stored` message (one [`analyze`] accepted, as the cache keeps it) an
+/// owner name that ends in a pointer is not followed: the pointer must
+/// point back, before itself, which keeps the hit's walk short.
+fn prefix(
+    msg: &[u8],
+    limit: usize,
+    opt: Option<Range<usize>>,
+    stored: bool,
+) -> Result<Prefix, WireError> {
+    let (qd, an, ns, total) = counts(msg)?;
+    let mut max_target = 0usize;
+    let mut pos = HEADER_LEN;
+    for _ in 0..qd {
+        pos = walk_name(msg, pos, &mut |_, t| max_target = max_target.max(t))?;
+        if pos + 4 > msg.len() {
+            return Err(WireError::Truncated { at: pos });
+        }
+        pos += 4;
+    }
+    let opt_len = opt.as_ref().map_or(0, |r| r.end - r.start);
+    let keep_opt = opt.is_some() && pos + opt_len <= limit;
+    let budget = if keep_opt { limit - opt_len } else { limit };
+    if pos > budget {
+        return Err(WireError::TooLong);
+    }
+    let mut used = pos;
+    let mut kept = [0u16; 3];
+    let mut left_out = false;
+    for i in 0..total {
+        if let Some(r) = opt.as_ref().filter(|r| r.start == pos) {
+            if !keep_opt {
+                left_out = i + 1 < total;
+                break;
+            }
+            pos = r.end;
+            continue;
+        }
+        let mut furthest = 0usize;
+        let (_, end) = if stored {
+            stored_record(msg, pos, &mut |_, t| furthest = furthest.max(t))?
+        } else {
+            record(msg, pos, &mut |_, t| furthest = furthest.max(t))?
+        };
+        used += end - pos;
+        if used > budget {
+            left_out = true;
+            break;
+        }
+        max_target = max_target.max(furthest);
+        let section = if i < an {
+            0
+        } else if i < an + ns {
+            1
+        } else {
+            2
+        };
+        kept[section] += 1;
+        pos = end;
+    }
+    if max_target >= pos {
+        return Err(WireError::BadPointer { at: max_target });
+    }
+    Ok(Prefix {
+        end: pos,
+        kept,
+        left_out,
+        keep_opt,
+    })
+}
+
+/// [`record`] for a message [`analyze`] already accepted: the owner name is
+/// skipped in place, and a pointer that ends it must point before itself
+/// (reported to `on_ptr`, not followed); the names in the record data are
+/// walked as [`record`] walks them.
+fn stored_record<F: FnMut(usize, usize)>(
+    msg: &[u8],
+    pos: usize,
+    on_ptr: &mut F,
+) -> Result<(u16, usize), WireError> {
+    let mut p = pos;
+    for _ in 0..MAX_NAME {
+        let Some(&len) = msg.get(p) else {
+            return Err(WireError::Truncated { at: p });
+        };
+        match len & 0xc0 {
+            0x00 if len == 0 => {
+                p += 1;
+                break;
+            }
+            0x00 => p += 1 + usize::from(len),
+            0xc0 => {
+                let Some(&low) = msg.get(p + 1) else {
+                    return Err(WireError::Truncated { at: p + 1 });
+                };
+                let target = (usize::from(len & 0x3f) << 8) | usize::from(low);
+                if !(HEADER_LEN..p).contains(&target) {
+                    return Err(WireError::BadPointer { at: p });
+                }
+                on_ptr(p, target);
+                p += 2;
+                break;
+            }
+            _ => return Err(WireError::BadLabel { at: p }),
+        }
+    }
+    if p + 10 > msg.len() {
+        return Err(WireError::Truncated { at: p });
+    }
+    let rtype = be16(msg, p);
+    let rdata = p + 10;
+    let end = rdata + usize::from(be16(msg, p + 8));
+    if end > msg.len() {
+        return Err(WireError::Truncated { at: rdata });
+    }
+    check_rdata(msg, rtype, rdata, end, on_ptr)?;
+    Ok((rtype, end))
+}
+
+/// Where the OPT record is (the first record of type OPT in the
+/// additional section), walking every record.
+fn find_opt(msg: &[u8]) -> Result<Option<Range<usize>>, WireError> {
+    let (qd, an, ns, total) = counts(msg)?;
+    let mut pos = HEADER_LEN;
+    for _ in 0..qd {
+        pos = walk_name(msg, pos, &mut |_, _| {})? + 4;
+    }
+    for i in 0..total {
+        let (rtype, end) = record(msg, pos, &mut |_, _| {})?;
+        if rtype == TYPE_OPT && i >= an + ns {
+            return Ok(Some(pos..end));
+        }
+        pos = end;
+    }
+    Ok(None)
+}
+
+/// The question count, the answer and authority counts, and the number of
+/// records, checked against the bytes as [`analyze`] checks them.
+fn counts(msg: &[u8]) -> Result<(usize, usize, usize, usize), WireError> {
+    if msg.len() < HEADER_LEN {
+        return Err(WireError::TooShort);
+    }
+    if msg.len() > usize::from(u16::MAX) {
+        return Err(WireError::TooLong);
+    }
+    let qd = usize::from(be16(msg, 4));
+    let an = usize::from(be16(msg, 6));
+    let ns = usize::from(be16(msg, 8));
+    let total = an + ns + usize::from(be16(msg, 10));
+    if qd * 5 + total * 11 > msg.len() - HEADER_LEN {
+        return Err(WireError::Truncated { at: msg.len() });
+    }
+    Ok((qd, an, ns, total))
+}
+
+/// Walks the record at `pos`: its owner, and the names in its data.
+/// Returns its type and the offset just past it.
+fn record<F: FnMut(usize, usize)>(
+    msg: &[u8],
+    pos: usize,
+    on_ptr: &mut F,
+) -> Result<(u16, usize), WireError> {
+    let p = walk_name(msg, pos, on_ptr)?;
+    if p + 10 > msg.len() {
+        return Err(WireError::Truncated { at: p });
+    }
+    let rtype = be16(msg, p);
+    let rdata = p + 10;
+    let end = rdata + usize::from(be16(msg, p + 8));
+    if end > msg.len() {
+        return Err(WireError::Truncated { at: rdata });
+    }
+    if rtype != TYPE_OPT {
+        check_rdata(msg, rtype, rdata, end, on_ptr)?;
+    }
+    Ok((rtype, end))
+}
+
 /// Big-endian u16 at `i`; callers have checked the bounds.
 fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
@@ -1440,6 +1717,144 @@ mod tests {
                 buf[i] = xorshift(&mut seed) as u8;
             }
             use_analysis(&buf);
+        }
+    }
+
+    /// A reply with `n` answers, two NS records, and `extra` additional A
+    /// records, with an OPT record when `edns`.
+    fn big(n: u8, extra: u8, edns: bool) -> Message {
+        let mut m = reply("www.example.org.", RecordType::A);
+        for i in 0..n {
+            m.add_answer(a("www.example.org.", 300, i));
+        }
+        for ns in ["ns1.example.org.", "ns2.example.org."] {
+            m.add_authority(Record::from_rdata(
+                name("example.org."),
+                300,
+                RData::NS(NS(name(ns))),
+            ));
+        }
+        for i in 0..extra {
+            m.add_additional(a("ns1.example.org.", 300, i));
+        }
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(1232);
+            m.set_edns(e);
+        }
+        m
+    }
+
+    /// `m` with only its first `k` records (in section order).
+    fn first(m: &Message, k: usize) -> Message {
+        let mut out = m.clone();
+        out.answers.clear();
+        out.authorities.clear();
+        out.additionals.clear();
+        let all: Vec<(usize, Record)> = m
+            .answers
+            .iter()
+            .map(|r| (0, r.clone()))
+            .chain(m.authorities.iter().map(|r| (1, r.clone())))
+            .chain(m.additionals.iter().map(|r| (2, r.clone())))
+            .collect();
+        for (s, r) in all.into_iter().take(k) {
+            match s {
+                0 => out.answers.push(r),
+                1 => out.authorities.push(r),
+                _ => out.additionals.push(r),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn truncate_keeps_the_longest_run_that_fits_and_the_opt() {
+        for (n, extra, edns) in [
+            (100, 0, true),
+            (100, 3, false),
+            (20, 40, true),
+            (30, 2, true),
+        ] {
+            let m = big(n, extra, edns);
+            let raw = m.to_vec().unwrap();
+            let total = usize::from(n) + 2 + usize::from(extra);
+            for limit in [512, 600, 700, 1232, 1500] {
+                let mut cut = raw.clone();
+                truncate(&mut cut, limit).unwrap();
+                let got = Message::from_vec(&cut).unwrap();
+                assert!(cut.len() <= limit, "{} > {limit}", cut.len());
+                assert_eq!(got.edns.is_some(), edns, "the OPT record stays");
+                let k = got.answers.len() + got.authorities.len() + got.additionals.len();
+                assert_eq!(got.metadata.truncation, k < total);
+                if raw.len() <= limit {
+                    assert_eq!(cut, raw, "a reply that fits is left alone");
+                    continue;
+                }
+                // Exactly the first k records, and k is the most that fit
+                // (hickory compresses a prefix as it does the whole).
+                assert_eq!(got.answers, first(&m, k).answers);
+                assert_eq!(got.authorities, first(&m, k).authorities);
+                assert_eq!(got.additionals, first(&m, k).additionals);
+                assert!(k < total);
+                assert!(
+                    first(&m, k + 1).to_vec().unwrap().len() > limit,
+                    "k={k} limit={limit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn copy_fitting_cuts_a_stored_entry_as_truncate_does() {
+        let raw = big(100, 3, false).to_vec().unwrap();
+        for limit in [512, 1221, 4096] {
+            let mut out = Vec::new();
+            let left_out = copy_fitting(&raw, limit, &mut out);
+            let mut cut = raw.clone();
+            truncate(&mut cut, limit).unwrap();
+            assert_eq!(left_out, cut.len() < raw.len());
+            if left_out {
+                set_truncated(&mut out);
+            }
+            assert_eq!(out, cut, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn truncate_refuses_a_forward_pointer_and_never_panics() {
+        // An owner name that points forward, past the cut: refused, untouched.
+        let mut m = reply("www.example.org.", RecordType::A);
+        for i in 0..60 {
+            m.add_answer(a("www.example.org.", 300, i));
+        }
+        let mut raw = m.to_vec().unwrap();
+        let an = analyze(&raw).unwrap();
+        let first_owner = an.question_end;
+        assert_eq!(raw[first_owner], 0xc0);
+        let last = raw.len() - 16; // the last A record's owner (a pointer)
+        assert_eq!(raw[last], 0xc0);
+        // The first answer's owner points at the last record's owner (a
+        // pointer to the question): valid, but past any cut.
+        let target = u16::try_from(last).unwrap() | 0xc000;
+        raw[first_owner..first_owner + 2].copy_from_slice(&target.to_be_bytes());
+        let before = raw.clone();
+        assert_eq!(
+            truncate(&mut raw, 512),
+            Err(WireError::BadPointer { at: last })
+        );
+        assert_eq!(raw, before);
+        // Any prefix of a reply, any limit: an error or a fit, never a panic.
+        let full = big(40, 5, true).to_vec().unwrap();
+        for len in 0..full.len() {
+            for limit in [0, 12, 100, 512] {
+                let mut b = full[..len].to_vec();
+                if truncate(&mut b, limit).is_ok() {
+                    assert!(b.len() <= limit);
+                }
+                let mut out = Vec::new();
+                let _ = copy_fitting(&full[..len], limit, &mut out);
+            }
         }
     }
 }

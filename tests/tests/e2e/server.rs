@@ -397,3 +397,251 @@ async fn udp_rcvbuf_bounds_the_queries_that_wait() {
         "4 KiB holds a few queries, not {tight}"
     );
 }
+
+/// CoreDNS's server refuses a query in any class but IN before a block
+/// sees it, unless a block on the address runs `chaos` or `forward`
+/// (`dnsserver.EnableChaos`); then every block on it gets such queries.
+#[tokio::test]
+async fn classes_other_than_in_are_refused_unless_a_block_opens_them() {
+    use hickory_proto::rr::DNSClass;
+    use nodedns_tests::client::query_class;
+    let agent = Agent::corefile(".:0 {\n    bind 127.0.0.1\n    whoami\n}\n")
+        .start()
+        .await;
+    let c = Client::new(agent.udp());
+    for class in [DNSClass::CH, DNSClass::HS] {
+        let q = query_class("version.bind.", RecordType::TXT, class);
+        for m in [c.udp_msg(&q).await, c.tcp_msg(&q).await] {
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{m:?}");
+            assert!(m.answers.is_empty() && m.additionals.is_empty(), "{m:?}");
+        }
+    }
+    let m = c.udp("example.org.", RecordType::A).await;
+    assert_eq!(m.additionals.len(), 2, "IN still reaches whoami");
+    drop(agent);
+
+    let agent = Agent::corefile(
+        "version.bind:0 {\n    bind 127.0.0.1\n    chaos nodedns-test\n}\n\
+         .:0 {\n    bind 127.0.0.1\n    whoami\n}\n",
+    )
+    .start()
+    .await;
+    let c = Client::new(agent.udp());
+    let m = c
+        .udp_msg(&query_class("version.bind.", RecordType::TXT, DNSClass::CH))
+        .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let RData::TXT(txt) = &m.answers[0].data else {
+        panic!("{m:?}")
+    };
+    assert_eq!(txt.to_string(), "nodedns-test");
+}
+
+/// A DS query goes to the parent zone's block (the DS lives in the
+/// parent), as CoreDNS's server routes it; other types go to the longest zone.
+#[tokio::test]
+async fn ds_queries_go_to_the_parent_zones_block() {
+    let agent = Agent::corefile(
+        "example.org:0 {\n    bind 127.0.0.1\n    hosts {\n        192.0.2.9 www.example.org\n    }\n}\n\
+         org:0 {\n    bind 127.0.0.1\n    whoami\n}\n",
+    )
+    .start()
+    .await;
+    let c = Client::new(agent.udp());
+    for m in [
+        c.udp("example.org.", RecordType::DS).await,
+        c.tcp("example.org.", RecordType::DS).await,
+    ] {
+        assert_eq!(
+            m.additionals.len(),
+            2,
+            "the org block (whoami) answered: {m:?}"
+        );
+    }
+    let m = c.udp("www.example.org.", RecordType::A).await;
+    let RData::A(a) = &m.answers[0].data else {
+        panic!("{m:?}")
+    };
+    assert_eq!(
+        a.0.to_string(),
+        "192.0.2.9",
+        "A stays with example.org's block"
+    );
+    let m = c.udp("example.org.", RecordType::NS).await;
+    assert!(
+        m.additionals.is_empty(),
+        "NS stays with example.org's block: {m:?}"
+    );
+}
+
+/// At `--max-inflight`, a TCP query that needs an upstream is refused at
+/// once: a stream client has no retry timer and would wait for the idle timeout.
+#[tokio::test]
+async fn tcp_at_the_inflight_limit_is_refused_at_once() {
+    let up = nodedns_tests::FakeUpstream::builder()
+        .fault(nodedns_tests::Fault::Drop)
+        .start()
+        .await;
+    let agent = Agent::corefile(format!(
+        ".:0 {{\n    bind 127.0.0.1\n    forward . {up}\n}}\n"
+    ))
+    .arg("--max-inflight")
+    .arg("1")
+    .start()
+    .await;
+    // One query waits on the silent upstream and holds the only permit.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(agent.udp()).await.unwrap();
+    sock.send(&query("held.example.org.", RecordType::A).to_vec().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        nodedns_tests::wait_until(Duration::from_secs(5), || async { up.udp_queries() >= 1 }).await,
+        "the first query reaches the upstream"
+    );
+    let c = Client::new(agent.tcp());
+    let mut s = c.connect().await;
+    let q = query("refused.example.org.", RecordType::A);
+    write_frame(&mut s, &q.to_vec().unwrap()).await;
+    let raw = read_frame(&mut s).await.expect("an answer, not silence");
+    let m = Message::from_vec(&raw).unwrap();
+    assert_eq!(m.metadata.id, q.metadata.id);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        up.count("refused.example.org.", RecordType::A),
+        0,
+        "not sent upstream"
+    );
+}
+
+/// A query's deadline runs from its arrival: misses queued behind busy
+/// workers (an upstream that never answers) are answered SERVFAIL once
+/// their time is up, not after waiting a full deadline of their own.
+#[tokio::test]
+async fn queued_misses_are_answered_at_their_deadline_from_arrival() {
+    // More than one socket thread's workers (256), all on one socket.
+    const QUERIES: u16 = 320;
+    let up = nodedns_tests::FakeUpstream::builder()
+        .fault(nodedns_tests::Fault::Drop)
+        .start()
+        .await;
+    let agent = Agent::corefile(format!(
+        ".:0 {{\n    bind 127.0.0.1\n    forward . {up}\n}}\n"
+    ))
+    .arg("--udp-sockets")
+    .arg("1")
+    .start()
+    .await;
+    // The replies all come at once: several client sockets, so that none
+    // overflows its receive buffer.
+    let mut socks = Vec::new();
+    for _ in 0..QUERIES / 32 {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect(agent.udp()).await.unwrap();
+        socks.push(sock);
+    }
+    let sent = std::time::Instant::now();
+    for id in 0..QUERIES {
+        let mut q = query(&format!("q{id}.example.org."), RecordType::A);
+        q.metadata.id = id;
+        socks[usize::from(id) % socks.len()]
+            .send(&q.to_vec().unwrap())
+            .await
+            .unwrap();
+    }
+    // Forward's deadline is 5 s from arrival; a queued query that waited
+    // for a worker and then for a deadline of its own would take 10 s.
+    let within = Duration::from_secs(9);
+    let mut tasks = tokio::task::JoinSet::new();
+    for sock in socks {
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            let mut buf = [0u8; 512];
+            while ids.len() < 32 {
+                let left = within.saturating_sub(sent.elapsed());
+                let Ok(Ok(n)) = tokio::time::timeout(left, sock.recv(&mut buf)).await else {
+                    break;
+                };
+                let m = Message::from_vec(&buf[..n]).unwrap();
+                assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+                ids.push(m.metadata.id);
+            }
+            ids
+        });
+    }
+    let mut answered = std::collections::HashSet::new();
+    while let Some(ids) = tasks.join_next().await {
+        answered.extend(ids.unwrap());
+    }
+    assert_eq!(
+        answered.len(),
+        usize::from(QUERIES),
+        "answered within {within:?} of arrival"
+    );
+}
+
+/// Removing a listener and adding it back at once (within the time its
+/// old socket would drain queries waiting on upstreams) closes the old
+/// socket first: it would otherwise take, and never read, a share of the
+/// datagrams (SO_REUSEPORT).
+#[tokio::test]
+async fn a_listener_added_back_right_after_removal_gets_every_datagram() {
+    use nix::sys::signal::Signal;
+    const QUERIES: usize = 40;
+    let up = nodedns_tests::FakeUpstream::builder()
+        .fault(nodedns_tests::Fault::Drop)
+        .start()
+        .await;
+    let (p1, p2) = (nodedns_tests::free_port(), nodedns_tests::free_port());
+    let one = format!(".:{p1} {{\n    bind 127.0.0.1\n    whoami\n}}\n");
+    let both = format!(
+        "{one}example.org:{p2} {{\n    bind 127.0.0.1\n    forward . {up}\n}}\n\
+         .:{p2} {{\n    bind 127.0.0.1\n    whoami\n}}\n"
+    );
+    let agent = Agent::corefile(both.clone())
+        .arg("--udp-sockets")
+        .arg("1")
+        .start()
+        .await;
+    let reloaded = |n: usize| {
+        let agent = &agent;
+        nodedns_tests::wait_until(Duration::from_secs(10), move || async move {
+            agent
+                .stdout()
+                .iter()
+                .filter(|l| l.as_str() == "nodedns reloaded")
+                .count()
+                >= n
+        })
+    };
+    let addr2 = std::net::SocketAddr::from(([127, 0, 0, 1], p2));
+    // A query waits on the silent upstream: p2's socket has work in flight.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(addr2).await.unwrap();
+    sock.send(&query("held.example.org.", RecordType::A).to_vec().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        nodedns_tests::wait_until(Duration::from_secs(5), || async { up.udp_queries() >= 1 }).await
+    );
+    std::fs::write(agent.path("Corefile"), &one).unwrap();
+    agent.signal(Signal::SIGUSR1);
+    assert!(reloaded(1).await, "removed: {:?}", agent.stdout());
+    std::fs::write(agent.path("Corefile"), &both).unwrap();
+    agent.signal(Signal::SIGUSR1);
+    assert!(reloaded(2).await, "added back: {:?}", agent.stdout());
+    // Each from its own socket (its own port, so its own SO_REUSEPORT
+    // hash), sent once: a datagram given to an unread socket is lost.
+    let c = Client::new(addr2);
+    let raw = query("who.example.net.", RecordType::A).to_vec().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..QUERIES {
+        let raw = raw.clone();
+        tasks.spawn(async move { c.udp_raw_within(&raw, Duration::from_secs(3)).await });
+    }
+    let mut answered = 0;
+    while let Some(r) = tasks.join_next().await {
+        answered += usize::from(r.unwrap().is_some());
+    }
+    assert_eq!(answered, QUERIES, "every datagram answered");
+}

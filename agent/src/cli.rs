@@ -95,7 +95,7 @@ nodedns flags:
   --max-udp-size BYTES  cap on UDP replies, whatever the client advertises (default 1232)
   --tcp-idle-timeout D  close a TCP connection idle this long (default 10s)
   --max-tcp-conns N     most TCP connections at once (default 1024)
-  --max-inflight N      most queries waiting on upstreams at once; more are dropped (default 10000)
+  --max-inflight N      most queries waiting on upstreams at once; past it a UDP query is dropped, a TCP one refused (default 10000)
   --shutdown-timeout D  how long in-flight queries may finish at stop (default 5s)
   --resolv-conf FILE    upstreams of the embedded default (default /etc/resolv.conf)
   -h, --help            this text

@@ -354,7 +354,10 @@ impl Server {
         }
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
-        for (_, l) in self.listeners {
+        // Listeners a reload removed and still draining end with the rest.
+        let draining = self.draining.into_iter().map(|(_, l)| l);
+        for l in self.listeners.into_values().chain(draining) {
+            l.stop();
             tasks.push(l.tcp_task);
             threads.extend(l.udp_threads);
         }

@@ -31,6 +31,9 @@ pub enum Fault {
     Garbage,
     /// Answers with the wrong query ID.
     WrongId,
+    /// Sends first a SERVFAIL with the query's ID and no question
+    /// (QDCOUNT 0), then the right answer.
+    NoQuestionFirst,
 }
 
 #[derive(Debug)]
@@ -233,6 +236,9 @@ impl FakeUpstreamBuilder {
                 let u = Arc::clone(&u);
                 tokio::spawn(async move {
                     s.udp_queries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(r) = bare_reply(&s, &q) {
+                        let _ = u.send_to(&r, peer).await;
+                    }
                     if let Some(r) = answer(&s, &q, false).await {
                         let _ = u.send_to(&r, peer).await;
                     }
@@ -312,6 +318,12 @@ where
         let wr = Arc::clone(&wr);
         tokio::spawn(async move {
             s.tcp_queries.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = bare_reply(&s, &q) {
+                let mut w = wr.lock().await;
+                let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
+                let _ = w.write_all(&len.to_be_bytes()).await;
+                let _ = w.write_all(&r).await;
+            }
             if let Some(r) = answer(&s, &q, true).await {
                 let mut w = wr.lock().await;
                 let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
@@ -450,4 +462,14 @@ async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
         m.metadata.id = m.metadata.id.wrapping_add(1);
     }
     m.to_vec().ok()
+}
+
+/// With [`Fault::NoQuestionFirst`]: a SERVFAIL header with the query's ID,
+/// QR set and no question, sent before the answer.
+fn bare_reply(s: &State, raw: &[u8]) -> Option<Vec<u8>> {
+    if *s.fault.lock().expect("fault lock") != Fault::NoQuestionFirst {
+        return None;
+    }
+    let id = raw.get(..2)?;
+    Some(vec![id[0], id[1], 0x81, 0x82, 0, 0, 0, 0, 0, 0, 0, 0])
 }

@@ -636,3 +636,35 @@ async fn source_address_sets_where_queries_come_from() {
         vec!["127.0.0.3".parse::<std::net::IpAddr>().unwrap()]
     );
 }
+
+#[tokio::test]
+async fn a_reply_without_the_question_is_dropped() {
+    // The upstream sends a SERVFAIL with the right ID and no question
+    // before each real answer: the real one must be served, over UDP and
+    // TCP, to concurrent (coalesced) clients as well.
+    let up = FakeUpstream::builder()
+        .wildcard_a("192.0.2.7")
+        .fault(Fault::NoQuestionFirst)
+        .start()
+        .await;
+    let agent = start(&format!("    cache\n    forward . {up}")).await;
+    let c = Client::new(agent.udp());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let c = c.clone();
+        set.spawn(async move {
+            let name = format!("n{}.example.org.", i % 4);
+            let m = if i % 2 == 0 {
+                c.udp(&name, RecordType::A).await
+            } else {
+                c.tcp(&name, RecordType::A).await
+            };
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(m.queries.len(), 1, "{name}: the question is there");
+            assert_eq!(a_of(&m), vec!["192.0.2.7"], "{name}");
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("client task");
+    }
+}

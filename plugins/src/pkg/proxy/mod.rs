@@ -8,7 +8,7 @@
 //!   many queries in flight. Every query goes out with a fresh random ID
 //!   (never one in flight on that socket) and a reply is accepted only when
 //!   its ID *and* question (name compared without case, type, class) match
-//!   a waiting query. Anything else is dropped and counted in
+//!   a waiting query (a reply without a question matches none). Anything else is dropped and counted in
 //!   [`ProxyStats::mismatched`]: this is what makes spoofing a reply hard.
 //! - **TCP and TLS (DoT)**: persistent connections with pipelined queries
 //!   (many in flight per connection, replies matched by ID and question, in

@@ -397,12 +397,19 @@ fn question_matching() {
     let r = echo(&q);
     assert!(!question.answered_by(&r[..r.len() - 1]));
     assert!(!question.answered_by(&r[..12]));
-    // No question: only with an error rcode.
+    // No question: refused, whatever the rcode.
     let mut bare = r[..12].to_vec();
     bare[5] = 0;
     assert!(!question.answered_by(&bare));
-    bare[3] |= 1; // FORMERR
-    assert!(question.answered_by(&bare));
+    for rcode in [1, 2, 4, 5] {
+        bare[3] = (bare[3] & 0xf0) | rcode;
+        assert!(!question.answered_by(&bare), "rcode {rcode}");
+    }
+    // Two questions, the first the right one: refused too.
+    let mut two = echo(&q);
+    two[5] = 2;
+    two.extend_from_slice(&q[12..]);
+    assert!(!question.answered_by(&two));
 }
 
 // === UDP ===
@@ -512,12 +519,13 @@ async fn udp_replies_that_do_not_match_are_dropped() {
 }
 
 #[tokio::test]
-async fn udp_error_reply_without_question_is_accepted() {
+async fn udp_reply_without_question_is_dropped() {
+    // An error reply with the right ID but no question, then the real one.
     let (addr, _) = udp_server(|q| {
-        let mut r = echo(&q[..12]);
-        r[5] = 0; // no question
-        r[3] |= 1; // FORMERR
-        now(r)
+        let mut bare = echo(&q[..12]);
+        bare[5] = 0; // no question
+        bare[3] |= 2; // SERVFAIL
+        vec![(Duration::ZERO, bare), (Duration::from_millis(20), echo(q))]
     })
     .await;
     let p = Proxy::new(config(addr));
@@ -525,8 +533,9 @@ async fn udp_error_reply_without_question_is_accepted() {
         .exchange(&query(9, "example.org.", TYPE_A), Proto::Udp, T)
         .await
         .unwrap();
-    assert_eq!(x.reply.len(), 12);
-    assert_eq!(x.reply[3] & 0x0f, 1);
+    assert_eq!(x.reply[3] & 0x0f, 0, "the reply with the question");
+    assert_eq!(qname_of(&x.reply), "example.org.");
+    assert_eq!(p.stats().mismatched, 1);
 }
 
 #[tokio::test]

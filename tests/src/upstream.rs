@@ -48,6 +48,9 @@ struct State {
     tcp_open: AtomicUsize,
     tls_resumed: AtomicUsize,
     udp_peers: Mutex<Vec<IpAddr>>,
+    /// Queries a TCP/TLS connection answers before it goes silent
+    /// (`usize::MAX`: no limit).
+    stall_after: AtomicUsize,
 }
 
 /// Builder for a [`FakeUpstream`].
@@ -97,6 +100,7 @@ impl FakeUpstream {
                 tcp_open: AtomicUsize::new(0),
                 tls_resumed: AtomicUsize::new(0),
                 udp_peers: Mutex::new(Vec::new()),
+                stall_after: AtomicUsize::new(usize::MAX),
             },
             ttl: 300,
             tls: false,
@@ -192,6 +196,13 @@ impl FakeUpstreamBuilder {
     pub fn tls_client_auth(mut self) -> Self {
         self.tls = true;
         self.client_auth = true;
+        self
+    }
+    /// Each TCP (and TLS) connection answers its first `n` queries, then
+    /// stays open, reads on and answers nothing: a stalled upstream, or a
+    /// NAT that dropped the flow.
+    pub fn tcp_stall_after(self, n: usize) -> Self {
+        self.state.stall_after.store(n, Ordering::Relaxed);
         self
     }
     /// The fault mode to start with.
@@ -307,12 +318,16 @@ where
     s.tcp_open.fetch_add(1, Ordering::Relaxed);
     let (mut rd, wr) = tokio::io::split(stream);
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let stall_after = s.stall_after.load(Ordering::Relaxed);
     // Bounded: a test connection carries at most this many queries.
-    for _ in 0..100_000 {
+    for n in 0..100_000 {
         let Ok(len) = rd.read_u16().await else { break };
         let mut q = vec![0u8; usize::from(len)];
         if rd.read_exact(&mut q).await.is_err() {
             break;
+        }
+        if n >= stall_after {
+            continue;
         }
         let s = Arc::clone(&s);
         let wr = Arc::clone(&wr);

@@ -668,3 +668,30 @@ async fn a_reply_without_the_question_is_dropped() {
         r.expect("client task");
     }
 }
+
+#[tokio::test]
+async fn a_stalled_tcp_connection_is_replaced() {
+    // Each connection answers two queries, then stays open and silent. A
+    // query that times out there retires it; the next attempt (and the
+    // health check) opens a fresh one, so every query is answered.
+    let up = FakeUpstream::builder()
+        .wildcard_a("192.0.2.8")
+        .tcp_stall_after(2)
+        .start()
+        .await;
+    let agent = start(&format!(
+        "    forward . {up} {{\n        force_tcp\n        read_timeout 500ms\n        health_check 100ms\n    }}"
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    for i in 0..8 {
+        let name = format!("s{i}.example.org.");
+        let m = c.udp(&name, RecordType::A).await;
+        assert_eq!(a_of(&m), vec!["192.0.2.8"], "{name}");
+    }
+    assert!(
+        up.tcp_connections() >= 3,
+        "{} connections: silent ones were replaced",
+        up.tcp_connections()
+    );
+}

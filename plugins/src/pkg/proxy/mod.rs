@@ -15,7 +15,12 @@
 //!   any order), reused across exchanges and closed after
 //!   [`ProxyConfig::expire`] idle. A connection that breaks before the
 //!   reply (write error, EOF, reset) is retried once on a fresh connection,
-//!   within the same timeout.
+//!   within the same timeout. A query that times out on a connection that
+//!   has read nothing since the query was sent retires that connection: it
+//!   stopped answering (a broken upstream, a NAT that dropped the flow),
+//!   so it takes no more queries, closes at once, and the queries still
+//!   on it are retried on a fresh one ([`ProxyStats::streams_retired`]).
+//!   A query dropped before its deadline does not count.
 //!
 //! Limits (all per proxy):
 //!
@@ -158,6 +163,9 @@ pub struct ProxyStats {
     pub mismatched: u64,
     /// Stream connections opened since the proxy was made.
     pub streams_opened: u64,
+    /// Stream connections retired because a query timed out on them
+    /// while they read nothing.
+    pub streams_retired: u64,
 }
 
 /// Why an exchange failed.
@@ -219,6 +227,7 @@ impl ProxyError {
 struct Counters {
     mismatched: AtomicU64,
     streams_opened: AtomicU64,
+    streams_retired: AtomicU64,
 }
 
 /// What the pools need to reach the upstream and to report.
@@ -321,19 +330,18 @@ impl Proxy {
         let client_id = header.id.to_be_bytes();
         let _slot = InFlight::take(&self.in_flight, self.max_in_flight)?;
         let stream = proto == Proto::Tcp || self.shared.tls.is_some();
-        let work = async {
-            if stream {
-                // Boxed: connecting (TLS included) makes a large future,
-                // and the UDP path's, which every miss allocates inside the
-                // forward plugin's, must stay small.
-                Box::pin(self.streams.exchange(&self.shared, query)).await
-            } else {
-                self.udp.exchange(&self.shared, query).await
-            }
+        let (mut reply, reused_conn) = if stream {
+            // Boxed: connecting (TLS included) makes a large future, and
+            // the UDP path's, which every miss allocates inside the forward
+            // plugin's, must stay small. It keeps its own deadline, to
+            // tell a timeout (which counts against the connection) from
+            // a cancellation.
+            Box::pin(self.streams.exchange(&self.shared, query, deadline)).await?
+        } else {
+            tokio::time::timeout_at(deadline, self.udp.exchange(&self.shared, query))
+                .await
+                .map_err(|_| ProxyError::Timeout)??
         };
-        let (mut reply, reused_conn) = tokio::time::timeout_at(deadline, work)
-            .await
-            .map_err(|_| ProxyError::Timeout)??;
         if let Some(id) = reply.get_mut(..2) {
             id.copy_from_slice(&client_id);
         }
@@ -352,6 +360,7 @@ impl Proxy {
             open_streams: self.streams.open_count(),
             mismatched: c.mismatched.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
+            streams_retired: c.streams_retired.load(Ordering::Relaxed),
         }
     }
 

@@ -141,6 +141,13 @@ enum Mode {
     Hold(watch::Receiver<bool>),
     /// Sends a reply with a wrong ID before the right one.
     WrongIdFirst,
+    /// Answers the first `k` queries of each connection, then reads on
+    /// and answers nothing (a stalled upstream, a NAT that lost the flow).
+    StallAfter(usize),
+    /// Never answers the first query of a connection; answers the rest.
+    IgnoreFirst,
+    /// First connection: reads queries and answers none. Later ones: `Echo`.
+    SilentFirst,
 }
 
 /// What a stream upstream saw.
@@ -276,6 +283,20 @@ where
                 wrong[1] ^= 1;
                 write_frame(&wr, &wrong).await;
                 write_frame(&wr, &echo(&q)).await;
+            }
+            Mode::StallAfter(k) => {
+                if answered < *k {
+                    write_frame(&wr, &echo(&q)).await;
+                    answered += 1;
+                }
+            }
+            Mode::SilentFirst if n == 0 => {}
+            Mode::SilentFirst => write_frame(&wr, &echo(&q)).await,
+            Mode::IgnoreFirst => {
+                if answered > 0 {
+                    write_frame(&wr, &echo(&q)).await;
+                }
+                answered += 1;
             }
         }
     }
@@ -779,6 +800,112 @@ async fn tcp_drops_a_reply_with_a_wrong_id() {
         .unwrap();
     assert_eq!(id_of(&x.reply), 5);
     assert_eq!(p.stats().mismatched, 1);
+}
+
+#[tokio::test]
+async fn tcp_a_silent_connection_is_retired_and_replaced() {
+    let (addr, seen) = tcp_server(Mode::StallAfter(2)).await;
+    let p = Proxy::new(config(addr));
+    let q = query(1, "example.org.", TYPE_A);
+    for _ in 0..2 {
+        p.exchange(&q, Proto::Tcp, T).await.unwrap();
+    }
+    // The connection goes silent: the query times out and the connection,
+    // which read nothing meanwhile, is retired and closed.
+    let e = p
+        .exchange(&q, Proto::Tcp, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    assert_eq!(p.stats().streams_retired, 1);
+    wait_until("the server to see the silent connection close", || {
+        seen.client_closed() == 1
+    })
+    .await;
+    // The next query (a health check as much as a client's) opens a fresh
+    // one rather than waiting on the silent one.
+    let x = p.exchange(&q, Proto::Tcp, T).await.unwrap();
+    assert!(!x.reused_conn);
+    assert_eq!(seen.accepted(), 2);
+    let s = p.stats();
+    assert_eq!((s.open_streams, s.streams_opened, s.in_flight), (1, 2, 0));
+    assert_eq!(p.waiting(), 0);
+}
+
+#[tokio::test]
+async fn tcp_queries_on_a_retired_connection_move_to_a_fresh_one() {
+    // The first connection answers nothing; queries waiting on it when it
+    // is retired are sent again on a fresh connection, which answers.
+    let (addr, seen) = tcp_server(Mode::SilentFirst).await;
+    let p = Arc::new(Proxy::new(config(addr)));
+    let q = query(1, "example.org.", TYPE_A);
+    let waiting = {
+        let p = Arc::clone(&p);
+        let q = query(2, "other.example.org.", TYPE_A);
+        tokio::spawn(async move { p.exchange(&q, Proto::Tcp, T).await })
+    };
+    wait_until("the server to see the waiting query", || {
+        seen.queries.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let e = p
+        .exchange(&q, Proto::Tcp, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    assert_eq!(p.stats().streams_retired, 1);
+    let x = waiting.await.unwrap().unwrap();
+    assert_eq!(qname_of(&x.reply), "other.example.org.");
+    assert_eq!(seen.accepted(), 2, "retried on a fresh connection");
+    assert_eq!(p.waiting(), 0);
+}
+
+#[tokio::test]
+async fn tcp_a_timeout_while_other_replies_come_keeps_the_connection() {
+    let (addr, seen) = tcp_server(Mode::IgnoreFirst).await;
+    let p = Arc::new(Proxy::new(config(addr)));
+    let ignored = {
+        let p = Arc::clone(&p);
+        let q = query(1, "ignored.example.org.", TYPE_A);
+        tokio::spawn(async move { p.exchange(&q, Proto::Tcp, Duration::from_millis(300)).await })
+    };
+    wait_until("the server to see the ignored query", || {
+        seen.queries.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let x = p
+        .exchange(&query(2, "ok.example.org.", TYPE_A), Proto::Tcp, T)
+        .await
+        .unwrap();
+    assert!(x.reused_conn);
+    let e = ignored.await.unwrap().unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    // The connection answered meanwhile: it stays.
+    assert_eq!(p.stats().streams_retired, 0);
+    let x = p
+        .exchange(&query(3, "ok.example.org.", TYPE_A), Proto::Tcp, T)
+        .await
+        .unwrap();
+    assert!(x.reused_conn);
+    assert_eq!(seen.accepted(), 1);
+}
+
+#[tokio::test]
+async fn tcp_a_cancelled_query_does_not_retire_the_connection() {
+    let (release, hold) = watch::channel(false);
+    let (addr, seen) = tcp_server(Mode::Hold(hold)).await;
+    let p = Proxy::new(config(addr));
+    let q = query(1, "example.org.", TYPE_A);
+    // Dropped before its own deadline (as when another upstream answers
+    // first): that says nothing about the connection.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(100), p.exchange(&q, Proto::Tcp, T)).await;
+    assert!(cancelled.is_err());
+    assert_eq!(p.stats().streams_retired, 0);
+    release.send(true).unwrap();
+    let x = p.exchange(&q, Proto::Tcp, T).await.unwrap();
+    assert!(x.reused_conn);
+    assert_eq!(seen.accepted(), 1);
 }
 
 #[tokio::test]

@@ -51,6 +51,8 @@ struct State {
     /// Queries a TCP/TLS connection answers before it goes silent
     /// (`usize::MAX`: no limit).
     stall_after: AtomicUsize,
+    /// Names (normalized) answered only after a delay, whatever the fault.
+    name_delays: Mutex<HashMap<String, Duration>>,
 }
 
 /// Builder for a [`FakeUpstream`].
@@ -101,6 +103,7 @@ impl FakeUpstream {
                 tls_resumed: AtomicUsize::new(0),
                 udp_peers: Mutex::new(Vec::new()),
                 stall_after: AtomicUsize::new(usize::MAX),
+                name_delays: Mutex::new(HashMap::new()),
             },
             ttl: 300,
             tls: false,
@@ -203,6 +206,16 @@ impl FakeUpstreamBuilder {
     /// NAT that dropped the flow.
     pub fn tcp_stall_after(self, n: usize) -> Self {
         self.state.stall_after.store(n, Ordering::Relaxed);
+        self
+    }
+    /// Answers queries for `name` (any type) only after `delay`, as a
+    /// resolver that recurses for it; other names at once.
+    pub fn delay_name(self, name: &str, delay: Duration) -> Self {
+        self.state
+            .name_delays
+            .lock()
+            .expect("lock")
+            .insert(normalize(name), delay);
         self
     }
     /// The fault mode to start with.
@@ -428,6 +441,10 @@ async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
         .expect("counts lock")
         .entry((name.clone(), query.query_type()))
         .or_default() += 1;
+    let name_delay = s.name_delays.lock().expect("lock").get(&name).copied();
+    if let Some(d) = name_delay {
+        tokio::time::sleep(d).await;
+    }
     match fault {
         Fault::Drop => return None,
         Fault::Delay(d) => tokio::time::sleep(d).await,

@@ -237,16 +237,16 @@ fn policies_order_upstreams() {
 }
 
 #[test]
-fn adaptive_timeout_is_bounded() {
+fn adaptive_hedge_delay_is_bounded() {
     let (f, _) = Forward::build(one("forward . 192.0.2.1")).unwrap();
     let up = &f.upstreams.load()[0];
     assert_eq!(
-        up.timeout(Duration::from_secs(2)),
+        up.hedge_delay(Duration::from_secs(2)),
         Duration::from_secs(2),
         "no sample yet"
     );
     up.observe(Duration::from_micros(100));
-    let t = up.timeout(Duration::from_secs(2));
+    let t = up.hedge_delay(Duration::from_secs(2));
     assert!(
         t >= RTT_SLACK && t < RTT_SLACK + Duration::from_millis(10),
         "{t:?}"
@@ -254,7 +254,10 @@ fn adaptive_timeout_is_bounded() {
     for _ in 0..50 {
         up.observe(Duration::from_secs(3));
     }
-    assert_eq!(up.timeout(Duration::from_secs(2)), Duration::from_secs(2));
+    assert_eq!(
+        up.hedge_delay(Duration::from_secs(2)),
+        Duration::from_secs(2)
+    );
 }
 
 #[test]

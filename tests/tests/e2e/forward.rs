@@ -695,3 +695,82 @@ async fn a_stalled_tcp_connection_is_replaced() {
         up.tcp_connections()
     );
 }
+
+#[tokio::test]
+async fn a_slow_but_live_upstream_is_waited_for() {
+    // The first upstream answers fast, so its adaptive attempt timeout is
+    // about 100 ms, but takes 700 ms for two names (it recurses); the
+    // second takes longer than read_timeout for them. The first one's
+    // answer is still taken, and no upstream is counted as failing.
+    let mut ups = Vec::new();
+    for slow in [Duration::from_millis(700), Duration::from_secs(3)] {
+        ups.push(
+            FakeUpstream::builder()
+                .wildcard_a("192.0.2.9")
+                .delay_name("slow1.example.org.", slow)
+                .delay_name("slow2.example.org.", slow)
+                .start()
+                .await,
+        );
+    }
+    let agent = start(&format!(
+        "    forward . {} {} {{\n        policy sequential\n        read_timeout 2s\n        health_check 100ms\n    }}",
+        ups[0], ups[1]
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    // Fast answers set a short RTT.
+    for i in 0..8 {
+        let m = c.udp(&format!("fast{i}.example.org."), RecordType::A).await;
+        assert_eq!(a_of(&m), vec!["192.0.2.9"]);
+    }
+    for name in ["slow1.example.org.", "slow2.example.org."] {
+        let m = c.udp(name, RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(a_of(&m), vec!["192.0.2.9"], "{name}");
+    }
+    // No attempt was counted as failed: no health check was started.
+    for up in &ups {
+        assert_eq!(up.count(".", RecordType::NS), 0, "{up} health-checked");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_dies_behind_hedges_is_still_marked_down() {
+    // Both answer fast; then the first stops answering. Its queries are
+    // hedged to the second, which answers; the first is health-checked,
+    // fails the checks and is skipped from then on.
+    let dead = FakeUpstream::builder()
+        .wildcard_a("192.0.2.66")
+        .start()
+        .await;
+    let good = FakeUpstream::builder()
+        .wildcard_a("192.0.2.1")
+        .start()
+        .await;
+    let agent = start(&format!(
+        "    forward . {dead} {good} {{\n        policy sequential\n        max_fails 2\n        health_check 100ms\n        read_timeout 500ms\n    }}"
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    for i in 0..4 {
+        let m = c.udp(&format!("w{i}.example.org."), RecordType::A).await;
+        assert_eq!(a_of(&m), vec!["192.0.2.66"]);
+    }
+    dead.set_fault(Fault::Drop);
+    let mut i = 0;
+    let down = wait_until(Duration::from_secs(15), || {
+        i += 1;
+        let name = format!("d{i}.example.org.");
+        let c = c;
+        let dead = &dead;
+        async move {
+            let m = c.udp(&name, RecordType::A).await;
+            assert_eq!(a_of(&m), vec!["192.0.2.1"], "{name}: answered by the hedge");
+            dead.count(&name, RecordType::A) == 0
+        }
+    })
+    .await;
+    assert!(down, "the dead upstream is skipped");
+    assert!(dead.count(".", RecordType::NS) >= 2, "health-checked");
+}

@@ -204,12 +204,14 @@ impl ProxyError {
     /// The upstream, or the path to it, failed: counts against its health.
     /// `false` for [`Busy`](Self::Busy), [`Malformed`](Self::Malformed) and
     /// [`Stopped`](Self::Stopped), which are local and say nothing about
-    /// the upstream.
+    /// the upstream, and for an [`Io`](Self::Io) error that says this host
+    /// ran out of a resource ([`is_local_exhaustion`]).
     pub fn is_network(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout | Self::Io(_) | Self::Tls(_) | Self::Closed
-        )
+        match self {
+            Self::Timeout | Self::Tls(_) | Self::Closed => true,
+            Self::Io(e) => !is_local_exhaustion(e),
+            Self::Busy | Self::Malformed | Self::Stopped => false,
+        }
     }
     /// No reply came in time.
     pub fn is_timeout(&self) -> bool {
@@ -220,6 +222,20 @@ impl ProxyError {
     pub fn is_busy(&self) -> bool {
         matches!(self, Self::Busy)
     }
+}
+
+/// This host ran out of something a socket needs: file descriptors
+/// (EMFILE for the process, ENFILE for the system), buffer space or memory
+/// (ENOBUFS, ENOMEM). Local, like [`ProxyError::Busy`]: another upstream
+/// would fail the same way, so it does not count against this one.
+pub fn is_local_exhaustion(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    e.kind() == io::ErrorKind::OutOfMemory
+        || e.raw_os_error().is_some_and(|n| {
+            [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                .iter()
+                .any(|&x| x as i32 == n)
+        })
 }
 
 /// Counters shared with the proxy's tasks.

@@ -10,6 +10,10 @@
 //!   its ID *and* question (name compared without case, type, class) match
 //!   a waiting query (a reply without a question matches none). Anything else is dropped and counted in
 //!   [`ProxyStats::mismatched`]: this is what makes spoofing a reply hard.
+//!   An ICMP error reported on a socket (ECONNREFUSED and the like, on the
+//!   next receive or send) fails no query: it names none, and anyone who
+//!   guesses the port can send one. It is counted in
+//!   [`ProxyStats::unreachable`]; the queries time out if no reply comes.
 //! - **TCP and TLS (DoT)**: persistent connections with pipelined queries
 //!   (many in flight per connection, replies matched by ID and question, in
 //!   any order), reused across exchanges and closed after
@@ -166,6 +170,9 @@ pub struct ProxyStats {
     /// Stream connections retired because a query timed out on them
     /// while they read nothing.
     pub streams_retired: u64,
+    /// ICMP errors (port or host unreachable) reported on UDP sockets.
+    /// They fail no query: see the module docs.
+    pub unreachable: u64,
 }
 
 /// Why an exchange failed.
@@ -244,6 +251,7 @@ struct Counters {
     mismatched: AtomicU64,
     streams_opened: AtomicU64,
     streams_retired: AtomicU64,
+    unreachable: AtomicU64,
 }
 
 /// What the pools need to reach the upstream and to report.
@@ -377,6 +385,7 @@ impl Proxy {
             mismatched: c.mismatched.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             streams_retired: c.streams_retired.load(Ordering::Relaxed),
+            unreachable: c.unreachable.load(Ordering::Relaxed),
         }
     }
 

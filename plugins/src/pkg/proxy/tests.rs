@@ -560,6 +560,55 @@ async fn udp_reply_without_question_is_dropped() {
 }
 
 #[tokio::test]
+async fn udp_an_icmp_error_does_not_fail_the_queries_waiting() {
+    // The upstream reads a query and closes; the next query draws an ICMP
+    // port unreachable, which the shared socket reports as ECONNREFUSED.
+    // The first query still takes the reply that comes later from the
+    // same address: the error fails no one.
+    let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = up.local_addr().unwrap();
+    let p = Arc::new(Proxy::new(config(addr)));
+    let first = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move {
+            p.exchange(&query(1, "first.example.org.", TYPE_A), Proto::Udp, T)
+                .await
+        })
+    };
+    let mut buf = vec![0u8; 512];
+    let (n, client) = tokio::time::timeout(WAIT, up.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let q1 = buf[..n].to_vec();
+    drop(up);
+    // Queries to the closed port draw ICMP errors; the socket reports one
+    // on a later send or receive. Each such query times out (it is not
+    // failed by the error, nor is the one whose send reports it).
+    let mut probes = 0u16;
+    let start = Instant::now();
+    while p.stats().unreachable == 0 {
+        assert!(start.elapsed() < WAIT, "no ICMP error reported");
+        probes += 1;
+        let e = p
+            .exchange(
+                &query(probes, "probe.example.org.", TYPE_A),
+                Proto::Udp,
+                Duration::from_millis(50),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "probe {probes}: {e:?}");
+    }
+    assert!(!first.is_finished(), "the first query still waits");
+    let up = UdpSocket::bind(addr).await.unwrap();
+    up.send_to(&echo(&q1), client).await.unwrap();
+    let x = first.await.unwrap().unwrap();
+    assert_eq!(qname_of(&x.reply), "first.example.org.");
+    assert_eq!(p.waiting(), 0);
+}
+
+#[tokio::test]
 async fn udp_timeout_leaves_no_waiter() {
     let (addr, _) = udp_server(|_| Vec::new()).await;
     let p = Proxy::new(config(addr));

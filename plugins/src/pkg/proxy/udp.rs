@@ -79,10 +79,20 @@ impl UdpPool {
         // A UDP socket is nearly always writable: send at once, and only
         // when it is not, wait in a boxed future (the wait is 200-odd bytes
         // that every exchange's future would carry otherwise).
-        match sock
+        let mut sent = sock
             .socket
-            .try_io(Interest::WRITABLE, || send_now(&sock.socket, id, query))
+            .try_io(Interest::WRITABLE, || send_now(&sock.socket, id, query));
+        if let Err(e) = &sent
+            && is_icmp(e.kind())
         {
+            // An ICMP error for an earlier datagram, reported by this send
+            // (and cleared by it): not this query's; send it again.
+            shared.counters.unreachable.fetch_add(1, Ordering::Relaxed);
+            sent = sock
+                .socket
+                .try_io(Interest::WRITABLE, || send_now(&sock.socket, id, query));
+        }
+        match sent {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 Box::pin(
@@ -187,8 +197,8 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// Errors a connected UDP socket reports for an ICMP message: the socket
-/// still works, but the queries in flight will get no reply.
+/// Errors a connected UDP socket reports for an ICMP message (once, on the
+/// next receive or send): the socket still works.
 fn is_icmp(kind: io::ErrorKind) -> bool {
     matches!(
         kind,
@@ -229,6 +239,8 @@ async fn read_replies(
     loop {
         let ready = tokio::select! {
             _ = shutdown.changed() => return,
+            // An ICMP error alone does not wake this: the next datagram
+            // or the next send reports it.
             r = sock.0.socket.readable() => r,
         };
         if let Err(e) = ready {
@@ -255,9 +267,12 @@ async fn read_replies(
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Fails no query: anyone who can guess the source port can
+                // send one, and it names no query. Those waiting time out
+                // if no reply comes, and the health check decides.
                 Err(e) if is_icmp(e.kind()) => {
-                    tracing::debug!(error = %e, "proxy: UDP upstream unreachable");
-                    lock(&sock.0.waiters).fail_all(&Failure::from(&e));
+                    counters.unreachable.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "proxy: ICMP error on a UDP socket; ignored");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "proxy: UDP socket failed; opening another");

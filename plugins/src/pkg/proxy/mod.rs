@@ -5,7 +5,10 @@
 //!
 //! - **UDP**: a few sockets ([`ProxyConfig::udp_sockets`]), each bound to a
 //!   random source port and `connect()`ed to the upstream, each carrying
-//!   many queries in flight. Every query goes out with a fresh random ID
+//!   many queries in flight. A socket takes new queries for
+//!   [`ProxyConfig::expire`] (or `max_age`, if shorter; at least a second),
+//!   then a socket on a fresh port takes its place and the old one closes
+//!   once its queries are done. Every query goes out with a fresh random ID
 //!   (never one in flight on that socket) and a reply is accepted only when
 //!   its ID *and* question (name compared without case, type, class) match
 //!   a waiting query (a reply without a question matches none). Anything else is dropped and counted in
@@ -108,7 +111,8 @@ pub struct ProxyConfig {
     pub addr: SocketAddr,
     /// `Some`: every exchange is DNS over TLS on TCP, whatever `Proto` says.
     pub tls: Option<TlsSettings>,
-    /// Close pooled TCP/TLS connections idle this long.
+    /// Close pooled TCP/TLS connections idle this long; move each UDP
+    /// socket to a fresh source port this often (at least every second).
     pub expire: Duration,
     /// Stop using a TCP/TLS connection this old (it closes once its
     /// queries are answered); `None`: no age limit.
@@ -173,6 +177,8 @@ pub struct ProxyStats {
     /// ICMP errors (port or host unreachable) reported on UDP sockets.
     /// They fail no query: see the module docs.
     pub unreachable: u64,
+    /// Open UDP sockets (those retired but still serving queries too).
+    pub udp_sockets: usize,
 }
 
 /// Why an exchange failed.
@@ -252,6 +258,7 @@ struct Counters {
     streams_opened: AtomicU64,
     streams_retired: AtomicU64,
     unreachable: AtomicU64,
+    udp_sockets: AtomicUsize,
 }
 
 /// What the pools need to reach the upstream and to report.
@@ -362,7 +369,7 @@ impl Proxy {
             // a cancellation.
             Box::pin(self.streams.exchange(&self.shared, query, deadline)).await?
         } else {
-            tokio::time::timeout_at(deadline, self.udp.exchange(&self.shared, query))
+            tokio::time::timeout_at(deadline, self.udp.exchange(&self.shared, query, start))
                 .await
                 .map_err(|_| ProxyError::Timeout)??
         };
@@ -386,6 +393,7 @@ impl Proxy {
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             streams_retired: c.streams_retired.load(Ordering::Relaxed),
             unreachable: c.unreachable.load(Ordering::Relaxed),
+            udp_sockets: c.udp_sockets.load(Ordering::Relaxed),
         }
     }
 

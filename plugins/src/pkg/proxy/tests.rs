@@ -609,6 +609,72 @@ async fn udp_an_icmp_error_does_not_fail_the_queries_waiting() {
 }
 
 #[tokio::test]
+async fn udp_source_ports_rotate_and_old_sockets_serve_their_queries_out() {
+    let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = up.local_addr().unwrap();
+    let mut cfg = config(addr);
+    cfg.expire = Duration::from_millis(100); // rotation: at least 1 s
+    let p = Arc::new(Proxy::new(cfg));
+    let t0 = Instant::now();
+    let first = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move {
+            p.exchange(&query(1, "first.example.org.", TYPE_A), Proto::Udp, T)
+                .await
+        })
+    };
+    let mut buf = vec![0u8; 512];
+    let (n, old_port) = tokio::time::timeout(WAIT, up.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let q1 = buf[..n].to_vec();
+    // Queries go on; after a second they come from another port.
+    let start = Instant::now();
+    let mut probes = 0u16;
+    loop {
+        assert!(start.elapsed() < WAIT, "the source port never changed");
+        probes += 1;
+        let probe = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                p.exchange(&query(probes, "probe.example.org.", TYPE_A), Proto::Udp, T)
+                    .await
+            })
+        };
+        let (n, from) = tokio::time::timeout(WAIT, up.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        up.send_to(&echo(&buf[..n]), from).await.unwrap();
+        probe.await.unwrap().unwrap();
+        if from != old_port {
+            break;
+        }
+        // Bounded by the deadline above; not a busy loop.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "not before a second"
+    );
+    assert_eq!(
+        p.stats().udp_sockets,
+        2,
+        "the old socket still serves a query"
+    );
+    // The query on the old socket still gets its reply there.
+    up.send_to(&echo(&q1), old_port).await.unwrap();
+    let x = first.await.unwrap().unwrap();
+    assert_eq!(qname_of(&x.reply), "first.example.org.");
+    wait_until("the old socket to close once its queries are done", || {
+        p.stats().udp_sockets == 1
+    })
+    .await;
+    assert_eq!(p.waiting(), 0);
+}
+
+#[tokio::test]
 async fn udp_timeout_leaves_no_waiter() {
     let (addr, _) = udp_server(|_| Vec::new()).await;
     let p = Proxy::new(config(addr));

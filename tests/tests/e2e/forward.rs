@@ -651,7 +651,6 @@ async fn a_reply_without_the_question_is_dropped() {
     let c = Client::new(agent.udp());
     let mut set = tokio::task::JoinSet::new();
     for i in 0..16 {
-        let c = c.clone();
         set.spawn(async move {
             let name = format!("n{}.example.org.", i % 4);
             let m = if i % 2 == 0 {
@@ -762,7 +761,6 @@ async fn an_upstream_that_dies_behind_hedges_is_still_marked_down() {
     let down = wait_until(Duration::from_secs(15), || {
         i += 1;
         let name = format!("d{i}.example.org.");
-        let c = c;
         let dead = &dead;
         async move {
             let m = c.udp(&name, RecordType::A).await;

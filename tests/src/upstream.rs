@@ -31,6 +31,9 @@ pub enum Fault {
     Garbage,
     /// Answers with the wrong query ID.
     WrongId,
+    /// Sends first a SERVFAIL with the query's ID and no question
+    /// (QDCOUNT 0), then the right answer.
+    NoQuestionFirst,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,11 @@ struct State {
     tls_resumed: AtomicUsize,
     udp_peers: Mutex<Vec<IpAddr>>,
     canned: Mutex<HashMap<(String, RecordType), Canned>>,
+    /// Queries a TCP/TLS connection answers before it goes silent
+    /// (`usize::MAX`: no limit).
+    stall_after: AtomicUsize,
+    /// Names (normalized) answered only after a delay, whatever the fault.
+    name_delays: Mutex<HashMap<String, Duration>>,
 }
 
 /// A reply set up whole with [`FakeUpstreamBuilder::canned`]: rcode,
@@ -100,6 +108,8 @@ impl FakeUpstream {
                 tls_resumed: AtomicUsize::new(0),
                 udp_peers: Mutex::new(Vec::new()),
                 canned: Mutex::new(HashMap::new()),
+                stall_after: AtomicUsize::new(usize::MAX),
+                name_delays: Mutex::new(HashMap::new()),
             },
             ttl: 300,
             tls: false,
@@ -214,6 +224,23 @@ impl FakeUpstreamBuilder {
         self.client_auth = true;
         self
     }
+    /// Each TCP (and TLS) connection answers its first `n` queries, then
+    /// stays open, reads on and answers nothing: a stalled upstream, or a
+    /// NAT that dropped the flow.
+    pub fn tcp_stall_after(self, n: usize) -> Self {
+        self.state.stall_after.store(n, Ordering::Relaxed);
+        self
+    }
+    /// Answers queries for `name` (any type) only after `delay`, as a
+    /// resolver that recurses for it; other names at once.
+    pub fn delay_name(self, name: &str, delay: Duration) -> Self {
+        self.state
+            .name_delays
+            .lock()
+            .expect("lock")
+            .insert(normalize(name), delay);
+        self
+    }
     /// The fault mode to start with.
     pub fn fault(self, f: Fault) -> Self {
         *self.state.fault.lock().expect("lock") = f;
@@ -256,6 +283,9 @@ impl FakeUpstreamBuilder {
                 let u = Arc::clone(&u);
                 tokio::spawn(async move {
                     s.udp_queries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(r) = bare_reply(&s, &q) {
+                        let _ = u.send_to(&r, peer).await;
+                    }
                     if let Some(r) = answer(&s, &q, false).await {
                         let _ = u.send_to(&r, peer).await;
                     }
@@ -324,17 +354,27 @@ where
     s.tcp_open.fetch_add(1, Ordering::Relaxed);
     let (mut rd, wr) = tokio::io::split(stream);
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let stall_after = s.stall_after.load(Ordering::Relaxed);
     // Bounded: a test connection carries at most this many queries.
-    for _ in 0..100_000 {
+    for n in 0..100_000 {
         let Ok(len) = rd.read_u16().await else { break };
         let mut q = vec![0u8; usize::from(len)];
         if rd.read_exact(&mut q).await.is_err() {
             break;
         }
+        if n >= stall_after {
+            continue;
+        }
         let s = Arc::clone(&s);
         let wr = Arc::clone(&wr);
         tokio::spawn(async move {
             s.tcp_queries.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = bare_reply(&s, &q) {
+                let mut w = wr.lock().await;
+                let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
+                let _ = w.write_all(&len.to_be_bytes()).await;
+                let _ = w.write_all(&r).await;
+            }
             if let Some(r) = answer(&s, &q, true).await {
                 let mut w = wr.lock().await;
                 let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
@@ -424,6 +464,10 @@ async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
         .expect("counts lock")
         .entry((name.clone(), query.query_type()))
         .or_default() += 1;
+    let name_delay = s.name_delays.lock().expect("lock").get(&name).copied();
+    if let Some(d) = name_delay {
+        tokio::time::sleep(d).await;
+    }
     match fault {
         Fault::Drop => return None,
         Fault::Delay(d) => tokio::time::sleep(d).await,
@@ -483,4 +527,14 @@ async fn answer(s: &State, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
         m.metadata.id = m.metadata.id.wrapping_add(1);
     }
     m.to_vec().ok()
+}
+
+/// With [`Fault::NoQuestionFirst`]: a SERVFAIL header with the query's ID,
+/// QR set and no question, sent before the answer.
+fn bare_reply(s: &State, raw: &[u8]) -> Option<Vec<u8>> {
+    if *s.fault.lock().expect("fault lock") != Fault::NoQuestionFirst {
+        return None;
+    }
+    let id = raw.get(..2)?;
+    Some(vec![id[0], id[1], 0x81, 0x82, 0, 0, 0, 0, 0, 0, 0, 0])
 }

@@ -420,11 +420,17 @@ impl Inner {
     }
 
     /// Writes another query's reply (a coalesced miss) as this one's.
+    /// Refuses (the waiter then asks for itself) a reply that does not
+    /// parse or does not carry the waiter's question: the name's spelling
+    /// is written over that question.
     fn serve_bytes(&self, cx: &mut Context<'_>, bytes: &[u8]) -> bool {
         let Ok(a) = wire::analyze(bytes) else {
             return false;
         };
         let req = cx.req;
+        if !wire::question_matches(bytes, req.qname_lower(), req.qtype(), req.qclass()) {
+            return false;
+        }
         let buf = cx.reply.wire_buf();
         wire::strip_opt(bytes, &a, buf);
         wire::set_id(buf, req.id());

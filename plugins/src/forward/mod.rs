@@ -5,7 +5,7 @@
 //! `query` only decides whether the name is forwarded (FROM, `except`);
 //! the exchange runs off the receive path as the plugin's [`Upstream`]
 //! step. Each upstream carries its own failure count, smoothed RTT (for an
-//! adaptive per-attempt timeout) and health-check loop.
+//! adaptive hedge delay) and health-check loop.
 
 mod metrics;
 mod resolv;
@@ -17,8 +17,10 @@ pub use setup::{ForwardConfig, Policy, To, parse, setup};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -35,9 +37,10 @@ use crate::setup::Task;
 
 /// The overall deadline of one forwarded query (CoreDNS's `defaultTimeout`).
 const DEADLINE: Duration = Duration::from_secs(5);
-/// The adaptive attempt timeout: four smoothed RTTs plus this, at most
-/// `read_timeout`. Used only when another upstream can be tried: with one,
-/// waiting longer beats asking the same server twice.
+/// The adaptive hedge delay: four smoothed RTTs plus this, at most
+/// `read_timeout`. After it an unanswered attempt is hedged to the next
+/// upstream (and still waited for). Used only when another upstream can
+/// be tried: with one, waiting longer beats asking the same server twice.
 const RTT_SLACK: Duration = Duration::from_millis(100);
 /// How often a resolv.conf upstream list is checked for changes.
 const RESOLV_POLL: Duration = Duration::from_secs(2);
@@ -119,7 +122,8 @@ impl Up {
         max_fails != 0 && self.fails.load(Ordering::Relaxed) >= max_fails
     }
 
-    fn timeout(&self, read_timeout: Duration) -> Duration {
+    /// How long an attempt waits before it is hedged to another upstream.
+    fn hedge_delay(&self, read_timeout: Duration) -> Duration {
         match self.srtt_us.load(Ordering::Relaxed) {
             0 => read_timeout,
             us => (Duration::from_micros(us) * 4 + RTT_SLACK).min(read_timeout),
@@ -377,6 +381,54 @@ impl Forward {
         tokio::spawn(health_loop(weak, hc));
     }
 
+    /// The next upstream to try, by the policy's order, skipping those
+    /// that are down; when every one is down, one at random (health
+    /// checking itself may be what is broken), or `None` with `failfast`.
+    /// `i` walks `order`; `fails` counts the upstreams of this round that
+    /// were down or answered a `failover` rcode.
+    fn next_up<'l>(
+        &self,
+        list: &'l [Arc<Up>],
+        order: &[u8],
+        i: &mut usize,
+        fails: &mut usize,
+    ) -> Option<&'l Arc<Up>> {
+        let n = order.len();
+        // Bounded: `fails` reaches `n` within two rounds.
+        for _ in 0..=2 * n {
+            if *i >= n {
+                *i = 0;
+                *fails = 0;
+            }
+            let up = &list[usize::from(order[*i])];
+            *i += 1;
+            if !up.down(self.cfg.max_fails) {
+                return Some(up);
+            }
+            *fails += 1;
+            if *fails < n {
+                continue;
+            }
+            metrics::HEALTHCHECK_BROKEN.inc();
+            if self.cfg.failfast {
+                return None;
+            }
+            return Some(&list[rand::random_range(0..n)]);
+        }
+        None
+    }
+
+    /// Sends the query to upstreams until one answers. Each attempt waits
+    /// up to `read_timeout` (within the overall deadline). With more than
+    /// one upstream, an attempt unanswered after its upstream's adaptive
+    /// timeout (four smoothed RTTs plus [`RTT_SLACK`]) is *hedged*: the
+    /// next upstream is asked too, and whichever answers first wins. The
+    /// first attempt is still waited for, so a slow but live upstream (one
+    /// that recurses) is not failed for being slow, and an attempt given up
+    /// because another answered first is not counted as a failure: its
+    /// upstream gets a health check instead, which decides (so one that
+    /// died is still marked down, though hedges hide it). At most two
+    /// attempts are in flight at once.
     async fn forward(&self, cx: &mut Context<'_>) -> Flow {
         let _slot = if self.cfg.max_concurrent > 0 {
             let n = self.concurrent.fetch_add(1, Ordering::AcqRel) + 1;
@@ -404,6 +456,7 @@ impl Forward {
             );
         }
         let (order, n) = self.order(n);
+        let order = &order[..n];
         let proto = if self.cfg.force_tcp {
             Proto::Tcp
         } else if self.cfg.prefer_udp {
@@ -431,44 +484,105 @@ impl Forward {
         let mut attempts = 0usize;
         let mut last_err: Option<PluginError> = None;
         let mut last_reply: Option<Vec<u8>> = None;
-        while attempts < max_attempts {
-            if attempts > 0 {
-                now = Instant::now();
-            }
-            if now >= deadline {
-                break;
-            }
-            if i >= n {
-                i = 0;
-                fails = 0;
-            }
-            let mut up = &list[usize::from(order[i])];
-            i += 1;
-            if up.down(self.cfg.max_fails) {
-                fails += 1;
-                if fails < n {
-                    continue;
+        // The attempts in flight: the first in place, a second (a hedge
+        // started while the first waits) boxed, which only a slow
+        // upstream pays for. The hedge timer belongs to the latest.
+        let mut first = pin!(None);
+        let mut first_up: Option<&Arc<Up>> = None;
+        let mut second: Option<Pin<Box<dyn Future<Output = Exchange> + Send + '_>>> = None;
+        let mut second_up: Option<&Arc<Up>> = None;
+        let mut hedge = pin!(None::<tokio::time::Sleep>);
+        let mut hedge_armed = false;
+        let mut hedge_due = false;
+        // Whether each attempt was hedged (its hedge timer fired), and
+        // which one the timer belongs to.
+        let mut hedged = [false; 2];
+        let mut timer_for_first = true;
+        loop {
+            let in_flight = usize::from(first_up.is_some()) + usize::from(second_up.is_some());
+            if in_flight == 0 || (hedge_due && in_flight == 1) {
+                hedge_due = false;
+                if in_flight > 0 || attempts > 0 {
+                    now = Instant::now();
                 }
-                metrics::HEALTHCHECK_BROKEN.inc();
-                if self.cfg.failfast {
-                    break;
+                let up = if attempts < max_attempts && now < deadline {
+                    self.next_up(&list, order, &mut i, &mut fails)
+                } else {
+                    None
+                };
+                match up {
+                    Some(up) => {
+                        attempts += 1;
+                        let limit = self.cfg.read_timeout.min(deadline - now);
+                        up.requests.inc();
+                        let attempt = up.proxy.exchange_until(query, proto, now, now + limit);
+                        timer_for_first = first_up.is_none();
+                        if timer_for_first {
+                            first.set(Some(attempt));
+                            first_up = Some(up);
+                        } else {
+                            second = Some(Box::pin(attempt));
+                            second_up = Some(up);
+                        }
+                        hedged[usize::from(!timer_for_first)] = false;
+                        // A hedge needs another upstream and another attempt.
+                        let hedge_after = up.hedge_delay(self.cfg.read_timeout);
+                        hedge_armed = n > 1 && attempts < max_attempts && hedge_after < limit;
+                        if hedge_armed {
+                            match hedge.as_mut().as_pin_mut() {
+                                Some(sleep) => sleep.reset(now + hedge_after),
+                                None => {
+                                    hedge.set(Some(tokio::time::sleep_until(now + hedge_after)))
+                                }
+                            }
+                        }
+                    }
+                    None if in_flight == 0 => break,
+                    None => {}
                 }
-                // Health checking itself may be what is broken: try one at random.
-                up = &list[rand::random_range(0..n)];
             }
-            attempts += 1;
-            let timeout = if n > 1 {
-                up.timeout(self.cfg.read_timeout)
-            } else {
-                self.cfg.read_timeout
-            }
-            .min(deadline - now);
-            up.requests.inc();
-            let mut result = up
-                .proxy
-                .exchange_until(query, proto, now, now + timeout)
+            let (result, up) = {
+                let event = std::future::poll_fn(|task| {
+                    if let Some(f) = first.as_mut().as_pin_mut()
+                        && let Poll::Ready(r) = f.poll(task)
+                    {
+                        return Poll::Ready(Some((r, true)));
+                    }
+                    if let Some(f) = second.as_mut()
+                        && let Poll::Ready(r) = f.as_mut().poll(task)
+                    {
+                        return Poll::Ready(Some((r, false)));
+                    }
+                    if hedge_armed
+                        && let Some(sleep) = hedge.as_mut().as_pin_mut()
+                        && sleep.poll(task).is_ready()
+                    {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
                 .await;
-            // A truncated UDP answer is asked again over TCP, for the full answer.
+                match event {
+                    None => {
+                        hedge_armed = false;
+                        hedge_due = true;
+                        hedged[usize::from(!timer_for_first)] = true;
+                        continue;
+                    }
+                    Some((r, true)) => {
+                        first.set(None);
+                        (r, first_up.take())
+                    }
+                    Some((r, false)) => {
+                        second = None;
+                        (r, second_up.take())
+                    }
+                }
+            };
+            let Some(up) = up else { continue };
+            let mut result = result;
+            // A truncated UDP answer is asked again over TCP, for the full
+            // answer. Boxed: rare, and the other attempt may be in flight.
             if proto == Proto::Udp
                 && !up.tls
                 && let Ok(x) = &result
@@ -476,14 +590,12 @@ impl Forward {
             {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if !left.is_zero() {
-                    let tcp = up
-                        .proxy
-                        .exchange(
-                            query,
-                            Proto::Tcp,
-                            up.timeout(self.cfg.read_timeout).min(left),
-                        )
-                        .await;
+                    let tcp = Box::pin(up.proxy.exchange(
+                        query,
+                        Proto::Tcp,
+                        self.cfg.read_timeout.min(left),
+                    ))
+                    .await;
                     if tcp.is_ok() {
                         result = tcp;
                     }
@@ -521,6 +633,14 @@ impl Forward {
                 last_reply = Some(x.reply);
                 continue;
             }
+            // The attempt still in flight, if hedged, is given up unanswered.
+            for (other, was_hedged) in [(first_up, hedged[0]), (second_up, hedged[1])] {
+                if let Some(other) = other
+                    && was_hedged
+                {
+                    self.start_health_check(other);
+                }
+            }
             if self.cfg.next.contains(&rcode) || (self.cfg.next_on_nodata && is_nodata(&x.reply)) {
                 return Flow::Next;
             }
@@ -537,6 +657,9 @@ impl Forward {
         )
     }
 }
+
+/// What an attempt returns.
+type Exchange = Result<crate::pkg::proxy::Exchanged, crate::pkg::proxy::ProxyError>;
 
 /// Decrements a counter when dropped.
 struct Decrement<'a>(&'a AtomicUsize);

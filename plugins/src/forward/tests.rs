@@ -237,16 +237,16 @@ fn policies_order_upstreams() {
 }
 
 #[test]
-fn adaptive_timeout_is_bounded() {
+fn adaptive_hedge_delay_is_bounded() {
     let (f, _) = Forward::build(one("forward . 192.0.2.1")).unwrap();
     let up = &f.upstreams.load()[0];
     assert_eq!(
-        up.timeout(Duration::from_secs(2)),
+        up.hedge_delay(Duration::from_secs(2)),
         Duration::from_secs(2),
         "no sample yet"
     );
     up.observe(Duration::from_micros(100));
-    let t = up.timeout(Duration::from_secs(2));
+    let t = up.hedge_delay(Duration::from_secs(2));
     assert!(
         t >= RTT_SLACK && t < RTT_SLACK + Duration::from_millis(10),
         "{t:?}"
@@ -254,7 +254,10 @@ fn adaptive_timeout_is_bounded() {
     for _ in 0..50 {
         up.observe(Duration::from_secs(3));
     }
-    assert_eq!(up.timeout(Duration::from_secs(2)), Duration::from_secs(2));
+    assert_eq!(
+        up.hedge_delay(Duration::from_secs(2)),
+        Duration::from_secs(2)
+    );
 }
 
 #[test]
@@ -463,4 +466,68 @@ async fn a_full_pool_does_not_count_against_the_upstream() {
     assert_eq!(up.fails.load(Ordering::Relaxed), 0);
     assert!(!up.checking.load(Ordering::Relaxed));
     held.abort();
+}
+
+/// Set in the child process that [`running_out_of_descriptors_does_not_count_against_the_upstream`]
+/// starts.
+const EMFILE_CHILD: &str = "NODEDNS_TEST_EMFILE_CHILD";
+
+#[test]
+fn running_out_of_descriptors_does_not_count_against_the_upstream() {
+    // The descriptor limit is per process: the test runs itself again in a
+    // child, which lowers its own limit.
+    if std::env::var_os(EMFILE_CHILD).is_some() {
+        return emfile_child();
+    }
+    let name = "forward::tests::running_out_of_descriptors_does_not_count_against_the_upstream";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(EMFILE_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn emfile_child() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for force_tcp in [false, true] {
+            let opts = if force_tcp { "force_tcp\n" } else { "" };
+            let (f, _) = Forward::build(one(&format!(
+                "forward . 127.0.0.1:9 {{\n{opts} max_fails 1\n}}"
+            )))
+            .unwrap();
+            let up = Arc::clone(&f.upstreams.load()[0]);
+            // No descriptor can be opened from here on: the first socket
+            // to the upstream fails with EMFILE.
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            setrlimit(Resource::RLIMIT_NOFILE, 0, hard).unwrap();
+            let (flow, _) = exchange(&f, "emfile.example.org.").await;
+            setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+            let Flow::Fail(ResponseCode::ServFail, Some(PluginError::Upstream { source, .. })) =
+                &flow
+            else {
+                panic!("{flow:?}");
+            };
+            let e = source
+                .downcast_ref::<crate::pkg::proxy::ProxyError>()
+                .unwrap();
+            assert!(!e.is_network(), "force_tcp {force_tcp}: {e:?}");
+            assert_eq!(up.fails.load(Ordering::Relaxed), 0, "force_tcp {force_tcp}");
+            assert!(
+                !up.checking.load(Ordering::Relaxed),
+                "force_tcp {force_tcp}"
+            );
+        }
+    });
 }

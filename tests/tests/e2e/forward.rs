@@ -636,3 +636,139 @@ async fn source_address_sets_where_queries_come_from() {
         vec!["127.0.0.3".parse::<std::net::IpAddr>().unwrap()]
     );
 }
+
+#[tokio::test]
+async fn a_reply_without_the_question_is_dropped() {
+    // The upstream sends a SERVFAIL with the right ID and no question
+    // before each real answer: the real one must be served, over UDP and
+    // TCP, to concurrent (coalesced) clients as well.
+    let up = FakeUpstream::builder()
+        .wildcard_a("192.0.2.7")
+        .fault(Fault::NoQuestionFirst)
+        .start()
+        .await;
+    let agent = start(&format!("    cache\n    forward . {up}")).await;
+    let c = Client::new(agent.udp());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        set.spawn(async move {
+            let name = format!("n{}.example.org.", i % 4);
+            let m = if i % 2 == 0 {
+                c.udp(&name, RecordType::A).await
+            } else {
+                c.tcp(&name, RecordType::A).await
+            };
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(m.queries.len(), 1, "{name}: the question is there");
+            assert_eq!(a_of(&m), vec!["192.0.2.7"], "{name}");
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("client task");
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_tcp_connection_is_replaced() {
+    // Each connection answers two queries, then stays open and silent. A
+    // query that times out there retires it; the next attempt (and the
+    // health check) opens a fresh one, so every query is answered.
+    let up = FakeUpstream::builder()
+        .wildcard_a("192.0.2.8")
+        .tcp_stall_after(2)
+        .start()
+        .await;
+    let agent = start(&format!(
+        "    forward . {up} {{\n        force_tcp\n        read_timeout 500ms\n        health_check 100ms\n    }}"
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    for i in 0..8 {
+        let name = format!("s{i}.example.org.");
+        let m = c.udp(&name, RecordType::A).await;
+        assert_eq!(a_of(&m), vec!["192.0.2.8"], "{name}");
+    }
+    assert!(
+        up.tcp_connections() >= 3,
+        "{} connections: silent ones were replaced",
+        up.tcp_connections()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_but_live_upstream_is_waited_for() {
+    // The first upstream answers fast, so its adaptive attempt timeout is
+    // about 100 ms, but takes 700 ms for two names (it recurses); the
+    // second takes longer than read_timeout for them. The first one's
+    // answer is still taken, and no upstream is counted as failing.
+    let mut ups = Vec::new();
+    for slow in [Duration::from_millis(700), Duration::from_secs(3)] {
+        ups.push(
+            FakeUpstream::builder()
+                .wildcard_a("192.0.2.9")
+                .delay_name("slow1.example.org.", slow)
+                .delay_name("slow2.example.org.", slow)
+                .start()
+                .await,
+        );
+    }
+    let agent = start(&format!(
+        "    forward . {} {} {{\n        policy sequential\n        read_timeout 2s\n        health_check 100ms\n    }}",
+        ups[0], ups[1]
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    // Fast answers set a short RTT.
+    for i in 0..8 {
+        let m = c.udp(&format!("fast{i}.example.org."), RecordType::A).await;
+        assert_eq!(a_of(&m), vec!["192.0.2.9"]);
+    }
+    for name in ["slow1.example.org.", "slow2.example.org."] {
+        let m = c.udp(name, RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(a_of(&m), vec!["192.0.2.9"], "{name}");
+    }
+    // No attempt was counted as failed: no health check was started.
+    for up in &ups {
+        assert_eq!(up.count(".", RecordType::NS), 0, "{up} health-checked");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_dies_behind_hedges_is_still_marked_down() {
+    // Both answer fast; then the first stops answering. Its queries are
+    // hedged to the second, which answers; the first is health-checked,
+    // fails the checks and is skipped from then on.
+    let dead = FakeUpstream::builder()
+        .wildcard_a("192.0.2.66")
+        .start()
+        .await;
+    let good = FakeUpstream::builder()
+        .wildcard_a("192.0.2.1")
+        .start()
+        .await;
+    let agent = start(&format!(
+        "    forward . {dead} {good} {{\n        policy sequential\n        max_fails 2\n        health_check 100ms\n        read_timeout 500ms\n    }}"
+    ))
+    .await;
+    let c = Client::new(agent.udp());
+    for i in 0..4 {
+        let m = c.udp(&format!("w{i}.example.org."), RecordType::A).await;
+        assert_eq!(a_of(&m), vec!["192.0.2.66"]);
+    }
+    dead.set_fault(Fault::Drop);
+    let mut i = 0;
+    let down = wait_until(Duration::from_secs(15), || {
+        i += 1;
+        let name = format!("d{i}.example.org.");
+        let dead = &dead;
+        async move {
+            let m = c.udp(&name, RecordType::A).await;
+            assert_eq!(a_of(&m), vec!["192.0.2.1"], "{name}: answered by the hedge");
+            dead.count(&name, RecordType::A) == 0
+        }
+    })
+    .await;
+    assert!(down, "the dead upstream is skipped");
+    assert!(dead.count(".", RecordType::NS) >= 2, "health-checked");
+}

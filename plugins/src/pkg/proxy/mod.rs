@@ -5,17 +5,29 @@
 //!
 //! - **UDP**: a few sockets ([`ProxyConfig::udp_sockets`]), each bound to a
 //!   random source port and `connect()`ed to the upstream, each carrying
-//!   many queries in flight. Every query goes out with a fresh random ID
+//!   many queries in flight. A socket takes new queries for
+//!   [`ProxyConfig::expire`] (or `max_age`, if shorter; at least a second),
+//!   then a socket on a fresh port takes its place and the old one closes
+//!   once its queries are done. Every query goes out with a fresh random ID
 //!   (never one in flight on that socket) and a reply is accepted only when
 //!   its ID *and* question (name compared without case, type, class) match
-//!   a waiting query. Anything else is dropped and counted in
+//!   a waiting query (a reply without a question matches none). Anything else is dropped and counted in
 //!   [`ProxyStats::mismatched`]: this is what makes spoofing a reply hard.
+//!   An ICMP error reported on a socket (ECONNREFUSED and the like, on the
+//!   next receive or send) fails no query: it names none, and anyone who
+//!   guesses the port can send one. It is counted in
+//!   [`ProxyStats::unreachable`]; the queries time out if no reply comes.
 //! - **TCP and TLS (DoT)**: persistent connections with pipelined queries
 //!   (many in flight per connection, replies matched by ID and question, in
 //!   any order), reused across exchanges and closed after
 //!   [`ProxyConfig::expire`] idle. A connection that breaks before the
 //!   reply (write error, EOF, reset) is retried once on a fresh connection,
-//!   within the same timeout.
+//!   within the same timeout. A query that times out on a connection that
+//!   has read nothing since the query was sent retires that connection: it
+//!   stopped answering (a broken upstream, a NAT that dropped the flow),
+//!   so it takes no more queries, closes at once, and the queries still
+//!   on it are retried on a fresh one ([`ProxyStats::streams_retired`]).
+//!   A query dropped before its deadline does not count.
 //!
 //! Limits (all per proxy):
 //!
@@ -99,7 +111,8 @@ pub struct ProxyConfig {
     pub addr: SocketAddr,
     /// `Some`: every exchange is DNS over TLS on TCP, whatever `Proto` says.
     pub tls: Option<TlsSettings>,
-    /// Close pooled TCP/TLS connections idle this long.
+    /// Close pooled TCP/TLS connections idle this long; move each UDP
+    /// socket to a fresh source port this often (at least every second).
     pub expire: Duration,
     /// Stop using a TCP/TLS connection this old (it closes once its
     /// queries are answered); `None`: no age limit.
@@ -158,6 +171,14 @@ pub struct ProxyStats {
     pub mismatched: u64,
     /// Stream connections opened since the proxy was made.
     pub streams_opened: u64,
+    /// Stream connections retired because a query timed out on them
+    /// while they read nothing.
+    pub streams_retired: u64,
+    /// ICMP errors (port or host unreachable) reported on UDP sockets.
+    /// They fail no query: see the module docs.
+    pub unreachable: u64,
+    /// Open UDP sockets (those retired but still serving queries too).
+    pub udp_sockets: usize,
 }
 
 /// Why an exchange failed.
@@ -196,12 +217,14 @@ impl ProxyError {
     /// The upstream, or the path to it, failed: counts against its health.
     /// `false` for [`Busy`](Self::Busy), [`Malformed`](Self::Malformed) and
     /// [`Stopped`](Self::Stopped), which are local and say nothing about
-    /// the upstream.
+    /// the upstream, and for an [`Io`](Self::Io) error that says this host
+    /// ran out of a resource ([`is_local_exhaustion`]).
     pub fn is_network(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout | Self::Io(_) | Self::Tls(_) | Self::Closed
-        )
+        match self {
+            Self::Timeout | Self::Tls(_) | Self::Closed => true,
+            Self::Io(e) => !is_local_exhaustion(e),
+            Self::Busy | Self::Malformed | Self::Stopped => false,
+        }
     }
     /// No reply came in time.
     pub fn is_timeout(&self) -> bool {
@@ -214,11 +237,28 @@ impl ProxyError {
     }
 }
 
+/// This host ran out of something a socket needs: file descriptors
+/// (EMFILE for the process, ENFILE for the system), buffer space or memory
+/// (ENOBUFS, ENOMEM). Local, like [`ProxyError::Busy`]: another upstream
+/// would fail the same way, so it does not count against this one.
+pub fn is_local_exhaustion(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    e.kind() == io::ErrorKind::OutOfMemory
+        || e.raw_os_error().is_some_and(|n| {
+            [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                .iter()
+                .any(|&x| x as i32 == n)
+        })
+}
+
 /// Counters shared with the proxy's tasks.
 #[derive(Debug, Default)]
 struct Counters {
     mismatched: AtomicU64,
     streams_opened: AtomicU64,
+    streams_retired: AtomicU64,
+    unreachable: AtomicU64,
+    udp_sockets: AtomicUsize,
 }
 
 /// What the pools need to reach the upstream and to report.
@@ -321,19 +361,18 @@ impl Proxy {
         let client_id = header.id.to_be_bytes();
         let _slot = InFlight::take(&self.in_flight, self.max_in_flight)?;
         let stream = proto == Proto::Tcp || self.shared.tls.is_some();
-        let work = async {
-            if stream {
-                // Boxed: connecting (TLS included) makes a large future,
-                // and the UDP path's, which every miss allocates inside the
-                // forward plugin's, must stay small.
-                Box::pin(self.streams.exchange(&self.shared, query)).await
-            } else {
-                self.udp.exchange(&self.shared, query).await
-            }
+        let (mut reply, reused_conn) = if stream {
+            // Boxed: connecting (TLS included) makes a large future, and
+            // the UDP path's, which every miss allocates inside the forward
+            // plugin's, must stay small. It keeps its own deadline, to
+            // tell a timeout (which counts against the connection) from
+            // a cancellation.
+            Box::pin(self.streams.exchange(&self.shared, query, deadline)).await?
+        } else {
+            tokio::time::timeout_at(deadline, self.udp.exchange(&self.shared, query, start))
+                .await
+                .map_err(|_| ProxyError::Timeout)??
         };
-        let (mut reply, reused_conn) = tokio::time::timeout_at(deadline, work)
-            .await
-            .map_err(|_| ProxyError::Timeout)??;
         if let Some(id) = reply.get_mut(..2) {
             id.copy_from_slice(&client_id);
         }
@@ -352,6 +391,9 @@ impl Proxy {
             open_streams: self.streams.open_count(),
             mismatched: c.mismatched.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
+            streams_retired: c.streams_retired.load(Ordering::Relaxed),
+            unreachable: c.unreachable.load(Ordering::Relaxed),
+            udp_sockets: c.udp_sockets.load(Ordering::Relaxed),
         }
     }
 

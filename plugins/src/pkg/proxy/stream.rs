@@ -66,6 +66,9 @@ struct ConnState {
     closed: bool,
     /// Queries registered so far (more than 0: the connection is reused).
     carried: u64,
+    /// Frames read so far (matching a query or not): a query that times
+    /// out with this unchanged since it was sent met a silent connection.
+    frames: u64,
     /// When the last query left.
     idle_since: Instant,
 }
@@ -91,7 +94,30 @@ impl Conn {
             token,
             rx: Some(rx),
             reused,
+            frames: st.frames,
         })
+    }
+
+    /// A query sent here timed out. If the connection has read nothing
+    /// since that query was registered (`frames` then), it has stopped
+    /// answering (a broken upstream, a NAT that forgot the flow): it is
+    /// retired at once, so the next query opens a fresh one, and the
+    /// queries still on it are told it closed (they retry on a fresh
+    /// connection). Returns whether it was retired.
+    fn retire_if_silent(self: &Arc<Self>, frames: u64, pool: &PoolShared) -> bool {
+        let mut ps = lock(&pool.state);
+        let mut st = lock(&self.state);
+        if st.closed || st.frames != frames {
+            return false;
+        }
+        st.closed = true;
+        st.waiters.fail_all(&Failure::Closed);
+        drop(st);
+        ps.conns.retain(|c| !Arc::ptr_eq(c, self));
+        drop(ps);
+        // Wakes the task, which sees `closed` and drops the connection.
+        self.idle.notify_one();
+        true
     }
 
     /// Older than `max_age`: takes no new query.
@@ -112,6 +138,8 @@ struct Registered {
     token: u64,
     rx: Option<oneshot::Receiver<Outcome>>,
     reused: bool,
+    /// The connection's frame count when the query was registered.
+    frames: u64,
 }
 
 impl Drop for Registered {
@@ -179,13 +207,48 @@ impl StreamPool {
     }
 
     /// Sends `query` on a pooled (or new) connection and waits for its
-    /// reply; a connection that breaks first is replaced once. Returns the
-    /// reply (wire ID) and whether a pooled connection carried it. The
-    /// caller bounds the time.
+    /// reply until `deadline`; a connection that breaks first is replaced
+    /// once. Returns the reply (wire ID) and whether a pooled connection
+    /// carried it. A query that times out on a connection that has read
+    /// nothing since the query was sent retires that connection (see
+    /// [`Conn::retire_if_silent`]); a query dropped before its deadline
+    /// (another upstream answered first) says nothing about it.
     pub(super) async fn exchange(
         &self,
         shared: &Shared,
         query: &[u8],
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, bool), ProxyError> {
+        let mut waiting_on = None;
+        match tokio::time::timeout_at(
+            deadline,
+            self.exchange_inner(shared, query, &mut waiting_on),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some((conn, frames)) = waiting_on
+                    && conn.retire_if_silent(frames, &self.shared)
+                {
+                    shared
+                        .counters
+                        .streams_retired
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(upstream = %shared.addr, "proxy: connection stopped answering; retired");
+                }
+                Err(ProxyError::Timeout)
+            }
+        }
+    }
+
+    /// [`StreamPool::exchange`] without the deadline; `waiting_on` is set
+    /// to the connection the query is waiting on, and its frame count.
+    async fn exchange_inner(
+        &self,
+        shared: &Shared,
+        query: &[u8],
+        waiting_on: &mut Option<(Arc<Conn>, u64)>,
     ) -> Result<(Vec<u8>, bool), ProxyError> {
         let question = &Question::of_query(query).ok_or(ProxyError::Malformed)?;
         // The caller checked that the query fits a frame.
@@ -193,6 +256,7 @@ impl StreamPool {
         let mut fresh = false;
         loop {
             let mut reg = self.acquire(shared, question, fresh).await?;
+            *waiting_on = Some((Arc::clone(&reg.conn), reg.frames));
             let mut frame = Vec::with_capacity(query.len() + 2);
             frame.extend_from_slice(&len.to_be_bytes());
             frame.extend_from_slice(&reg.id.to_be_bytes());
@@ -300,6 +364,7 @@ impl StreamPool {
                 waiters: Waiters::default(),
                 closed: false,
                 carried: 0,
+                frames: 0,
                 idle_since: Instant::now(),
             }),
             tx,
@@ -384,6 +449,9 @@ enum End {
     Idle,
     /// The connection broke.
     Broken(Failure),
+    /// The connection was retired for not answering; its queries were
+    /// told already.
+    Retired,
 }
 
 /// The task that owns one connection.
@@ -416,6 +484,8 @@ impl Task {
                 st.closed = true;
                 st.waiters.fail_all(&why);
             }
+            // Dropped at once: a silent peer may not read a close_notify.
+            End::Retired => {}
             End::Idle | End::Shutdown => {
                 // TLS close_notify, then FIN.
                 let _ = tokio::time::timeout(CLOSE_GRACE, wr.shutdown()).await;
@@ -439,6 +509,9 @@ impl Task {
         loop {
             let idle_since = {
                 let st = lock(&self.conn.state);
+                if st.closed {
+                    return End::Retired;
+                }
                 st.waiters.is_empty().then_some(st.idle_since)
             };
             if let Some(since) = idle_since {
@@ -521,6 +594,7 @@ impl Task {
             };
             let delivered = {
                 let mut st = lock(&self.conn.state);
+                st.frames += 1;
                 let ok = st.waiters.deliver(frame);
                 if ok && st.waiters.is_empty() {
                     st.idle_since = Instant::now();

@@ -141,6 +141,13 @@ enum Mode {
     Hold(watch::Receiver<bool>),
     /// Sends a reply with a wrong ID before the right one.
     WrongIdFirst,
+    /// Answers the first `k` queries of each connection, then reads on
+    /// and answers nothing (a stalled upstream, a NAT that lost the flow).
+    StallAfter(usize),
+    /// Never answers the first query of a connection; answers the rest.
+    IgnoreFirst,
+    /// First connection: reads queries and answers none. Later ones: `Echo`.
+    SilentFirst,
 }
 
 /// What a stream upstream saw.
@@ -277,6 +284,20 @@ where
                 write_frame(&wr, &wrong).await;
                 write_frame(&wr, &echo(&q)).await;
             }
+            Mode::StallAfter(k) => {
+                if answered < *k {
+                    write_frame(&wr, &echo(&q)).await;
+                    answered += 1;
+                }
+            }
+            Mode::SilentFirst if n == 0 => {}
+            Mode::SilentFirst => write_frame(&wr, &echo(&q)).await,
+            Mode::IgnoreFirst => {
+                if answered > 0 {
+                    write_frame(&wr, &echo(&q)).await;
+                }
+                answered += 1;
+            }
         }
     }
 }
@@ -397,12 +418,19 @@ fn question_matching() {
     let r = echo(&q);
     assert!(!question.answered_by(&r[..r.len() - 1]));
     assert!(!question.answered_by(&r[..12]));
-    // No question: only with an error rcode.
+    // No question: refused, whatever the rcode.
     let mut bare = r[..12].to_vec();
     bare[5] = 0;
     assert!(!question.answered_by(&bare));
-    bare[3] |= 1; // FORMERR
-    assert!(question.answered_by(&bare));
+    for rcode in [1, 2, 4, 5] {
+        bare[3] = (bare[3] & 0xf0) | rcode;
+        assert!(!question.answered_by(&bare), "rcode {rcode}");
+    }
+    // Two questions, the first the right one: refused too.
+    let mut two = echo(&q);
+    two[5] = 2;
+    two.extend_from_slice(&q[12..]);
+    assert!(!question.answered_by(&two));
 }
 
 // === UDP ===
@@ -512,12 +540,13 @@ async fn udp_replies_that_do_not_match_are_dropped() {
 }
 
 #[tokio::test]
-async fn udp_error_reply_without_question_is_accepted() {
+async fn udp_reply_without_question_is_dropped() {
+    // An error reply with the right ID but no question, then the real one.
     let (addr, _) = udp_server(|q| {
-        let mut r = echo(&q[..12]);
-        r[5] = 0; // no question
-        r[3] |= 1; // FORMERR
-        now(r)
+        let mut bare = echo(&q[..12]);
+        bare[5] = 0; // no question
+        bare[3] |= 2; // SERVFAIL
+        vec![(Duration::ZERO, bare), (Duration::from_millis(20), echo(q))]
     })
     .await;
     let p = Proxy::new(config(addr));
@@ -525,8 +554,124 @@ async fn udp_error_reply_without_question_is_accepted() {
         .exchange(&query(9, "example.org.", TYPE_A), Proto::Udp, T)
         .await
         .unwrap();
-    assert_eq!(x.reply.len(), 12);
-    assert_eq!(x.reply[3] & 0x0f, 1);
+    assert_eq!(x.reply[3] & 0x0f, 0, "the reply with the question");
+    assert_eq!(qname_of(&x.reply), "example.org.");
+    assert_eq!(p.stats().mismatched, 1);
+}
+
+#[tokio::test]
+async fn udp_an_icmp_error_does_not_fail_the_queries_waiting() {
+    // The upstream reads a query and closes; the next query draws an ICMP
+    // port unreachable, which the shared socket reports as ECONNREFUSED.
+    // The first query still takes the reply that comes later from the
+    // same address: the error fails no one.
+    let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = up.local_addr().unwrap();
+    let p = Arc::new(Proxy::new(config(addr)));
+    let first = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move {
+            p.exchange(&query(1, "first.example.org.", TYPE_A), Proto::Udp, T)
+                .await
+        })
+    };
+    let mut buf = vec![0u8; 512];
+    let (n, client) = tokio::time::timeout(WAIT, up.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let q1 = buf[..n].to_vec();
+    drop(up);
+    // Queries to the closed port draw ICMP errors; the socket reports one
+    // on a later send or receive. Each such query times out (it is not
+    // failed by the error, nor is the one whose send reports it).
+    let mut probes = 0u16;
+    let start = Instant::now();
+    while p.stats().unreachable == 0 {
+        assert!(start.elapsed() < WAIT, "no ICMP error reported");
+        probes += 1;
+        let e = p
+            .exchange(
+                &query(probes, "probe.example.org.", TYPE_A),
+                Proto::Udp,
+                Duration::from_millis(50),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "probe {probes}: {e:?}");
+    }
+    assert!(!first.is_finished(), "the first query still waits");
+    let up = UdpSocket::bind(addr).await.unwrap();
+    up.send_to(&echo(&q1), client).await.unwrap();
+    let x = first.await.unwrap().unwrap();
+    assert_eq!(qname_of(&x.reply), "first.example.org.");
+    assert_eq!(p.waiting(), 0);
+}
+
+#[tokio::test]
+async fn udp_source_ports_rotate_and_old_sockets_serve_their_queries_out() {
+    let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = up.local_addr().unwrap();
+    let mut cfg = config(addr);
+    cfg.expire = Duration::from_millis(100); // rotation: at least 1 s
+    let p = Arc::new(Proxy::new(cfg));
+    let t0 = Instant::now();
+    let first = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move {
+            p.exchange(&query(1, "first.example.org.", TYPE_A), Proto::Udp, T)
+                .await
+        })
+    };
+    let mut buf = vec![0u8; 512];
+    let (n, old_port) = tokio::time::timeout(WAIT, up.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let q1 = buf[..n].to_vec();
+    // Queries go on; after a second they come from another port.
+    let start = Instant::now();
+    let mut probes = 0u16;
+    loop {
+        assert!(start.elapsed() < WAIT, "the source port never changed");
+        probes += 1;
+        let probe = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                p.exchange(&query(probes, "probe.example.org.", TYPE_A), Proto::Udp, T)
+                    .await
+            })
+        };
+        let (n, from) = tokio::time::timeout(WAIT, up.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        up.send_to(&echo(&buf[..n]), from).await.unwrap();
+        probe.await.unwrap().unwrap();
+        if from != old_port {
+            break;
+        }
+        // Bounded by the deadline above; not a busy loop.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "not before a second"
+    );
+    assert_eq!(
+        p.stats().udp_sockets,
+        2,
+        "the old socket still serves a query"
+    );
+    // The query on the old socket still gets its reply there.
+    up.send_to(&echo(&q1), old_port).await.unwrap();
+    let x = first.await.unwrap().unwrap();
+    assert_eq!(qname_of(&x.reply), "first.example.org.");
+    wait_until("the old socket to close once its queries are done", || {
+        p.stats().udp_sockets == 1
+    })
+    .await;
+    assert_eq!(p.waiting(), 0);
 }
 
 #[tokio::test]
@@ -770,6 +915,112 @@ async fn tcp_drops_a_reply_with_a_wrong_id() {
         .unwrap();
     assert_eq!(id_of(&x.reply), 5);
     assert_eq!(p.stats().mismatched, 1);
+}
+
+#[tokio::test]
+async fn tcp_a_silent_connection_is_retired_and_replaced() {
+    let (addr, seen) = tcp_server(Mode::StallAfter(2)).await;
+    let p = Proxy::new(config(addr));
+    let q = query(1, "example.org.", TYPE_A);
+    for _ in 0..2 {
+        p.exchange(&q, Proto::Tcp, T).await.unwrap();
+    }
+    // The connection goes silent: the query times out and the connection,
+    // which read nothing meanwhile, is retired and closed.
+    let e = p
+        .exchange(&q, Proto::Tcp, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    assert_eq!(p.stats().streams_retired, 1);
+    wait_until("the server to see the silent connection close", || {
+        seen.client_closed() == 1
+    })
+    .await;
+    // The next query (a health check as much as a client's) opens a fresh
+    // one rather than waiting on the silent one.
+    let x = p.exchange(&q, Proto::Tcp, T).await.unwrap();
+    assert!(!x.reused_conn);
+    assert_eq!(seen.accepted(), 2);
+    let s = p.stats();
+    assert_eq!((s.open_streams, s.streams_opened, s.in_flight), (1, 2, 0));
+    assert_eq!(p.waiting(), 0);
+}
+
+#[tokio::test]
+async fn tcp_queries_on_a_retired_connection_move_to_a_fresh_one() {
+    // The first connection answers nothing; queries waiting on it when it
+    // is retired are sent again on a fresh connection, which answers.
+    let (addr, seen) = tcp_server(Mode::SilentFirst).await;
+    let p = Arc::new(Proxy::new(config(addr)));
+    let q = query(1, "example.org.", TYPE_A);
+    let waiting = {
+        let p = Arc::clone(&p);
+        let q = query(2, "other.example.org.", TYPE_A);
+        tokio::spawn(async move { p.exchange(&q, Proto::Tcp, T).await })
+    };
+    wait_until("the server to see the waiting query", || {
+        seen.queries.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let e = p
+        .exchange(&q, Proto::Tcp, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    assert_eq!(p.stats().streams_retired, 1);
+    let x = waiting.await.unwrap().unwrap();
+    assert_eq!(qname_of(&x.reply), "other.example.org.");
+    assert_eq!(seen.accepted(), 2, "retried on a fresh connection");
+    assert_eq!(p.waiting(), 0);
+}
+
+#[tokio::test]
+async fn tcp_a_timeout_while_other_replies_come_keeps_the_connection() {
+    let (addr, seen) = tcp_server(Mode::IgnoreFirst).await;
+    let p = Arc::new(Proxy::new(config(addr)));
+    let ignored = {
+        let p = Arc::clone(&p);
+        let q = query(1, "ignored.example.org.", TYPE_A);
+        tokio::spawn(async move { p.exchange(&q, Proto::Tcp, Duration::from_millis(300)).await })
+    };
+    wait_until("the server to see the ignored query", || {
+        seen.queries.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let x = p
+        .exchange(&query(2, "ok.example.org.", TYPE_A), Proto::Tcp, T)
+        .await
+        .unwrap();
+    assert!(x.reused_conn);
+    let e = ignored.await.unwrap().unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    // The connection answered meanwhile: it stays.
+    assert_eq!(p.stats().streams_retired, 0);
+    let x = p
+        .exchange(&query(3, "ok.example.org.", TYPE_A), Proto::Tcp, T)
+        .await
+        .unwrap();
+    assert!(x.reused_conn);
+    assert_eq!(seen.accepted(), 1);
+}
+
+#[tokio::test]
+async fn tcp_a_cancelled_query_does_not_retire_the_connection() {
+    let (release, hold) = watch::channel(false);
+    let (addr, seen) = tcp_server(Mode::Hold(hold)).await;
+    let p = Proxy::new(config(addr));
+    let q = query(1, "example.org.", TYPE_A);
+    // Dropped before its own deadline (as when another upstream answers
+    // first): that says nothing about the connection.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(100), p.exchange(&q, Proto::Tcp, T)).await;
+    assert!(cancelled.is_err());
+    assert_eq!(p.stats().streams_retired, 0);
+    release.send(true).unwrap();
+    let x = p.exchange(&q, Proto::Tcp, T).await.unwrap();
+    assert!(x.reused_conn);
+    assert_eq!(seen.accepted(), 1);
 }
 
 #[tokio::test]

@@ -7,11 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg, sendmsg, sockopt};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
 
 use super::wire::{Failure, Question, Waiters};
 use super::{Counters, ProxyError, Shared, lock};
@@ -45,7 +47,38 @@ struct Socket {
     waiters: Mutex<Waiters>,
     /// Its reader task ended: the slot opens a new socket.
     dead: AtomicBool,
+    /// When it was opened: it takes new queries for [`rotate_after`].
+    born: Instant,
+    /// Replaced in its slot by a socket on a fresh port: it takes no new
+    /// query, and its reader ends once the queries on it are done.
+    retired: AtomicBool,
+    /// Poked when a retired socket's last query leaves.
+    drained: Notify,
 }
+
+impl Socket {
+    /// Retires the socket; wakes its reader if no query is left on it.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        if lock(&self.waiters).is_empty() {
+            self.drained.notify_one();
+        }
+    }
+}
+
+/// How long a UDP socket takes new queries before a socket on a fresh
+/// random port replaces it: `expire`, or `max_age` if shorter, at least a
+/// second. So the source port an off-path attacker must guess changes over
+/// the life of the process, as a pooled connection does in CoreDNS.
+fn rotate_after(shared: &Shared) -> Duration {
+    shared
+        .max_age
+        .map_or(shared.expire, |age| age.min(shared.expire))
+        .max(MIN_ROTATE)
+}
+
+/// The shortest life of a UDP socket, whatever `expire` says.
+const MIN_ROTATE: Duration = Duration::from_secs(1);
 
 impl UdpPool {
     pub(super) fn new(sockets: usize) -> Self {
@@ -62,15 +95,22 @@ impl UdpPool {
         &self,
         shared: &Shared,
         query: &[u8],
+        now: Instant,
     ) -> Result<(Vec<u8>, bool), ProxyError> {
         // Read here and moved into the table at once: a question is 264
         // bytes, which the future would otherwise carry while it waits.
         let question = Question::of_query(query).ok_or(ProxyError::Malformed)?;
-        let (sock, reused) = self.socket(shared)?;
+        let (sock, reused) = self.socket(shared, now)?;
         let (tx, rx) = oneshot::channel();
-        let (id, token) = lock(&sock.waiters)
-            .insert(question, tx)
-            .ok_or(ProxyError::Busy)?;
+        let (id, token) = {
+            let mut waiters = lock(&sock.waiters);
+            // Its reader ended after this thread took it (another thread
+            // on the same slot retired it): no reply would be read.
+            if sock.dead.load(Ordering::Acquire) {
+                return Err(ProxyError::Stopped);
+            }
+            waiters.insert(question, tx).ok_or(ProxyError::Busy)?
+        };
         let _registered = Registered {
             sock: &sock,
             id,
@@ -79,10 +119,20 @@ impl UdpPool {
         // A UDP socket is nearly always writable: send at once, and only
         // when it is not, wait in a boxed future (the wait is 200-odd bytes
         // that every exchange's future would carry otherwise).
-        match sock
+        let mut sent = sock
             .socket
-            .try_io(Interest::WRITABLE, || send_now(&sock.socket, id, query))
+            .try_io(Interest::WRITABLE, || send_now(&sock.socket, id, query));
+        if let Err(e) = &sent
+            && is_icmp(e.kind())
         {
+            // An ICMP error for an earlier datagram, reported by this send
+            // (and cleared by it): not this query's; send it again.
+            shared.counters.unreachable.fetch_add(1, Ordering::Relaxed);
+            sent = sock
+                .socket
+                .try_io(Interest::WRITABLE, || send_now(&sock.socket, id, query));
+        }
+        match sent {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 Box::pin(
@@ -102,19 +152,27 @@ impl UdpPool {
 
     /// This thread's socket, opened (with its reader task) if it is not
     /// open or its reader ended.
-    fn socket(&self, shared: &Shared) -> io::Result<(Arc<Socket>, bool)> {
+    fn socket(&self, shared: &Shared, now: Instant) -> io::Result<(Arc<Socket>, bool)> {
         let i = thread_slot() % self.slots.len();
         let mut slot = lock(&self.slots[i]);
         if let Some(s) = slot.as_ref()
             && !s.dead.load(Ordering::Acquire)
         {
-            return Ok((Arc::clone(s), true));
+            if now.saturating_duration_since(s.born) < rotate_after(shared) {
+                return Ok((Arc::clone(s), true));
+            }
+            // Time for a fresh port; the old socket serves its queries out.
+            s.retire();
         }
         let s = Arc::new(Socket {
             socket: open(shared)?,
             waiters: Mutex::default(),
             dead: AtomicBool::new(false),
+            born: now,
+            retired: AtomicBool::new(false),
+            drained: Notify::new(),
         });
+        shared.counters.udp_sockets.fetch_add(1, Ordering::Relaxed);
         // On a server thread, the reader runs in its LocalSet: the queries
         // it wakes are polled in the same turn.
         crate::pkg::local::spawn(read_replies(
@@ -183,12 +241,18 @@ struct Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        lock(&self.sock.waiters).remove(self.id, self.token);
+        let mut waiters = lock(&self.sock.waiters);
+        waiters.remove(self.id, self.token);
+        let empty = waiters.is_empty();
+        drop(waiters);
+        if empty && self.sock.retired.load(Ordering::Acquire) {
+            self.sock.drained.notify_one();
+        }
     }
 }
 
-/// Errors a connected UDP socket reports for an ICMP message: the socket
-/// still works, but the queries in flight will get no reply.
+/// Errors a connected UDP socket reports for an ICMP message (once, on the
+/// next receive or send): the socket still works.
 fn is_icmp(kind: io::ErrorKind) -> bool {
     matches!(
         kind,
@@ -225,10 +289,16 @@ async fn read_replies(
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<()>,
 ) {
-    let sock = EndGuard(sock);
+    let sock = EndGuard(sock, Arc::clone(&counters));
     loop {
+        if sock.0.retired.load(Ordering::Acquire) && lock(&sock.0.waiters).is_empty() {
+            return;
+        }
         let ready = tokio::select! {
             _ = shutdown.changed() => return,
+            () = sock.0.drained.notified() => continue,
+            // An ICMP error alone does not wake this: the next datagram
+            // or the next send reports it.
             r = sock.0.socket.readable() => r,
         };
         if let Err(e) = ready {
@@ -255,9 +325,12 @@ async fn read_replies(
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Fails no query: anyone who can guess the source port can
+                // send one, and it names no query. Those waiting time out
+                // if no reply comes, and the health check decides.
                 Err(e) if is_icmp(e.kind()) => {
-                    tracing::debug!(error = %e, "proxy: UDP upstream unreachable");
-                    lock(&sock.0.waiters).fail_all(&Failure::from(&e));
+                    counters.unreachable.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "proxy: ICMP error on a UDP socket; ignored");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "proxy: UDP socket failed; opening another");
@@ -342,11 +415,12 @@ fn truncate_to_question(buf: &mut [u8]) -> usize {
 
 /// Marks the socket dead and fails its queries when the reader ends, even
 /// when the runtime drops the task.
-struct EndGuard(Arc<Socket>);
+struct EndGuard(Arc<Socket>, Arc<Counters>);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
         self.0.dead.store(true, Ordering::Release);
         lock(&self.0.waiters).fail_all(&Failure::Stopped);
+        self.1.udp_sockets.fetch_sub(1, Ordering::Relaxed);
     }
 }

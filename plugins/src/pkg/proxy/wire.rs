@@ -38,11 +38,12 @@ impl Question {
         })
     }
 
-    /// Whether `reply` answers this question: QR set, and the same
-    /// question (the name compared without case). A reply without a
-    /// question is accepted only with an error rcode (a FORMERR or NOTIMP
-    /// that does not repeat the question, as CoreDNS's `request.Match`
-    /// allows); `reply` is known to hold a header.
+    /// Whether `reply` answers this question: QR set, and exactly one
+    /// question, the same (the name compared without case). A reply
+    /// without a question is refused whatever its rcode: only the ID would
+    /// tie it to the query, and whoever reads it next (the cache writing
+    /// it for coalesced queries, a name rewrite) expects the question
+    /// there. `reply` is known to hold a header.
     pub(super) fn answered_by(&self, reply: &[u8]) -> bool {
         let Some(h) = Header::read(reply) else {
             return false;
@@ -51,7 +52,6 @@ impl Question {
             return false;
         }
         match h.qdcount {
-            0 => h.flags & 0x000f != 0,
             1 => {
                 let name_end = HEADER_LEN + self.len;
                 let Some(name) = reply.get(HEADER_LEN..name_end) else {

@@ -45,6 +45,9 @@ const MAX_FLIGHTS: usize = 65_536;
 /// How long a coalesced query waits for the first one; and how old a
 /// flight may be before a new query takes over (its leader was lost).
 const FLIGHT_WAIT: Duration = Duration::from_secs(5);
+/// The smallest size a hit is cut to (UDP without EDNS): entries within it
+/// are never cut.
+const MIN_REPLY_LIMIT: usize = 512;
 /// What a never-expiring empty reply is cached for (CoreDNS's failSafeTTL).
 const FAILSAFE_TTL: u32 = 5;
 const AXFR: u16 = 252;
@@ -500,6 +503,13 @@ impl Inner {
             return;
         }
         if a.truncated {
+            return;
+        }
+        // A hit may be cut to a client's size straight from the stored
+        // bytes (wire::copy_fitting), which takes names compressed
+        // backwards; a crafted reply that is not is passed on, not kept.
+        if bytes.len() > MIN_REPLY_LIMIT && !wire::compression_is_backward(bytes) {
+            self.m.drops.inc();
             return;
         }
         let qn = req.qname_lower();

@@ -769,6 +769,11 @@ pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> Result<(), WireError> {
     if msg.len() <= limit {
         return Ok(());
     }
+    // A pointer's target is checked against the cut, but not the labels
+    // read after it: only a message compressed backwards is cut as it is.
+    if !compression_is_backward(msg) {
+        return Err(WireError::BadPointer { at: HEADER_LEN });
+    }
     let opt = find_opt(msg)?;
     let p = prefix(msg, limit, opt.clone(), false)?;
     let mut arcount = p.kept[2];
@@ -790,8 +795,42 @@ pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Whether every compression pointer in `msg` points back, before itself,
+/// at labels that end (in the root label or another pointer) before that
+/// pointer too. Then every name reads only bytes before its own end, so a
+/// cut at any record boundary leaves every kept name whole: what
+/// [`truncate`] and [`copy_fitting`] rely on. What a compressor writes
+/// always passes; only a crafted message fails. `false` when `msg` does not
+/// read at all.
+pub fn compression_is_backward(msg: &[u8]) -> bool {
+    let mut ok = true;
+    let read = scan(msg, None, &mut |at, target| {
+        ok = ok && target < at && labels_end_before(msg, target, at);
+    });
+    read.is_ok() && ok
+}
+
+/// Whether the labels from `p` end, in a root label or a pointer (both of
+/// its bytes), before `limit`.
+fn labels_end_before(msg: &[u8], mut p: usize, limit: usize) -> bool {
+    // Bounded: each step moves forward, and `limit` is within the message.
+    while p < limit {
+        let Some(&len) = msg.get(p) else {
+            return false;
+        };
+        match len & 0xc0 {
+            0x00 if len == 0 => return true,
+            0x00 => p += 1 + usize::from(len),
+            0xc0 => return p + 1 < limit,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Copies `msg` — a message without an OPT record, as the cache stores
-/// one — into `out` (cleared first), cut as [`truncate`] cuts to fit in
+/// one, compressed backwards ([`compression_is_backward`]: the cache does
+/// not keep a reply it might cut otherwise) — into `out` (cleared first), cut as [`truncate`] cuts to fit in
 /// `limit` bytes: whole when it fits, else the header, the question and the
 /// longest run of records that fits. Returns whether a record was left
 /// out; the caller sets TC ([`set_truncated`]) once it has set the flags.
@@ -1822,6 +1861,42 @@ mod tests {
     }
 
     #[test]
+    fn only_messages_compressed_backwards_are_cut_as_they_are() {
+        let mut m = reply("www.example.org.", RecordType::A);
+        for i in 0..60 {
+            m.add_answer(a("www.example.org.", 300, i));
+        }
+        let raw = m.to_vec().unwrap();
+        assert!(compression_is_backward(&raw), "as a compressor writes it");
+        // The first A record's data becomes the label "x" and a pointer
+        // forward, to the last record's owner; the second record's owner
+        // points back at it. Every pointer it starts from points back, yet
+        // the name reads past any cut: refused.
+        let mut crafted = raw.clone();
+        let an = analyze(&crafted).unwrap();
+        let rdata0 = an.question_end + 12;
+        let last = crafted.len() - 16;
+        let fwd = u16::try_from(last).unwrap() | 0xc000;
+        crafted[rdata0..rdata0 + 2].copy_from_slice(&[1, b'x']);
+        crafted[rdata0 + 2..rdata0 + 4].copy_from_slice(&fwd.to_be_bytes());
+        let owner1 = rdata0 + 4;
+        let back = u16::try_from(rdata0).unwrap() | 0xc000;
+        crafted[owner1..owner1 + 2].copy_from_slice(&back.to_be_bytes());
+        assert!(analyze(&crafted).is_ok(), "a message that reads");
+        assert!(!compression_is_backward(&crafted));
+        let before = crafted.clone();
+        assert!(truncate(&mut crafted, 512).is_err());
+        assert_eq!(crafted, before, "left as it was");
+        // Labels that run on past the pointer that reached them.
+        assert!(labels_end_before(&[1, b'a', 0, 0xc0, 0], 0, 3));
+        assert!(!labels_end_before(&[1, b'a', 0, 0xc0, 0], 0, 2));
+        assert!(labels_end_before(&[1, b'a', 0xc0, 0, 9], 0, 5));
+        assert!(!labels_end_before(&[1, b'a', 0xc0, 0, 9], 0, 3));
+        assert!(!labels_end_before(&[0x40], 0, 1), "a bad label");
+        assert!(!labels_end_before(&[5, 1], 0, 9), "past the end");
+    }
+
+    #[test]
     fn truncate_refuses_a_forward_pointer_and_never_panics() {
         // An owner name that points forward, past the cut: refused, untouched.
         let mut m = reply("www.example.org.", RecordType::A);
@@ -1839,10 +1914,10 @@ mod tests {
         let target = u16::try_from(last).unwrap() | 0xc000;
         raw[first_owner..first_owner + 2].copy_from_slice(&target.to_be_bytes());
         let before = raw.clone();
-        assert_eq!(
+        assert!(matches!(
             truncate(&mut raw, 512),
-            Err(WireError::BadPointer { at: last })
-        );
+            Err(WireError::BadPointer { .. })
+        ));
         assert_eq!(raw, before);
         // Any prefix of a reply, any limit: an error or a fit, never a panic.
         let full = big(40, 5, true).to_vec().unwrap();

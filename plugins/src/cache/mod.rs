@@ -340,6 +340,23 @@ impl Inner {
     /// Looks the query up in both tiers; serves a fresh (or immediate
     /// stale) entry into the reply. Allocation-free.
     fn lookup(&self, cx: &mut Context<'_>, h: u64, bits: u8, now: u32) -> Option<Hit> {
+        self.lookup_with(cx, h, bits, now, true)
+    }
+
+    /// [`Inner::lookup`] for fresh entries only: what a query that waited
+    /// takes, so nothing stale is written into a reply it may not send.
+    fn lookup_fresh(&self, cx: &mut Context<'_>, h: u64, bits: u8, now: u32) -> Option<Hit> {
+        self.lookup_with(cx, h, bits, now, false)
+    }
+
+    fn lookup_with(
+        &self,
+        cx: &mut Context<'_>,
+        h: u64,
+        bits: u8,
+        now: u32,
+        stale_too: bool,
+    ) -> Option<Hit> {
         let req = cx.req;
         let (qn, qt, qc) = (req.qname_lower(), req.qtype(), req.qclass());
         for store in [&self.positive, &self.negative] {
@@ -363,7 +380,7 @@ impl Inner {
                         prefetch,
                     });
                 }
-                let stale = self.cfg.stale?;
+                let stale = self.cfg.stale.filter(|_| stale_too)?;
                 if now >= e.dead_at {
                     return None;
                 }
@@ -828,7 +845,7 @@ impl Upstream for Cache {
             let h = key_hash(cx.req.qname_lower(), cx.req.qtype(), cx.req.qclass(), bits);
             let now = now_secs();
             // Answered meanwhile?
-            if let Some(Hit::Fresh { negative, .. }) = inner.lookup(cx, h, bits, now) {
+            if let Some(Hit::Fresh { negative, .. }) = inner.lookup_fresh(cx, h, bits, now) {
                 inner.m.hits[usize::from(negative)].inc();
                 return Flow::Answered;
             }
@@ -857,7 +874,8 @@ impl Upstream for Cache {
             let outcome = match rx {
                 Some(rx) => wait(rx, limit).await,
                 None => {
-                    if let Some(Hit::Fresh { negative, .. }) = inner.lookup(cx, h, bits, now_secs())
+                    if let Some(Hit::Fresh { negative, .. }) =
+                        inner.lookup_fresh(cx, h, bits, now_secs())
                     {
                         inner.m.hits[usize::from(negative)].inc();
                         return Flow::Answered;

@@ -700,3 +700,68 @@ fn a_coalesced_reply_must_carry_the_waiters_question() {
     assert!(c.inner.serve_bytes(&mut cx, &own.to_vec().unwrap()));
     assert_eq!(Message::from_vec(cx.reply.wire()).unwrap().metadata.id, 5);
 }
+
+/// Runs `c` for `raw` as a miss answered with `answer` (its ID set to the
+/// query's): the query step, then the response step.
+fn miss_answered_with(c: &Cache, raw: &[u8], answer: &[u8]) {
+    let req = Request::parse(raw, client(), Transport::Udp).unwrap();
+    let server = crate::plugin::ServerInfo {
+        name: Arc::from("dns://:53"),
+        zones: vec![".".into()],
+        port: 53,
+    };
+    let mut reply = crate::plugin::Reply::new();
+    let mut cx = Context {
+        req: &req,
+        server: &server,
+        zone: &[0],
+        reply: &mut reply,
+        start: tokio::time::Instant::now(),
+        next: crate::plugin::Next {
+            chain: &crate::plugin::NoChain,
+            at: 0,
+        },
+    };
+    assert!(matches!(c.query(&mut cx), Flow::Next), "a miss");
+    let mut b = answer.to_vec();
+    b[..2].copy_from_slice(&req.id().to_be_bytes());
+    cx.reply.set_wire(&b);
+    c.response(&mut cx);
+}
+
+#[test]
+fn a_large_reply_that_could_not_be_cut_as_stored_is_not_kept() {
+    use hickory_proto::rr::{RData, Record, rdata};
+    let mut m = Message::from_vec(&q("www.example.org.", RecordType::A, 1, None, false)).unwrap();
+    m.metadata.message_type = hickory_proto::op::MessageType::Response;
+    for i in 0..60u8 {
+        m.add_answer(Record::from_rdata(
+            Name::from_ascii("www.example.org.").unwrap(),
+            300,
+            RData::A(rdata::A::new(192, 0, 2, i)),
+        ));
+    }
+    let plain = m.to_vec().unwrap();
+    assert!(plain.len() > MIN_REPLY_LIMIT);
+    // The first record's data becomes a label and a pointer forward (to the
+    // last owner); the second owner points back at it: a name that reads
+    // past any cut, which a hit could not cut as stored.
+    let mut crafted = plain.clone();
+    let rdata0 = wire::analyze(&crafted).unwrap().question_end + 12;
+    let last = u16::try_from(crafted.len() - 16).unwrap() | 0xc000;
+    crafted[rdata0..rdata0 + 2].copy_from_slice(&[1, b'x']);
+    crafted[rdata0 + 2..rdata0 + 4].copy_from_slice(&last.to_be_bytes());
+    let back = u16::try_from(rdata0).unwrap() | 0xc000;
+    crafted[rdata0 + 4..rdata0 + 6].copy_from_slice(&back.to_be_bytes());
+    assert!(wire::analyze(&crafted).is_ok());
+    let c = cache("cache");
+    let raw = q("www.example.org.", RecordType::A, 2, None, false);
+    miss_answered_with(&c, &raw, &crafted);
+    assert_eq!(c.stats().success_entries, 0, "passed on, not kept");
+    miss_answered_with(&c, &raw, &plain);
+    assert_eq!(
+        c.stats().success_entries,
+        1,
+        "as a compressor writes it: kept"
+    );
+}

@@ -1,6 +1,7 @@
 //! From a Corefile to a runnable configuration: every server block's
 //! chain built in plugin order, the blocks routed by zone behind each
-//! listening address, and the services (health, ready) plugins asked for.
+//! listening address, and the services (health, ready, prometheus) plugins
+//! asked for.
 //!
 //! Building starts nothing: no socket, no task. That is what lets
 //! [`load_str`] validate a Corefile in-process (tests, dry runs).
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 
 use nodedns_plugins::pkg::zones;
+use nodedns_plugins::prometheus::Enabled;
 use nodedns_plugins::setup::{BoundAddrs, Carry, Task};
 use nodedns_plugins::{
     BlockInfo, BlockSetup, Controller, Dispenser, Plugin, ServerInfo, Services, SetupError, Token,
@@ -147,6 +149,8 @@ pub struct Config {
     pub tasks: Vec<Task>,
     /// What the next configuration may carry over (cache stores).
     pub carry: Carry,
+    /// Each block's plugins, for `coredns_plugin_enabled`.
+    pub enabled: Vec<Enabled>,
 }
 
 impl std::fmt::Debug for Config {
@@ -200,6 +204,7 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
         ..Services::default()
     };
     let mut tasks = Vec::new();
+    let mut enabled = Vec::new();
     let mut routers: BTreeMap<ListenKey, (Router, Owners)> = BTreeMap::new();
     for (bi, sb) in blocks.iter().enumerate() {
         check_directives(sb)?;
@@ -224,6 +229,7 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
             };
             let mut out = BlockSetup::default();
             run_setups(sb, &info, &mut out, &mut services)?;
+            enabled.extend(enabled_plugins(sb, &server_name, &zones_here));
             let BlockSetup {
                 plugins,
                 bind,
@@ -300,7 +306,26 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
             .collect(),
         services,
         tasks,
+        enabled,
     })
+}
+
+/// The block's plugins, in plugin order, once per zone: what
+/// `coredns_plugin_enabled` reports (with the server and zone labels).
+fn enabled_plugins(sb: &ServerBlock, server: &str, zones: &[String]) -> Vec<Enabled> {
+    let mut out = Vec::new();
+    for zone in zones {
+        for (name, _) in registry::ORDER {
+            if sb.directives.iter().any(|d| d.name == *name) {
+                out.push(Enabled {
+                    server: server.to_string(),
+                    zone: zone.clone(),
+                    name: (*name).to_string(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Refuses unknown directives and CoreDNS plugins nodedns lacks, naming the line.

@@ -161,6 +161,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let mut http = HttpEndpoints::default();
         let bound = http.bind_new(&config.services).await?;
         let mut server = Server::start(&config, &opts)?;
+        nodedns_plugins::prometheus::set_enabled(&config.enabled);
         for (service, addr) in http.apply(&config.services, bound, &life).await {
             announce(
                 args,
@@ -232,7 +233,7 @@ fn announce(args: &Args, line: &str) {
     }
 }
 
-/// The `health` and `ready` endpoints that are up, by service and the
+/// The `health`, `ready` and `prometheus` endpoints that are up, by service and the
 /// address the Corefile gives (so `:0` keeps the port it got).
 #[derive(Default)]
 struct HttpEndpoints {
@@ -273,7 +274,8 @@ impl HttpEndpoints {
             .health
             .iter()
             .map(|h| ("health", &h.addr))
-            .chain(services.ready.iter().map(|r| ("ready", &r.addr)));
+            .chain(services.ready.iter().map(|r| ("ready", &r.addr)))
+            .chain(services.prometheus.iter().map(|p| ("prometheus", &p.addr)));
         for (service, addr) in all {
             if !want.iter().any(|(s, a)| *s == service && a == addr) {
                 want.push((service, addr.clone()));
@@ -333,6 +335,7 @@ impl HttpEndpoints {
             let (stop, stopped) = tokio::sync::oneshot::channel();
             let task = match service {
                 "health" => tokio::spawn(nodedns_plugins::health::serve(listener, life, stopped)),
+                "prometheus" => tokio::spawn(nodedns_plugins::prometheus::serve(listener, stopped)),
                 _ => tokio::spawn(nodedns_plugins::ready::serve(listener, life, stopped)),
             };
             self.up.push(HttpEndpoint {
@@ -426,7 +429,7 @@ async fn reload(
         Ok(c) => c,
         Err(e) => return refuse(why, &e.to_string()),
     };
-    // New health and ready addresses are bound first: one that fails
+    // New health, ready and prometheus addresses are bound first: one that fails
     // refuses the reload before anything changed.
     let bound = match http.bind_new(&new.services).await {
         Ok(b) => b,
@@ -453,6 +456,7 @@ async fn reload(
     }
     tasks.extend(std::mem::take(&mut new.tasks).into_iter().map(tokio::spawn));
     life.set_reporters(std::mem::take(&mut new.services.readiness));
+    nodedns_plugins::prometheus::set_enabled(&new.enabled);
     *config = new;
     tracing::info!(trigger = why, "reloaded");
     announce(args, "nodedns reloaded");

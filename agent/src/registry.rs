@@ -25,7 +25,7 @@ pub const ORDER: &[(&str, Option<SetupFn>)] = &[
     ("ready", Some(p::ready::setup)),
     ("health", Some(p::health::setup)),
     ("pprof", None),
-    ("prometheus", None),
+    ("prometheus", Some(p::prometheus::setup)),
     ("errors", Some(p::errors::setup)),
     ("log", Some(p::log::setup)),
     ("dnstap", None),
@@ -102,6 +102,7 @@ mod tests {
             "any",
             "minimal",
             "chaos",
+            "prometheus",
         ] {
             assert!(have.contains(&want), "{want} missing");
         }

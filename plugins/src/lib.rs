@@ -26,6 +26,7 @@ pub mod loadbalance;
 pub mod log;
 pub mod r#loop;
 pub mod minimal;
+pub mod prometheus;
 pub mod ready;
 pub mod reload;
 pub mod whoami;

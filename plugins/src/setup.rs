@@ -1,5 +1,5 @@
 //! What a plugin's setup can see and change: the server block it is in,
-//! the chain being built, and the process-wide services (health, ready).
+//! the chain being built, and the process-wide services (health, ready, prometheus).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -61,6 +61,13 @@ pub struct HealthConfig {
 /// A `ready` endpoint asked for by a Corefile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyConfig {
+    /// `host:port` to listen on; an empty host means every address.
+    pub addr: String,
+}
+
+/// A `prometheus` endpoint asked for by a Corefile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusConfig {
     /// `host:port` to listen on; an empty host means every address.
     pub addr: String,
 }
@@ -160,6 +167,8 @@ pub struct Services {
     pub health: Vec<HealthConfig>,
     /// `ready` endpoints.
     pub ready: Vec<ReadyConfig>,
+    /// `prometheus` endpoints.
+    pub prometheus: Vec<PrometheusConfig>,
     /// Plugins that report readiness to `ready`.
     pub readiness: Vec<Arc<dyn Readiness>>,
 }
@@ -169,6 +178,7 @@ impl std::fmt::Debug for Services {
         f.debug_struct("Services")
             .field("health", &self.health)
             .field("ready", &self.ready)
+            .field("prometheus", &self.prometheus)
             .field("readiness", &self.readiness.len())
             .finish()
     }

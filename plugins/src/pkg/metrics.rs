@@ -29,6 +29,18 @@ fn register<C: Collector + Clone + 'static>(c: C) -> C {
     c
 }
 
+/// Registers a collector built elsewhere (the process metrics). `false`
+/// if the registry refused it (logged).
+pub fn register_collector(c: Box<dyn Collector>) -> bool {
+    match REGISTRY.register(c) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "collector registration failed");
+            false
+        }
+    }
+}
+
 /// A counter family with labels, registered.
 pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(

@@ -491,6 +491,57 @@ mod tests {
         );
     }
 
+    /// NodeLocal DNSCache's Corefile needed only `prometheus` to load: its
+    /// four blocks name one address, which is one endpoint; every block's
+    /// plugins are listed for `coredns_plugin_enabled`.
+    #[test]
+    fn nodelocaldns_golden_loads_with_one_metrics_endpoint() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corefiles/nodelocaldns.Corefile");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("__PILLAR__CLUSTER__DNS__", "192.0.2.53")
+            .replace("__PILLAR__UPSTREAM__SERVERS__", "/etc/resolv.conf");
+        let c = load_str(&text).unwrap();
+        let addrs: Vec<&str> = c
+            .services
+            .prometheus
+            .iter()
+            .map(|p| p.addr.as_str())
+            .collect();
+        assert_eq!(addrs, vec![":9253"]);
+        let zones: Vec<&str> = c
+            .enabled
+            .iter()
+            .filter(|e| e.name == "prometheus")
+            .map(|e| e.zone.as_str())
+            .collect();
+        assert_eq!(
+            zones,
+            vec!["cluster.local.", "in-addr.arpa.", "ip6.arpa.", "."]
+        );
+        let first: Vec<&str> = c
+            .enabled
+            .iter()
+            .filter(|e| e.zone == "cluster.local.")
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            first,
+            vec![
+                "reload",
+                "bind",
+                "health",
+                "prometheus",
+                "errors",
+                "cache",
+                "loop",
+                "forward"
+            ]
+        );
+        assert!(c.enabled.iter().all(|e| &*e.server == "dns://:53"));
+    }
+
     /// Two blocks on one port split by `bind`, same zones and same `cache`
     /// line: each cache is carried under a key of its own, so a reload
     /// cannot hand one block the other's entries.

@@ -36,6 +36,12 @@ where
 /// `GET path` over plain HTTP/1.1: the status code, or `None` if the
 /// connection failed (or nothing came within 5 s).
 pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path).await.map(|(status, _)| status)
+}
+
+/// `GET path` over plain HTTP/1.1: the status code and the body, or
+/// `None` if the connection failed (or nothing came within 5 s).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -47,7 +53,9 @@ pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> 
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf);
-        text.split_whitespace().nth(1)?.parse().ok()
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Some((status, body.to_string()))
     };
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await

@@ -8,6 +8,7 @@ mod forward;
 mod harness;
 mod operational;
 mod plugins;
+mod prometheus;
 mod readme;
 mod reload;
 mod robustness;

@@ -22,8 +22,6 @@ pub(super) struct ProcessCollector {
     start: Gauge,
 }
 
-/// A metric that cannot be built is a bug in a literal here; the process
-/// metrics are then not exported rather than the scrape failing.
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
@@ -51,6 +49,8 @@ impl ProcessCollector {
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds.",
         ));
+        // Construction fails only for an invalid name, and these are
+        // literals (built by the unit tests).
         let (Ok(cpu), Ok(rss), Ok(vsize), Ok(fds), Ok(max_fds), Ok(start)) =
             (cpu, rss, vsize, fds, max_fds, start)
         else {

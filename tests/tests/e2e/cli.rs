@@ -33,6 +33,7 @@ fn plugins_lists_the_chain_order() {
             "bind",
             "ready",
             "health",
+            "prometheus",
             "errors",
             "log",
             "any",

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::dispenser::{Dispenser, SetupError};
-use crate::pkg::listen::check_listen_addr;
+use crate::pkg::listen::optional_addr;
 use crate::setup::{Controller, HealthConfig};
 
 /// Where `/health` listens when the Corefile does not say (CoreDNS's).
@@ -17,18 +17,8 @@ pub(super) fn parse(d: &mut Dispenser<'_>) -> Result<HealthConfig, SetupError> {
         lameduck: Duration::ZERO,
     };
     while d.next() {
-        let args = d.remaining_args();
-        match args.as_slice() {
-            [] => {}
-            [addr] => {
-                check_listen_addr(addr).map_err(|why| {
-                    d.err(format_args!(
-                        "invalid address '{addr}': {why} (want HOST:PORT, such as :8080)"
-                    ))
-                })?;
-                config.addr.clone_from(addr);
-            }
-            _ => return Err(d.arg_err()),
+        if let Some(addr) = optional_addr(d, ":8080")? {
+            config.addr = addr;
         }
         while d.next_block() {
             match d.val() {

@@ -1,4 +1,6 @@
-//! Listen addresses of HTTP endpoints (`health`, `ready`).
+//! Listen addresses of HTTP endpoints (`health`, `ready`, `prometheus`).
+
+use crate::dispenser::{Dispenser, SetupError};
 
 /// Checks a listen address as Go's `net.SplitHostPort` does (`HOST:PORT`,
 /// `[IPv6]:PORT`, `:PORT`), and that the port is a number.
@@ -20,4 +22,23 @@ pub fn check_listen_addr(addr: &str) -> Result<(), &'static str> {
         return Err("invalid port");
     }
     Ok(())
+}
+
+/// Reads the rest of a `PLUGIN [ADDRESS]` line: `None` when no address is
+/// given, else the address, checked as [`check_listen_addr`] (`example`
+/// names a valid one in the error).
+pub fn optional_addr(d: &mut Dispenser<'_>, example: &str) -> Result<Option<String>, SetupError> {
+    let args = d.remaining_args();
+    match args.as_slice() {
+        [] => Ok(None),
+        [addr] => {
+            check_listen_addr(addr).map_err(|why| {
+                d.err(format_args!(
+                    "invalid address '{addr}': {why} (want HOST:PORT, such as {example})"
+                ))
+            })?;
+            Ok(Some(addr.clone()))
+        }
+        _ => Err(d.arg_err()),
+    }
 }

@@ -1,7 +1,7 @@
 //! `prometheus [ADDRESS]`, once per server block.
 
 use crate::dispenser::{Dispenser, SetupError};
-use crate::pkg::listen::check_listen_addr;
+use crate::pkg::listen::optional_addr;
 use crate::setup::{Controller, PrometheusConfig};
 
 /// Where `/metrics` listens when the Corefile does not say (CoreDNS's).
@@ -19,18 +19,8 @@ pub(super) fn parse(d: &mut Dispenser<'_>) -> Result<PrometheusConfig, SetupErro
             return Err(d.err("this plugin can only be used once per Server Block"));
         }
         seen = true;
-        let args = d.remaining_args();
-        match args.as_slice() {
-            [] => {}
-            [addr] => {
-                check_listen_addr(addr).map_err(|why| {
-                    d.err(format_args!(
-                        "invalid address '{addr}': {why} (want HOST:PORT, such as :9153)"
-                    ))
-                })?;
-                config.addr.clone_from(addr);
-            }
-            _ => return Err(d.arg_err()),
+        if let Some(addr) = optional_addr(d, ":9153")? {
+            config.addr = addr;
         }
         if d.next_block() {
             return Err(d.unsupported());

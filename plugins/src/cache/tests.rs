@@ -209,7 +209,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 
-use crate::pkg::test::{AnswerStub, SoaStub, Stub, client, run_with};
+use crate::pkg::test::{AnswerStub, SoaStub, Stub, client, run_with, with_context};
 use crate::request::Transport;
 
 /// Counts how often the query gets past the cache.
@@ -667,66 +667,34 @@ async fn a_prefetched_entry_keeps_its_hits() {
 fn a_coalesced_reply_must_carry_the_waiters_question() {
     let c = cache("cache");
     let raw = q("www.example.org.", RecordType::A, 5, None, false);
-    let req = Request::parse(&raw, client(), Transport::Udp).unwrap();
-    let server = crate::plugin::ServerInfo {
-        name: Arc::from("dns://:53"),
-        zones: vec![".".into()],
-        port: 53,
-    };
-    let mut reply = crate::plugin::Reply::new();
-    let mut cx = Context {
-        req: &req,
-        server: &server,
-        zone: &[0],
-        reply: &mut reply,
-        start: tokio::time::Instant::now(),
-        next: crate::plugin::Next {
-            chain: &crate::plugin::NoChain,
-            at: 0,
-        },
-    };
-    // A SERVFAIL with no question, as a broken upstream might send: the
-    // waiter's spelling would be written over whatever follows the header.
-    let bare = [0, 9, 0x81, 0x82, 0, 0, 0, 0, 0, 0, 0, 0];
-    assert!(!c.inner.serve_bytes(&mut cx, &bare));
-    assert!(!cx.reply.is_written());
-    // Another question is refused too; the waiter's own is served.
-    let mut other =
-        Message::from_vec(&q("www.example.net.", RecordType::A, 9, None, false)).unwrap();
-    other.metadata.message_type = hickory_proto::op::MessageType::Response;
-    assert!(!c.inner.serve_bytes(&mut cx, &other.to_vec().unwrap()));
-    let mut own = Message::from_vec(&raw).unwrap();
-    own.metadata.message_type = hickory_proto::op::MessageType::Response;
-    assert!(c.inner.serve_bytes(&mut cx, &own.to_vec().unwrap()));
-    assert_eq!(Message::from_vec(cx.reply.wire()).unwrap().metadata.id, 5);
+    with_context(&raw, Transport::Udp, |cx| {
+        // A SERVFAIL with no question, as a broken upstream might send: the
+        // waiter's spelling would be written over whatever follows the header.
+        let bare = [0, 9, 0x81, 0x82, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(!c.inner.serve_bytes(cx, &bare));
+        assert!(!cx.reply.is_written());
+        // Another question is refused too; the waiter's own is served.
+        let mut other =
+            Message::from_vec(&q("www.example.net.", RecordType::A, 9, None, false)).unwrap();
+        other.metadata.message_type = hickory_proto::op::MessageType::Response;
+        assert!(!c.inner.serve_bytes(cx, &other.to_vec().unwrap()));
+        let mut own = Message::from_vec(&raw).unwrap();
+        own.metadata.message_type = hickory_proto::op::MessageType::Response;
+        assert!(c.inner.serve_bytes(cx, &own.to_vec().unwrap()));
+        assert_eq!(Message::from_vec(cx.reply.wire()).unwrap().metadata.id, 5);
+    });
 }
 
 /// Runs `c` for `raw` as a miss answered with `answer` (its ID set to the
 /// query's): the query step, then the response step.
 fn miss_answered_with(c: &Cache, raw: &[u8], answer: &[u8]) {
-    let req = Request::parse(raw, client(), Transport::Udp).unwrap();
-    let server = crate::plugin::ServerInfo {
-        name: Arc::from("dns://:53"),
-        zones: vec![".".into()],
-        port: 53,
-    };
-    let mut reply = crate::plugin::Reply::new();
-    let mut cx = Context {
-        req: &req,
-        server: &server,
-        zone: &[0],
-        reply: &mut reply,
-        start: tokio::time::Instant::now(),
-        next: crate::plugin::Next {
-            chain: &crate::plugin::NoChain,
-            at: 0,
-        },
-    };
-    assert!(matches!(c.query(&mut cx), Flow::Next), "a miss");
-    let mut b = answer.to_vec();
-    b[..2].copy_from_slice(&req.id().to_be_bytes());
-    cx.reply.set_wire(&b);
-    c.response(&mut cx);
+    with_context(raw, Transport::Udp, |cx| {
+        assert!(matches!(c.query(cx), Flow::Next), "a miss");
+        let mut b = answer.to_vec();
+        b[..2].copy_from_slice(&cx.req.id().to_be_bytes());
+        cx.reply.set_wire(&b);
+        c.response(cx);
+    });
 }
 
 #[test]

@@ -217,6 +217,46 @@ pub(crate) fn run_next(
     next: &dyn Plugin,
     start: Instant,
 ) -> Outcome {
+    with_context_at(raw, transport, start, |cx| {
+        let flow = plugin.query(cx);
+        match &flow {
+            Flow::Next => {
+                cx.next.at = 1;
+                if let Flow::Fail(rc, err) = next.query(cx) {
+                    cx.reply.set_failed(rc, err);
+                }
+                cx.next.at = 0;
+                plugin.response(cx);
+            }
+            Flow::Fail(rc, _) => cx.reply.set_failed(*rc, None),
+            Flow::Answered | Flow::Drop | Flow::Upstream => {}
+        }
+        let failed = cx.reply.failed();
+        let msg = cx
+            .reply
+            .is_written()
+            .then(|| Message::from_vec(cx.reply.finish().expect("encodes")).expect("decodes"));
+        Outcome { flow, msg, failed }
+    })
+}
+
+/// Runs `f` with the context a server block for `.` gives `raw` (received
+/// over `transport` now), with an empty reply and nothing after it.
+pub(crate) fn with_context<R>(
+    raw: &[u8],
+    transport: Transport,
+    f: impl FnOnce(&mut Context<'_>) -> R,
+) -> R {
+    with_context_at(raw, transport, Instant::now(), f)
+}
+
+/// [`with_context`] for a query received at `start`.
+fn with_context_at<R>(
+    raw: &[u8],
+    transport: Transport,
+    start: Instant,
+    f: impl FnOnce(&mut Context<'_>) -> R,
+) -> R {
     let req = Request::parse(raw, client(), transport).expect("test query parses");
     let server = ServerInfo {
         name: Arc::from("dns://:53"),
@@ -235,24 +275,7 @@ pub(crate) fn run_next(
             at: 0,
         },
     };
-    let flow = plugin.query(&mut cx);
-    match &flow {
-        Flow::Next => {
-            cx.next.at = 1;
-            if let Flow::Fail(rc, err) = next.query(&mut cx) {
-                cx.reply.set_failed(rc, err);
-            }
-            cx.next.at = 0;
-            plugin.response(&mut cx);
-        }
-        Flow::Fail(rc, _) => cx.reply.set_failed(*rc, None),
-        Flow::Answered | Flow::Drop | Flow::Upstream => {}
-    }
-    let failed = reply.failed();
-    let msg = reply
-        .is_written()
-        .then(|| Message::from_vec(reply.finish().expect("encodes")).expect("decodes"));
-    Outcome { flow, msg, failed }
+    f(&mut cx)
 }
 
 // === HTTP endpoints (health, ready) ===

@@ -771,10 +771,7 @@ pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> Result<(), WireError> {
     }
     // A pointer's target is checked against the cut, but not the labels
     // read after it: only a message compressed backwards is cut as it is.
-    if !compression_is_backward(msg) {
-        return Err(WireError::BadPointer { at: HEADER_LEN });
-    }
-    let opt = find_opt(msg)?;
+    let opt = backward_walk(msg)?;
     let p = prefix(msg, limit, opt.clone(), false)?;
     let mut arcount = p.kept[2];
     let end = match opt {
@@ -803,11 +800,35 @@ pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> Result<(), WireError> {
 /// always passes; only a crafted message fails. `false` when `msg` does not
 /// read at all.
 pub fn compression_is_backward(msg: &[u8]) -> bool {
-    let mut ok = true;
-    let read = scan(msg, None, &mut |at, target| {
-        ok = ok && target < at && labels_end_before(msg, target, at);
-    });
-    read.is_ok() && ok
+    backward_walk(msg).is_ok()
+}
+
+/// Walks every name of `msg` (allocating nothing), checking that it is
+/// compressed backwards ([`compression_is_backward`]), and returns where
+/// the OPT record is (the first record of type OPT in the additional
+/// section).
+fn backward_walk(msg: &[u8]) -> Result<Option<Range<usize>>, WireError> {
+    let (qd, an, ns, total) = counts(msg)?;
+    let mut backward = true;
+    let mut check = |at: usize, target: usize| {
+        backward = backward && target < at && labels_end_before(msg, target, at);
+    };
+    let mut pos = HEADER_LEN;
+    for _ in 0..qd {
+        pos = walk_name(msg, pos, &mut check)? + 4;
+    }
+    let mut opt = None;
+    for i in 0..total {
+        let (rtype, end) = record(msg, pos, &mut check)?;
+        if rtype == TYPE_OPT && i >= an + ns && opt.is_none() {
+            opt = Some(pos..end);
+        }
+        pos = end;
+    }
+    if !backward {
+        return Err(WireError::BadPointer { at: HEADER_LEN });
+    }
+    Ok(opt)
 }
 
 /// Whether the labels from `p` end, in a root label or a pointer (both of
@@ -1006,24 +1027,6 @@ fn stored_record<F: FnMut(usize, usize)>(
     }
     check_rdata(msg, rtype, rdata, end, on_ptr)?;
     Ok((rtype, end))
-}
-
-/// Where the OPT record is (the first record of type OPT in the
-/// additional section), walking every record.
-fn find_opt(msg: &[u8]) -> Result<Option<Range<usize>>, WireError> {
-    let (qd, an, ns, total) = counts(msg)?;
-    let mut pos = HEADER_LEN;
-    for _ in 0..qd {
-        pos = walk_name(msg, pos, &mut |_, _| {})? + 4;
-    }
-    for i in 0..total {
-        let (rtype, end) = record(msg, pos, &mut |_, _| {})?;
-        if rtype == TYPE_OPT && i >= an + ns {
-            return Ok(Some(pos..end));
-        }
-        pos = end;
-    }
-    Ok(None)
 }
 
 /// The question count, the answer and authority counts, and the number of

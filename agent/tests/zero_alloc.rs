@@ -10,7 +10,7 @@ use std::cell::Cell;
 
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
-use nodedns::config::load_str;
+use nodedns::config::{Router, load_str};
 use nodedns::server::Limits;
 use nodedns::server::chain::{Handled, handle, resume};
 use nodedns_plugins::{Reply, Transport};
@@ -37,6 +37,29 @@ fn count_while(f: impl FnOnce()) -> usize {
     f();
     ARMED.with(|a| a.set(false));
     ALLOCATIONS.with(Cell::get)
+}
+
+/// Warms `raw` up over UDP (first-use lazies: the metric handles, the
+/// clock), then counts what `n` more queries allocate; each must be
+/// answered at once (a hit).
+fn allocations_in_hits(router: &Router, raw: &[u8], reply: &mut Reply, n: usize) -> usize {
+    let client = "127.0.0.1:40000".parse().expect("addr");
+    let limits = Limits::default();
+    for _ in 0..10 {
+        assert!(matches!(
+            handle(router, raw, client, Transport::Udp, reply, &limits),
+            Handled::Reply
+        ));
+    }
+    let mut all_replies = true;
+    let allocations = count_while(|| {
+        for _ in 0..n {
+            let h = handle(router, raw, client, Transport::Udp, reply, &limits);
+            all_replies &= matches!(h, Handled::Reply);
+        }
+    });
+    assert!(all_replies, "every query a hit");
+    allocations
 }
 
 // SAFETY: every call is forwarded unchanged to the system allocator; the
@@ -120,21 +143,7 @@ async fn a_warm_cache_hit_does_not_allocate() {
                 _ => panic!("the first query misses"),
             }
         }
-        // Warm up (first-use lazies: the metric handles, the clock).
-        for _ in 0..10 {
-            assert!(matches!(
-                handle(&router, &raw, client, Transport::Udp, &mut reply, &limits),
-                Handled::Reply
-            ));
-        }
-        let mut all_replies = true;
-        let n = count_while(|| {
-            for _ in 0..1000 {
-                let h = handle(&router, &raw, client, Transport::Udp, &mut reply, &limits);
-                all_replies &= matches!(h, Handled::Reply);
-            }
-        });
-        assert!(all_replies);
+        let n = allocations_in_hits(&router, &raw, &mut reply, 1000);
         let m = Message::from_vec(reply.wire()).expect("the hit decodes");
         assert_eq!(m.answers.len(), 1);
         assert_eq!(m.edns.is_some(), edns);
@@ -163,26 +172,11 @@ fn a_warm_hit_on_a_large_entry_truncated_for_udp_does_not_allocate() {
         .next()
         .expect("a listener")
         .clone();
-    let client = "127.0.0.1:40000".parse().expect("addr");
-    let limits = Limits::default();
     let mut reply = Reply::new();
     for edns in [false, true] {
         let raw = query("big.example.org.", edns);
-        // The first answer (hosts) is stored; then warm up.
-        for _ in 0..10 {
-            assert!(matches!(
-                handle(&router, &raw, client, Transport::Udp, &mut reply, &limits),
-                Handled::Reply
-            ));
-        }
-        let mut all_replies = true;
-        let n = count_while(|| {
-            for _ in 0..100 {
-                let h = handle(&router, &raw, client, Transport::Udp, &mut reply, &limits);
-                all_replies &= matches!(h, Handled::Reply);
-            }
-        });
-        assert!(all_replies);
+        // The first answer (hosts) is stored by the warm-up.
+        let n = allocations_in_hits(&router, &raw, &mut reply, 100);
         let limit = if edns { 1232 } else { 512 };
         assert!(reply.wire().len() <= limit, "{} bytes", reply.wire().len());
         let m = Message::from_vec(reply.wire()).expect("the hit decodes");

@@ -171,6 +171,10 @@ pub struct Services {
     pub prometheus: Vec<PrometheusConfig>,
     /// Plugins that report readiness to `ready`.
     pub readiness: Vec<Arc<dyn Readiness>>,
+    /// Caches the admin plane lists and purges.
+    pub caches: Vec<Arc<dyn crate::pkg::inspect::CacheInspect>>,
+    /// Forwarding plugins whose upstreams the admin plane shows.
+    pub upstreams: Vec<Arc<dyn crate::pkg::inspect::UpstreamInspect>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -180,6 +184,8 @@ impl std::fmt::Debug for Services {
             .field("ready", &self.ready)
             .field("prometheus", &self.prometheus)
             .field("readiness", &self.readiness.len())
+            .field("caches", &self.caches.len())
+            .field("upstreams", &self.upstreams.len())
             .finish()
     }
 }

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod fall;
 pub mod http;
+pub mod inspect;
 pub mod lifecycle;
 pub mod listen;
 pub mod local;

@@ -11,6 +11,7 @@
 //! first one (the plugin's network step) instead of asking again.
 
 mod entry;
+mod inspect;
 mod metrics;
 mod setup;
 #[cfg(test)]
@@ -69,6 +70,7 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
         None => Cache::new(cfg, &c.block.server_name).map_err(|e| c.d.err(e))?,
     };
     c.services.carry_out.keep(key, Arc::clone(&cache.inner));
+    c.services.caches.push(Arc::clone(&cache.inner) as _);
     c.add_plugin(Box::new(cache));
     Ok(())
 }

@@ -733,3 +733,76 @@ fn a_large_reply_that_could_not_be_cut_as_stored_is_not_kept() {
         "as a compressor writes it: kept"
     );
 }
+
+// === admin listing and purge ===
+
+#[test]
+fn the_admin_plane_lists_one_row_per_question_and_purges_by_name_or_rrset() {
+    use crate::pkg::inspect::{CacheInspect, Selector};
+    let c = cache("cache 30");
+    let next = counting(AnswerStub);
+    for (name, qtype, dnssec) in [
+        ("www.example.org.", RecordType::A, None),
+        // Another key (DO) for the same question: still one row.
+        ("WWW.example.org.", RecordType::A, Some(true)),
+        ("www.example.org.", RecordType::AAAA, None),
+        ("mail.example.org.", RecordType::A, None),
+    ] {
+        let _ = run_with(&c, &q(name, qtype, 1, dnssec, false), Transport::Udp, &next);
+    }
+    let inner: &dyn CacheInspect = &*c.inner;
+    assert_eq!(inner.len(), 4);
+    let all = Selector {
+        name: None,
+        qtype: None,
+    };
+    let rows = inner.entries(all, 100);
+    let listed: Vec<(&str, u16, bool)> = rows
+        .iter()
+        .map(|r| (r.name.as_str(), r.qtype, r.stale))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("mail.example.org.", 1, false),
+            ("www.example.org.", 1, false),
+            ("www.example.org.", 28, false)
+        ]
+    );
+    assert!(rows.iter().all(|r| r.ttl > 0 && r.ttl <= 30), "{rows:?}");
+    assert_eq!(inner.entries(all, 1).len(), 1, "the limit holds");
+    let www = b"\x03www\x07example\x03org\0";
+    let one = Selector {
+        name: Some(www),
+        qtype: Some(28),
+    };
+    assert_eq!(inner.entries(one, 100).len(), 1);
+    // One RRset, then one name (both DO variants of A), then everything.
+    assert_eq!(inner.purge(one), 1);
+    assert_eq!(
+        inner.purge(Selector {
+            name: Some(www),
+            qtype: None
+        }),
+        2
+    );
+    assert_eq!(inner.len(), 1);
+    assert_eq!(
+        inner.purge(Selector {
+            name: Some(b"\x02no\0"),
+            qtype: None
+        }),
+        0
+    );
+    assert_eq!(inner.purge(all), 1);
+    assert_eq!(inner.len(), 0);
+    // A purged name is asked again.
+    let before = next.n.load(Ordering::Relaxed);
+    let _ = run_with(
+        &c,
+        &q("mail.example.org.", RecordType::A, 1, None, false),
+        Transport::Udp,
+        &next,
+    );
+    assert_eq!(next.n.load(Ordering::Relaxed), before + 1);
+}

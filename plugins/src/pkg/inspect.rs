@@ -21,8 +21,8 @@ pub struct CachedEntry {
 /// Which entries a list or a purge is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selector<'a> {
-    /// Owner name, lower case, fully qualified; `None`: all.
-    pub name: Option<&'a str>,
+    /// Owner name in wire form, lower case; `None`: all.
+    pub name: Option<&'a [u8]>,
     /// Query type; `None`: all types (of `name`).
     pub qtype: Option<u16>,
 }

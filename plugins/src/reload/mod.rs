@@ -26,6 +26,30 @@ static FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+static VERSION: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    crate::pkg::metrics::gauge_vec(
+        "coredns_reload_version_info",
+        "A metric with a constant '1' value labeled by hash, and value which type of hash generated.",
+        &["hash", "value"],
+    )
+});
+
+/// Shows which configuration runs, as CoreDNS's `reload` does:
+/// `coredns_reload_version_info{hash="sha512",value=HEX}` is 1 for the
+/// running Corefile's SHA-512 (the series of the one it replaced goes).
+/// Called on start and on every applied change, whatever triggered it.
+pub fn set_version(corefile: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA512, corefile.as_bytes());
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    VERSION.reset();
+    VERSION.with_label_values(&["sha512", &hex]).set(1);
+    hex
+}
+
 /// Counts a refused reload (`coredns_reload_failed_total`, as CoreDNS).
 pub fn count_failure() {
     FAILED.inc();

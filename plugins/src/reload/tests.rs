@@ -92,3 +92,19 @@ fn failures_are_counted() {
     assert!(super::failures() > before);
     assert!(crate::pkg::metrics::render().contains("coredns_reload_failed_total"));
 }
+
+#[test]
+fn the_version_gauge_names_the_running_corefile_only() {
+    let first = super::set_version(". {\n    whoami\n}\n");
+    assert_eq!(first.len(), 128, "SHA-512 in hex");
+    let second = super::set_version(". {\n    chaos\n}\n");
+    assert_ne!(first, second);
+    let text = crate::pkg::metrics::render();
+    assert!(
+        text.contains(&format!(
+            "coredns_reload_version_info{{hash=\"sha512\",value=\"{second}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&first), "the replaced version's series is gone");
+}

@@ -118,9 +118,7 @@ impl Control for AgentControl {
             })?;
             match tokio::time::timeout(APPLY_WAIT, outcome).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(ApplyError::Unavailable(
-                    "the agent is shutting down".into(),
-                )),
+                Ok(Err(_)) => Err(ApplyError::Unavailable("the agent is shutting down".into())),
                 Err(_) => Err(ApplyError::Unavailable(format!(
                     "the change did not complete within {APPLY_WAIT:?}; GET /v1/config tells whether it was applied"
                 ))),
@@ -334,7 +332,10 @@ mod tests {
         assert!(selector(None, Some("NOPE")).is_err());
         assert!(selector(Some(""), None).is_err());
         assert!(selector(Some("a..b"), None).is_err());
-        assert!(selector(Some(&"a".repeat(64)), None).is_err(), "label too long");
+        assert!(
+            selector(Some(&"a".repeat(64)), None).is_err(),
+            "label too long"
+        );
         assert_eq!(type_name(1), "A");
         assert_eq!(type_name(65534), "TYPE65534");
     }

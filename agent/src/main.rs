@@ -2,7 +2,7 @@
 //! gracefully on SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use nodedns::cli::{self, Args};
 use nodedns::config::{self, Config};
+use nodedns::control::{AgentControl, Running};
 use nodedns::corefile::Source;
 use nodedns::server::{Limits, Options, Server, TcpOptions};
+use nodedns_admin::{Applied, ApplyError};
 use nodedns_plugins::pkg::lifecycle::Lifecycle;
 use nodedns_plugins::pkg::output;
 use tokio::net::TcpListener;
@@ -104,36 +106,44 @@ fn raise_nofile_limit() {
     }
 }
 
-fn load(args: &Args) -> anyhow::Result<Config> {
-    let (name, text) = match &args.conf {
+/// The Corefile the agent reads and re-reads: `-conf`, else `./Corefile`
+/// if there is one at start; `None` runs the embedded default.
+fn conf_path(args: &Args) -> Option<PathBuf> {
+    args.conf.clone().or_else(|| {
+        Path::new("Corefile")
+            .is_file()
+            .then(|| PathBuf::from("Corefile"))
+    })
+}
+
+/// The directory `import`s are relative to.
+fn conf_dir(conf: Option<&Path>) -> &Path {
+    conf.and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn load(args: &Args, conf: Option<&Path>) -> anyhow::Result<Config> {
+    let (name, text) = match conf {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading Corefile {}", p.display()))?;
             (p.display().to_string(), text)
         }
-        None if Path::new("Corefile").is_file() => {
-            let text = std::fs::read_to_string("Corefile").context("reading ./Corefile")?;
-            ("Corefile".to_string(), text)
-        }
         None => ("Corefile".to_string(), default_corefile(&args.resolv_conf)),
     };
-    let dir = args
-        .conf
-        .as_deref()
-        .and_then(Path::parent)
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let src = Source {
         name: &name,
         text: &text,
-        dir,
+        dir: conf_dir(conf),
     };
     // The error already reads `FILE:LINE: message`.
     config::load(&src, args.dns_port).map_err(anyhow::Error::msg)
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let mut config = load(args)?;
+    let conf = conf_path(args);
+    let mut config = load(args, conf.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nodedns")
@@ -160,8 +170,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         // Bind everything before serving anything: a bad address fails start-up whole.
         let mut http = HttpEndpoints::default();
         let bound = http.bind_new(&config.services).await?;
-        let mut server = Server::start(&config, &opts)?;
+        let server = Server::start(&config, &opts)?;
         nodedns_plugins::prometheus::set_enabled(&config.enabled);
+        nodedns_plugins::reload::set_version(&config.corefile);
         for (service, addr) in http.apply(&config.services, bound, &life).await {
             announce(
                 args,
@@ -178,25 +189,46 @@ fn run(args: &Args) -> anyhow::Result<()> {
             std::fs::write(p, format!("{}\n", std::process::id()))
                 .with_context(|| format!("writing pidfile {}", p.display()))?;
         }
+        let (control, mut changes) = AgentControl::new(running(&config, 1), Arc::clone(&life));
         life.set_serving();
         announce(args, &format!("nodedns-{} started", nodedns::VERSION));
         // Plugins' background work (loop's probe, file re-reads) starts once
         // the server answers, as CoreDNS's OnStartup.
-        let mut config_tasks: Vec<_> = std::mem::take(&mut config.tasks).into_iter().map(tokio::spawn).collect();
+        let tasks: Vec<_> = std::mem::take(&mut config.tasks).into_iter().map(tokio::spawn).collect();
         let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
             .context("installing the SIGUSR1 handler")?;
+        let file_seen = conf.as_ref().map(|_| config.blocks.clone());
+        let mut agent = Agent {
+            args,
+            conf,
+            config,
+            server,
+            http,
+            life: Arc::clone(&life),
+            tasks,
+            version: 1,
+            file_seen,
+            control: Arc::clone(&control),
+        };
         loop {
-            let poll = config.services.reload.as_ref().map(nodedns_plugins::reload::next_check);
+            let poll = agent.config.services.reload.as_ref().map(nodedns_plugins::reload::next_check);
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 r = tokio::signal::ctrl_c() => { r.context("installing the SIGINT handler")?; tracing::info!("SIGINT: shutting down"); break; }
-                _ = usr1.recv() => reload(args, &mut config, &mut server, &mut http, &life, &mut config_tasks, "SIGUSR1").await,
+                _ = usr1.recv() => agent.reread("SIGUSR1", false).await,
                 () = tokio::time::sleep(poll.unwrap_or(Duration::ZERO)), if poll.is_some() => {
-                    reload(args, &mut config, &mut server, &mut http, &life, &mut config_tasks, "reload").await;
+                    agent.reread("reload", true).await;
+                }
+                Some(change) = changes.recv() => {
+                    let outcome = agent.apply_admin(change.corefile, change.dry_run, change.if_match).await;
+                    let _ = change.reply.send(outcome);
                 }
             }
         }
+        // Changes asked from now on are refused (503), not left waiting.
+        drop(changes);
         life.set_stopping();
+        let Agent { config, server, mut http, tasks, .. } = agent;
         let lameduck = config
             .services
             .health
@@ -210,7 +242,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         server.shutdown(args.shutdown_timeout).await;
         http.stop_all().await;
-        for t in config_tasks {
+        for t in tasks {
             t.abort();
         }
         if let Some(p) = &args.pidfile {
@@ -223,6 +255,259 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // left behind rather than waited for.
     runtime.shutdown_timeout(RUNTIME_STOP);
     result
+}
+
+/// What the admin plane reads of a configuration.
+fn running(config: &Config, version: u64) -> Running {
+    let plugins = nodedns::registry::ORDER
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| config.enabled.iter().any(|e| e.name == *name))
+        .map(str::to_string)
+        .collect();
+    Running {
+        corefile: config.corefile.clone(),
+        version,
+        plugins,
+        caches: config.services.caches.clone(),
+        upstreams: config.services.upstreams.clone(),
+    }
+}
+
+/// The running agent: its configuration, the server and HTTP endpoints it
+/// runs, and what a change needs. Every change goes through [`Agent::apply`],
+/// one at a time (the main loop owns it).
+struct Agent<'a> {
+    args: &'a Args,
+    /// The Corefile re-read on SIGUSR1 and by `reload`; `None`: the
+    /// embedded default runs.
+    conf: Option<PathBuf>,
+    config: Config,
+    server: Server,
+    http: HttpEndpoints,
+    life: Arc<Lifecycle>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The running configuration's version (1 at start, +1 per change).
+    version: u64,
+    /// What the Corefile expanded to when last read or written: `reload`
+    /// applies the file only when it changed since, so a change made
+    /// through the admin plane that could not be written back is not
+    /// undone by the next check.
+    file_seen: Option<Vec<nodedns::corefile::ServerBlock>>,
+    control: Arc<AgentControl>,
+}
+
+impl Agent<'_> {
+    /// Re-reads the Corefile (SIGUSR1; `reload`, which passes
+    /// `only_if_changed`) and applies it if its configuration (imports and
+    /// snippets expanded) differs from the running one.
+    async fn reread(&mut self, why: &'static str, only_if_changed: bool) {
+        let Some(path) = self.conf.clone() else {
+            tracing::info!(
+                trigger = why,
+                "reload: running the embedded default; nothing to re-read"
+            );
+            return;
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return refuse(why, &format!("reading {}: {e}", path.display())),
+        };
+        let name = path.display().to_string();
+        let src = Source {
+            name: &name,
+            text: &text,
+            dir: conf_dir(Some(&path)),
+        };
+        // Compare what the Corefile expands to, not its text: an edit in an
+        // imported file is a change, a comment-only edit is not.
+        let blocks = match nodedns::corefile::parse(&src, self.args.dns_port) {
+            Ok(b) => b,
+            Err(e) => return refuse(why, &e.to_string()),
+        };
+        if only_if_changed && self.file_seen.as_ref() == Some(&blocks) {
+            return;
+        }
+        if blocks == self.config.blocks {
+            tracing::debug!(trigger = why, "reload: configuration unchanged");
+            self.file_seen = Some(blocks);
+            return;
+        }
+        if self.apply(&name, &text, why, false).await.is_ok() {
+            self.file_seen = Some(blocks);
+        }
+    }
+
+    /// A change from the admin plane: checked against `if_match`, applied
+    /// (or only validated), and written back to the Corefile.
+    async fn apply_admin(
+        &mut self,
+        text: String,
+        dry_run: bool,
+        if_match: Option<u64>,
+    ) -> Result<Applied, ApplyError> {
+        if let Some(expected) = if_match.filter(|v| *v != self.version) {
+            return Err(ApplyError::VersionMismatch {
+                expected,
+                running: self.version,
+            });
+        }
+        let applied = self.apply("Corefile", &text, "admin", dry_run).await?;
+        if dry_run {
+            return Ok(applied);
+        }
+        let persisted = match &self.conf {
+            Some(path) => match persist(path, &text) {
+                Ok(()) => {
+                    self.file_seen = Some(self.config.blocks.clone());
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "admin: the new configuration runs but was not written back: {e:#}"
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
+        Ok(Applied {
+            persisted,
+            ..applied
+        })
+    }
+
+    /// The one way a configuration changes: build it beside the running
+    /// one, bind what it adds, swap. Refused (logged, counted in
+    /// `coredns_reload_failed_total`, the running one untouched) when it
+    /// does not load or cannot be bound. With `dry_run` it is only built.
+    async fn apply(
+        &mut self,
+        name: &str,
+        text: &str,
+        why: &'static str,
+        dry_run: bool,
+    ) -> Result<Applied, ApplyError> {
+        let src = Source {
+            name,
+            text,
+            dir: conf_dir(self.conf.as_deref()),
+        };
+        let invalid = |e: nodedns_plugins::dispenser::SetupError| ApplyError::Invalid {
+            message: e.to_string(),
+            line: (e.line > 0).then_some(e.line),
+        };
+        let unchanged = Applied {
+            version: self.version,
+            persisted: false,
+        };
+        let outcome: Result<Option<Config>, ApplyError> = async {
+            let blocks = nodedns::corefile::parse(&src, self.args.dns_port).map_err(invalid)?;
+            if blocks == self.config.blocks {
+                // Nothing to rebuild (it loads: it runs); the text
+                // (comments, layout) is the operator's and is kept.
+                if !dry_run {
+                    self.config.corefile = text.to_string();
+                }
+                return Ok(None);
+            }
+            let mut new = config::load_with(&src, self.args.dns_port, self.config.carry.clone())
+                .map_err(invalid)?;
+            if dry_run {
+                return Ok(None);
+            }
+            // New health, ready and prometheus addresses are bound first: one
+            // that fails refuses the change before anything changed.
+            let bound =
+                self.http
+                    .bind_new(&new.services)
+                    .await
+                    .map_err(|e| ApplyError::Invalid {
+                        message: format!("{e:#}"),
+                        line: None,
+                    })?;
+            let added = self.server.reload(&new).map_err(|e| ApplyError::Invalid {
+                message: format!("{e:#}"),
+                line: None,
+            })?;
+            for (transport, addr) in added {
+                announce(
+                    self.args,
+                    &format!("listening transport={transport} addr={addr}"),
+                );
+            }
+            for (service, addr) in self.http.apply(&new.services, bound, &self.life).await {
+                announce(
+                    self.args,
+                    &format!("listening transport=http service={service} addr={addr}"),
+                );
+            }
+            for t in self.tasks.drain(..) {
+                t.abort();
+            }
+            self.tasks
+                .extend(std::mem::take(&mut new.tasks).into_iter().map(tokio::spawn));
+            self.life
+                .set_reporters(std::mem::take(&mut new.services.readiness));
+            nodedns_plugins::prometheus::set_enabled(&new.enabled);
+            new.corefile = text.to_string();
+            Ok(Some(new))
+        }
+        .await;
+        match outcome {
+            Ok(None) => {
+                if !dry_run {
+                    self.control.publish(running(&self.config, self.version));
+                }
+                Ok(unchanged)
+            }
+            Ok(Some(new)) => {
+                self.config = new;
+                self.version += 1;
+                nodedns_plugins::reload::set_version(&self.config.corefile);
+                self.control.publish(running(&self.config, self.version));
+                tracing::info!(trigger = why, version = self.version, "reloaded");
+                announce(self.args, "nodedns reloaded");
+                Ok(Applied {
+                    version: self.version,
+                    persisted: false,
+                })
+            }
+            Err(e) => {
+                if !dry_run {
+                    refuse(why, &e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Writes `text` over the Corefile atomically: a temporary file beside it
+/// (beside the link's target when it is a symlink, so the link stays),
+/// synced, given the old file's permissions, then renamed over it.
+fn persist(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let target = std::fs::canonicalize(path)?;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let file_name = target
+        .file_name()
+        .map_or_else(|| "Corefile".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{file_name}.nodedns-{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        if let Ok(meta) = std::fs::metadata(&target) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Prints a start-up line to stdout (tests and operators read these),
@@ -371,95 +656,6 @@ async fn bind_http(addr: &str) -> std::io::Result<TcpListener> {
         }
     }
     TcpListener::bind(addr).await
-}
-
-/// Re-reads the Corefile and, if its configuration changed (the Corefile
-/// with every `import`ed file and snippet expanded) and it loads, applies
-/// it live. A Corefile that cannot be read or does not load (no server
-/// block included), or an address it cannot bind, is refused: logged,
-/// counted in `coredns_reload_failed_total`, and the running one keeps
-/// serving.
-async fn reload(
-    args: &Args,
-    config: &mut Config,
-    server: &mut Server,
-    http: &mut HttpEndpoints,
-    life: &Arc<Lifecycle>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    why: &str,
-) {
-    let path = match &args.conf {
-        Some(p) => p.clone(),
-        None if Path::new("Corefile").is_file() => std::path::PathBuf::from("Corefile"),
-        None => {
-            tracing::info!(
-                trigger = why,
-                "reload: running the embedded default; nothing to re-read"
-            );
-            return;
-        }
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            return refuse(why, &format!("reading {}: {e}", path.display()));
-        }
-    };
-    let name = path.display().to_string();
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let src = Source {
-        name: &name,
-        text: &text,
-        dir,
-    };
-    // Compare what the Corefile expands to, not its text: an edit in an
-    // imported file is a change, a comment-only edit is not.
-    match nodedns::corefile::parse(&src, args.dns_port) {
-        Ok(blocks) if blocks == config.blocks => {
-            tracing::debug!(trigger = why, "reload: configuration unchanged");
-            return;
-        }
-        Ok(_) => {}
-        Err(e) => return refuse(why, &e.to_string()),
-    }
-    let mut new = match config::load_with(&src, args.dns_port, config.carry.clone()) {
-        Ok(c) => c,
-        Err(e) => return refuse(why, &e.to_string()),
-    };
-    // New health, ready and prometheus addresses are bound first: one that fails
-    // refuses the reload before anything changed.
-    let bound = match http.bind_new(&new.services).await {
-        Ok(b) => b,
-        Err(e) => return refuse(why, &format!("{e:#}")),
-    };
-    let added = match server.reload(&new) {
-        Ok(a) => a,
-        Err(e) => return refuse(why, &format!("{e:#}")),
-    };
-    for (transport, addr) in added {
-        announce(
-            args,
-            &format!("listening transport={transport} addr={addr}"),
-        );
-    }
-    for (service, addr) in http.apply(&new.services, bound, life).await {
-        announce(
-            args,
-            &format!("listening transport=http service={service} addr={addr}"),
-        );
-    }
-    for t in tasks.drain(..) {
-        t.abort();
-    }
-    tasks.extend(std::mem::take(&mut new.tasks).into_iter().map(tokio::spawn));
-    life.set_reporters(std::mem::take(&mut new.services.readiness));
-    nodedns_plugins::prometheus::set_enabled(&new.enabled);
-    *config = new;
-    tracing::info!(trigger = why, "reloaded");
-    announce(args, "nodedns reloaded");
 }
 
 /// Logs and counts a refused reload; the running config keeps serving.

@@ -40,11 +40,7 @@ static VERSION: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
 /// Called on start and on every applied change, whatever triggered it.
 pub fn set_version(corefile: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA512, corefile.as_bytes());
-    let hex: String = digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     VERSION.reset();
     VERSION.with_label_values(&["sha512", &hex]).set(1);
     hex

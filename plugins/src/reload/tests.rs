@@ -106,5 +106,8 @@ fn the_version_gauge_names_the_running_corefile_only() {
         )),
         "{text}"
     );
-    assert!(!text.contains(&first), "the replaced version's series is gone");
+    assert!(
+        !text.contains(&first),
+        "the replaced version's series is gone"
+    );
 }

@@ -87,9 +87,13 @@ impl Agent {
     pub fn tcp(&self) -> SocketAddr {
         self.addr("tcp")
     }
-    /// The address of an HTTP service (`health`, `ready`).
+    /// The address of an HTTP service (`health`, `ready`, `admin`).
     pub fn http(&self, service: &str) -> SocketAddr {
         self.addr(&format!("http/{service}"))
+    }
+    /// The admin plane's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.http("admin")
     }
     fn addr(&self, what: &str) -> SocketAddr {
         self.listening
@@ -181,6 +185,9 @@ impl AgentBuilder {
         let mut child = Command::new(binary())
             .arg("-conf")
             .arg(dir.join("Corefile"))
+            // A port of its own for the admin plane (tests run side by
+            // side); a test's own `--admin` comes later and wins.
+            .args(["--admin", "127.0.0.1:0"])
             .args(&self.args)
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -242,6 +249,9 @@ impl AgentBuilder {
         let mut child = cmd
             .arg("-conf")
             .arg(dir.join("Corefile"))
+            // A port of its own for the admin plane (tests run side by
+            // side); a test's own `--admin` comes later and wins.
+            .args(["--admin", "127.0.0.1:0"])
             .args(&self.args)
             .current_dir(&dir)
             .stdin(Stdio::null())

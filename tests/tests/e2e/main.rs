@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `nodedns` binary on loopback, queried by a
 //! real client. One binary, one module per area.
 
+mod admin;
 mod cache;
 mod cli;
 mod flights;

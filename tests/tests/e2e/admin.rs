@@ -455,3 +455,58 @@ async fn twenty_changes_under_steady_load_lose_no_query() {
         Some("\"21\"")
     );
 }
+
+#[tokio::test]
+async fn an_invalid_corefile_is_refused_the_same_way_by_put_the_reload_plugin_and_sigusr1() {
+    use nix::sys::signal::Signal;
+    let good = ".:0 {\n    bind 127.0.0.1\n    reload 2s 1s\n    hosts {\n        192.0.2.1 www.example.org\n    }\n}\n";
+    // Line 4 names a plugin nodedns does not have.
+    let bad = ".:0 {\n    bind 127.0.0.1\n    reload 2s 1s\n    nosuchplugin\n}\n";
+    let agent = Agent::corefile(good).start().await;
+    let c = Client::new(agent.udp());
+    let serves = || async {
+        c.udp("www.example.org.", RecordType::A).await.answers[0]
+            .data
+            .to_string()
+            == "192.0.2.1"
+    };
+    let refusals = || {
+        agent
+            .stderr()
+            .iter()
+            .filter(|l| l.contains("reload refused") && l.contains(":4: "))
+            .count()
+    };
+    // 1. PUT: 400 naming the line.
+    let r = put(&agent, "/v1/config", &[], bad).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(json(&r)["line"], 4, "{r:?}");
+    assert!(wait_until(Duration::from_secs(5), || async { refusals() >= 1 }).await);
+    assert!(serves().await);
+    // 2. The reload plugin sees the file change.
+    std::fs::write(agent.path("Corefile"), bad).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async { refusals() >= 2 }).await,
+        "{:?}",
+        agent.stderr()
+    );
+    assert!(serves().await);
+    // 3. SIGUSR1.
+    let before = refusals();
+    agent.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(Duration::from_secs(5), || async { refusals() > before }).await,
+        "{:?}",
+        agent.stderr()
+    );
+    assert!(serves().await);
+    assert_eq!(
+        get(&agent, "/v1/config").await.header("etag"),
+        Some("\"1\"")
+    );
+    assert_eq!(
+        get(&agent, "/v1/config").await.body,
+        good,
+        "the old config runs"
+    );
+}

@@ -89,3 +89,87 @@ fn every_readme_example_loads() {
         }
     }
 }
+
+/// The `~~~ sh` block of the top-level README's "Live reconfiguration".
+fn live_reconfiguration_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let section = readme
+        .split("\n## Live reconfiguration\n")
+        .nth(1)
+        .expect("README has a Live reconfiguration section");
+    let section = section.split("\n## ").next().unwrap();
+    let block = section
+        .split("~~~ sh\n")
+        .nth(1)
+        .and_then(|b| b.split("~~~").next())
+        .expect("a ~~~ sh block");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs the README's curl, grpcurl and `nodedns ctl` examples, in order,
+/// against a live agent (its admin address in place of 127.0.0.1:8053).
+/// grpcurl lines are skipped, saying so, where grpcurl is not installed
+/// (`.ci/run` installs it).
+#[tokio::test]
+async fn the_live_reconfiguration_examples_run_against_a_live_agent() {
+    use hickory_proto::rr::RecordType;
+    use nodedns_tests::{Agent, Client, FakeUpstream};
+    let commands = live_reconfiguration_commands();
+    assert!(commands.len() >= 10, "{commands:?}");
+    let up = FakeUpstream::builder()
+        .a("example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let agent = Agent::corefile(format!(
+        ".:0 {{\n    bind 127.0.0.1\n    cache 60\n    forward . {up}\n}}\n"
+    ))
+    .start()
+    .await;
+    let _ = Client::new(agent.udp())
+        .udp("example.org.", RecordType::A)
+        .await;
+    let admin = agent.admin().to_string();
+    let bin = nodedns_tests::agent::binary();
+    let have_grpcurl = std::process::Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut ran = 0;
+    for line in &commands {
+        if line.starts_with("grpcurl") && !have_grpcurl {
+            eprintln!("skipped (grpcurl is not installed; .ci/run installs it): {line}");
+            continue;
+        }
+        let cmd = line.replace("127.0.0.1:8053", &admin).replacen(
+            "nodedns ctl",
+            &format!("{} ctl --admin {admin}", bin.display()),
+            1,
+        );
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .current_dir(agent.path("."))
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{line}: did not finish within 30 s"))
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 10, "only {ran} commands ran");
+}

@@ -22,9 +22,9 @@ pub struct Args {
     pub quiet: bool,
     /// `-pidfile FILE`.
     pub pidfile: Option<PathBuf>,
-    /// `--admin ADDR` (accepted; the admin plane is not built yet).
+    /// `--admin ADDR`: the admin plane's address (`off` disables it).
     pub admin: String,
-    /// `--admin-token-file FILE` (accepted; the admin plane is not built yet).
+    /// `--admin-token-file FILE`: the bearer token every admin call needs.
     pub admin_token_file: Option<PathBuf>,
     /// `--udp-sockets N`: UDP sockets per address (0: one per core).
     pub udp_sockets: usize,
@@ -86,10 +86,13 @@ CoreDNS flags (one or two dashes; `-flag value` or `-flag=value`):
   -quiet                print no start-up banner or listening lines
   -pidfile FILE         write the process ID to FILE
 
+Subcommands:
+  nodedns ctl ...       the admin plane's client (`nodedns ctl --help`)
+
 nodedns flags:
-  --admin ADDR          admin plane address (default 127.0.0.1:8053; `off` disables).
-                        Accepted but not served yet: the admin plane is not built.
-  --admin-token-file F  bearer token for the admin plane. Accepted but not used yet.
+  --admin ADDR          admin plane (REST and gRPC) address (default 127.0.0.1:8053;
+                        `off` disables). A non-loopback address needs a token file.
+  --admin-token-file F  every admin call must carry `Authorization: Bearer <token in F>`
   --udp-sockets N       UDP sockets (threads) per address, SO_REUSEPORT (default: one per core)
   --udp-rcvbuf BYTES    receive buffer for each UDP socket (default 8388608)
   --max-udp-size BYTES  cap on UDP replies, whatever the client advertises (default 1232)

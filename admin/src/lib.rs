@@ -9,6 +9,7 @@
 //!   [`Token::from_file`] reads `--admin-token-file`;
 //! - then [`serve`] (or [`serve_with`] for other [`Limits`]) on a bound
 //!   listener until its shutdown future completes;
+//! - for `nodedns ctl …`, [`ctl::main`] with the arguments after `ctl`.
 //!
 //! The endpoints, limits and auth rules are in the crate's README.md.
 
@@ -22,6 +23,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub mod auth;
+pub mod ctl;
 pub mod grpc;
 pub mod rest;
 mod serve;

@@ -89,6 +89,21 @@ async fn half_a_request_is_cut_off() {
 }
 
 #[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let admin = Admin::start().await;
+    let mut s = TcpStream::connect(admin.addr).await.unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: admin.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    // The server may stop reading and close before all of it is written.
+    let _ = s.write_all(head.as_bytes()).await;
+    let (got, _) = read_until_closed(&mut s).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 431"), "{got}");
+}
+
+#[tokio::test]
 async fn a_silent_connection_is_cut_off() {
     let admin = Admin::start_with(None, quick(500, 30_000)).await;
     let mut s = TcpStream::connect(admin.addr).await.unwrap();

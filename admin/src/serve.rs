@@ -242,11 +242,11 @@ async fn connection(
                 return;
             }
             changed = busy.changed(), if watching => {
-                if changed.is_err() {
-                    watching = false;
-                } else if *busy.borrow() == 0 {
-                    idle_deadline = Instant::now() + limits.idle_timeout;
-                }
+                // A request began or ended (perhaps both, on another
+                // thread, since the last look): the idle clock restarts.
+                // While one is in flight the clock is not looked at.
+                watching = changed.is_ok();
+                idle_deadline = Instant::now() + limits.idle_timeout;
             }
             () = stopped(&mut stop) => {
                 conn.as_mut().graceful_shutdown();

@@ -1,6 +1,17 @@
 //! The nodedns admin plane: axum REST and tonic gRPC on one port, against
 //! the [`Control`] trait that the agent implements. The admin crate knows
 //! nothing of the agent but this trait.
+//!
+//! What the agent calls:
+//!
+//! - at start, [`auth::listen_addr`] turns `--admin` into an address (or
+//!   `None` for `off`) and refuses a non-loopback one without a token;
+//!   [`Token::from_file`] reads `--admin-token-file`;
+//! - then [`serve`] (or [`serve_with`] for other [`Limits`]) on a bound
+//!   listener until its shutdown future completes;
+//! - for `nodedns ctl …`, [`ctl::main`] with the arguments after `ctl`.
+//!
+//! The endpoints, limits and auth rules are in the crate's README.md.
 
 #![forbid(unsafe_code)]
 
@@ -8,11 +19,23 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub mod auth;
+pub mod ctl;
+pub mod grpc;
+pub mod rest;
+mod serve;
+
+pub use auth::Token;
+pub use serve::{Limits, serve, serve_with};
+
 /// A boxed future, so [`Control`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The running configuration as the admin plane shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigView {
     /// The Corefile text.
     pub corefile: String,
@@ -20,8 +43,9 @@ pub struct ConfigView {
     pub version: u64,
 }
 
-/// What an applied (or validated, with `dry_run`) configuration gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an applied (or validated, with `dry_run`) configuration gave
+/// (`PUT /v1/config`'s answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Applied {
     /// The version now running (with `dry_run`: the running one, unchanged).
     pub version: u64,
@@ -64,7 +88,7 @@ pub enum ApplyError {
 pub struct BadRequest(pub String);
 
 /// Query counters since start (they survive reloads).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct QueryStats {
     /// Queries answered or dropped, all blocks.
     pub total: u64,
@@ -77,7 +101,7 @@ pub struct QueryStats {
 
 /// Cache counters over every cache in the running config (counters since
 /// start, `entries` now).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct CacheStats {
     /// Answered from the cache (fresh or stale).
     pub hits: u64,
@@ -92,7 +116,7 @@ pub struct CacheStats {
 }
 
 /// One forward target.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Upstream {
     /// `IP:port` (with `tls://` for DNS over TLS).
     pub address: String,
@@ -107,7 +131,7 @@ pub struct Upstream {
 }
 
 /// `GET /v1/stats`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct Stats {
     /// Queries.
     pub queries: QueryStats,
@@ -118,11 +142,12 @@ pub struct Stats {
 }
 
 /// One cached RRset (or denial) as `GET /v1/cache` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct CacheEntry {
     /// Owner name, lower case, fully qualified (`www.example.org.`).
     pub name: String,
     /// Query type name (`A`, `AAAA`, `TYPE65534`).
+    #[serde(rename = "type")]
     pub rtype: String,
     /// Seconds left before it expires (0 when stale).
     pub ttl: u32,

@@ -29,6 +29,10 @@ fn default_corefile(resolv_conf: &Path) -> String {
 }
 
 fn main() -> ExitCode {
+    // `nodedns ctl …` is the admin plane's client, with flags of its own.
+    if std::env::args().nth(1).as_deref() == Some("ctl") {
+        return nodedns_admin::ctl::main(std::env::args().skip(2).collect());
+    }
     let args = match cli::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -83,6 +87,10 @@ fn main() -> ExitCode {
 
 /// How long exit waits for queued output to be written.
 const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
+/// How long the admin plane may take to close its connections at exit
+/// (its own grace is 5 s).
+const ADMIN_STOP: Duration = Duration::from_secs(7);
 
 /// How long exit waits for the runtime's remaining tasks.
 const RUNTIME_STOP: Duration = Duration::from_secs(2);
@@ -143,6 +151,16 @@ fn load(args: &Args, conf: Option<&Path>) -> anyhow::Result<Config> {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let conf = conf_path(args);
+    // The admin plane's address and token are checked before anything
+    // else: a non-loopback address without a token never starts.
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(nodedns_admin::Token::from_file)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let admin_addr = nodedns_admin::auth::listen_addr(&args.admin, token.is_some())
+        .map_err(anyhow::Error::msg)?;
     let mut config = load(args, conf.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,6 +188,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         // Bind everything before serving anything: a bad address fails start-up whole.
         let mut http = HttpEndpoints::default();
         let bound = http.bind_new(&config.services).await?;
+        let admin_listener = match admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin: binding {addr}"))?,
+            ),
+            None => None,
+        };
         let server = Server::start(&config, &opts)?;
         nodedns_plugins::prometheus::set_enabled(&config.enabled);
         nodedns_plugins::reload::set_version(&config.corefile);
@@ -190,6 +216,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 .with_context(|| format!("writing pidfile {}", p.display()))?;
         }
         let (control, mut changes) = AgentControl::new(running(&config, 1), Arc::clone(&life));
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = match admin_listener {
+            Some(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    announce(args, &format!("listening transport=http service=admin addr={addr}"));
+                }
+                let control: Arc<dyn nodedns_admin::Control> = control.clone();
+                Some(tokio::spawn(nodedns_admin::serve(listener, control, token, async move {
+                    let _ = admin_stopped.await;
+                })))
+            }
+            None => None,
+        };
         life.set_serving();
         announce(args, &format!("nodedns-{} started", nodedns::VERSION));
         // Plugins' background work (loop's probe, file re-reads) starts once
@@ -242,6 +281,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         server.shutdown(args.shutdown_timeout).await;
         http.stop_all().await;
+        // The admin plane stays up through lame duck and draining (healthz
+        // says 503, stats still read); it stops last, within its grace.
+        let _ = admin_stop.send(());
+        if let Some(mut task) = admin_task
+            && tokio::time::timeout(ADMIN_STOP, &mut task).await.is_err()
+        {
+            task.abort();
+        }
         for t in tasks {
             t.abort();
         }

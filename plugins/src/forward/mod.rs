@@ -372,13 +372,22 @@ impl Forward {
         (idx, n)
     }
 
+    /// Starts checking `up` unless a check is running. The loop runs on
+    /// the runtime of the thread that starts it (a server thread's, for a
+    /// query that came over UDP); if that runtime ends first (a reload
+    /// removed the thread's listener), the loop is dropped and says so
+    /// (see [`CheckingGuard`]), and the next query that finds the
+    /// upstream down starts it again (see [`Forward::next_up`]).
     fn start_health_check(&self, up: &Arc<Up>) {
-        if self.cfg.max_fails == 0 || up.checking.swap(true, Ordering::AcqRel) {
+        if self.cfg.max_fails == 0
+            || up.checking.load(Ordering::Relaxed)
+            || up.checking.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let weak = Arc::downgrade(up);
         let hc = self.hc.clone();
-        tokio::spawn(health_loop(weak, hc));
+        tokio::spawn(health_loop(CheckingGuard(weak), hc));
     }
 
     /// The next upstream to try, by the policy's order, skipping those
@@ -405,6 +414,9 @@ impl Forward {
             if !up.down(self.cfg.max_fails) {
                 return Some(up);
             }
+            // Down, and no loop to bring it back (the one that ran was
+            // dropped with its thread): start one.
+            self.start_health_check(up);
             *fails += 1;
             if *fails < n {
                 continue;
@@ -707,9 +719,23 @@ fn health_query(domain: &str, rd: bool) -> Result<Vec<u8>, String> {
     Ok(q)
 }
 
+/// An upstream's health-check loop: clears `checking` when the loop
+/// ends, however it ends (a passing check, or the runtime that ran it
+/// dropping it), so that another can start.
+struct CheckingGuard(Weak<Up>);
+
+impl Drop for CheckingGuard {
+    fn drop(&mut self) {
+        if let Some(up) = self.0.upgrade() {
+            up.checking.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Checks a failing upstream every interval until a check passes (any
 /// reply counts, as CoreDNS), or the upstream is gone.
-async fn health_loop(up: Weak<Up>, hc: HealthCheck) {
+async fn health_loop(guard: CheckingGuard, hc: HealthCheck) {
+    let up = &guard.0;
     loop {
         let Some(u) = up.upgrade() else { return };
         let ok = u
@@ -719,8 +745,8 @@ async fn health_loop(up: Weak<Up>, hc: HealthCheck) {
             .is_ok();
         if ok {
             u.fails.store(0, Ordering::Relaxed);
-            u.checking.store(false, Ordering::Release);
             tracing::debug!(upstream = %u.to, "forward: health check passed");
+            // `guard` clears `checking` as the loop ends.
             return;
         }
         u.fails.fetch_add(1, Ordering::Relaxed);

@@ -531,3 +531,49 @@ fn emfile_child() {
         }
     });
 }
+
+/// A health-check loop dropped with the runtime that ran it (a server
+/// thread's, whose listener a reload removed) leaves no upstream stuck
+/// down: `checking` is cleared, and the next query that finds the
+/// upstream down starts another loop.
+#[test]
+fn a_health_check_dropped_with_its_runtime_is_started_again() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let silent = main
+        .block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
+        .unwrap();
+    let dead = silent.local_addr().unwrap();
+    let good = main.block_on(echo_upstream());
+    let (f, _) = Forward::build(one(&format!(
+        "forward . {dead} {good} {{\n max_fails 1\n policy sequential\n read_timeout 100ms\n health_check 1h\n}}"
+    )))
+    .unwrap();
+    let down = Arc::clone(&f.upstreams.load()[0]);
+    // A query on a runtime of its own: the dead upstream fails it over,
+    // and its health check starts there.
+    let thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (flow, _) = thread.block_on(exchange(&f, "a.example.org."));
+    assert!(matches!(flow, Flow::Answered), "{flow:?}");
+    assert!(down.down(1));
+    assert!(down.checking.load(Ordering::Acquire), "a check runs");
+    // That runtime ends, and the loop with it.
+    drop(thread);
+    assert!(
+        !down.checking.load(Ordering::Acquire),
+        "the dropped loop says so"
+    );
+    // The next query skips the down upstream and starts another loop.
+    main.block_on(async {
+        let (flow, _) = exchange(&f, "b.example.org.").await;
+        assert!(matches!(flow, Flow::Answered), "{flow:?}");
+    });
+    assert!(down.checking.load(Ordering::Acquire), "checked again");
+    assert!(down.down(1), "still down: the check got no reply");
+}

@@ -6,6 +6,12 @@
 //! the exchange runs off the receive path as the plugin's [`Upstream`]
 //! step. Each upstream carries its own failure count, smoothed RTT (for an
 //! adaptive hedge delay) and health-check loop.
+//!
+//! An upstream (its [`Proxy`] with its pooled connections and sockets, its
+//! failure count, whether it is marked down, its RTT) belongs to the
+//! upstream, not to the block: every `forward` of a configuration that
+//! names the same upstream with the same pool settings shares it, and a
+//! reload that leaves those settings alone keeps it (see [`PoolKey`]).
 
 mod metrics;
 mod resolv;
@@ -33,7 +39,7 @@ use crate::pkg::names::rcode_name;
 use crate::pkg::proxy::{Proto, Proxy, ProxyConfig, TlsSettings, tls_client_config};
 use crate::plugin::{Context, Flow, Plugin, PluginError, Upstream, UpstreamFuture};
 use crate::request::{Transport, is_subdomain, name_to_wire};
-use crate::setup::Task;
+use crate::setup::{Carry, Task};
 
 /// The overall deadline of one forwarded query (CoreDNS's `defaultTimeout`).
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -198,6 +204,72 @@ impl std::fmt::Debug for Forward {
 struct Builder {
     cfg: ForwardConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// A digest of the TLS files' contents (0 without TLS): a reload after
+    /// a certificate or CA was replaced under the same name opens fresh
+    /// connections with the new one.
+    tls_files: u64,
+}
+
+/// What shapes an upstream's pool: its address and transport, the TLS
+/// settings a DoT connection is made with, and the pool's own settings
+/// (`expire`, `max_age`, `max_idle_conns`, `source_address`). Its text is
+/// the key an upstream is carried over a reload under, and shared under
+/// within a configuration: two `forward`s, in one block or in two, that
+/// name the same upstream with the same key use one [`Up`], one pool
+/// and one health record. What only a forward's choice of upstream depends
+/// on (`policy`, `max_fails`, `force_tcp`, health check settings…) is not
+/// part of it: the upstream's state is a fact about the upstream, and
+/// each forward reads it by its own settings.
+struct PoolKey(String);
+
+impl PoolKey {
+    fn new(b: &Builder, addr: SocketAddr, tls: bool, server_name: Option<&str>) -> Self {
+        let c = &b.cfg;
+        let pool = format!(
+            "expire={:?}|max_age={:?}|max_idle={}|source={:?}",
+            c.expire, c.max_age, c.max_idle_conns, c.source_address
+        );
+        Self(if tls {
+            let name = server_name.or(c.tls_servername.as_deref());
+            format!(
+                "forward|tls://{addr}|name={name:?}|files={:?}|digest={:x}|{pool}",
+                c.tls, b.tls_files
+            )
+        } else {
+            format!("forward|dns://{addr}|{pool}")
+        })
+    }
+}
+
+/// Where a configuration being built finds upstreams: the running one's
+/// (`from`, what it carries) and those this one built already (`kept`,
+/// what it will carry). Both hold [`Weak`] references: what keeps an
+/// upstream alive is a forward that uses it, so one a resolv.conf change
+/// dropped is not kept open until the next reload.
+struct Pools<'a> {
+    from: &'a mut Carry,
+    kept: &'a mut Carry,
+}
+
+impl Pools<'_> {
+    /// The upstream under `key`: one this configuration built already
+    /// (shared), else the running configuration's (carried), else a new
+    /// one from `make`.
+    fn up(
+        &mut self,
+        key: PoolKey,
+        make: impl FnOnce() -> Result<Arc<Up>, String>,
+    ) -> Result<Arc<Up>, String> {
+        if let Some(up) = self.kept.get::<Weak<Up>>(&key.0).and_then(|w| w.upgrade()) {
+            return Ok(up);
+        }
+        let up = match self.from.take::<Weak<Up>>(&key.0).and_then(|w| w.upgrade()) {
+            Some(up) => up,
+            None => make()?,
+        };
+        self.kept.keep(key.0, Arc::new(Arc::downgrade(&up)));
+        Ok(up)
+    }
 }
 
 impl Builder {
@@ -262,6 +334,18 @@ impl Builder {
         Ok(Up::new(proxy, tls))
     }
 
+    /// The upstreams, each found in `pools` or made.
+    fn build_pooled(&self, pools: &mut Pools<'_>) -> Result<Vec<Arc<Up>>, String> {
+        let mut out = Vec::new();
+        for (addr, tls, name) in self.targets()? {
+            let key = PoolKey::new(self, addr, tls, name.as_deref());
+            out.push(pools.up(key, || self.up(addr, tls, name))?);
+        }
+        Ok(out)
+    }
+
+    /// The upstreams after a resolv.conf change: those still listed keep
+    /// theirs (`keep`, the current list).
     fn build_all(&self, keep: &[Arc<Up>]) -> Result<Vec<Arc<Up>>, String> {
         let mut out = Vec::new();
         for (addr, tls, name) in self.targets()? {
@@ -277,8 +361,24 @@ impl Builder {
 
 impl Forward {
     /// Builds the handler (no I/O but reading resolv.conf files and TLS
-    /// files) and, for file upstreams, the task that re-reads them.
+    /// files) and, for file upstreams, the task that re-reads them. Every
+    /// upstream gets a new pool.
     pub fn build(cfg: ForwardConfig) -> Result<(Self, Option<Task>), String> {
+        Self::build_carried(cfg, &mut Carry::default(), &mut Carry::default())
+    }
+
+    /// [`Forward::build`] for a configuration being built: an upstream
+    /// whose [`PoolKey`] is in `kept` (another forward of this
+    /// configuration built it) is shared, else one in `carry_in` (the
+    /// running configuration's) is taken over, with its connections,
+    /// health and RTT; what this forward uses is added to `kept`. Taking
+    /// from `carry_in` changes nothing but `carry_in` (a dry run passes a
+    /// copy), and nothing is spawned.
+    pub fn build_carried(
+        cfg: ForwardConfig,
+        carry_in: &mut Carry,
+        kept: &mut Carry,
+    ) -> Result<(Self, Option<Task>), String> {
         let from = name_to_wire(&cfg.from).ok_or_else(|| format!("invalid FROM '{}'", cfg.from))?;
         let except = cfg
             .except
@@ -289,21 +389,27 @@ impl Forward {
             .to
             .iter()
             .any(|t| matches!(t, To::Addr { tls: true, .. }));
-        let tls = if any_tls {
+        let (tls, tls_files) = if any_tls {
             let files = cfg.tls.clone().unwrap_or_default();
             let ck = files
                 .cert_key
                 .as_ref()
                 .map(|(c, k)| (c.as_path(), k.as_path()));
-            Some(tls_client_config(files.ca.as_deref(), ck).map_err(|e| format!("tls: {e}"))?)
+            let config =
+                tls_client_config(files.ca.as_deref(), ck).map_err(|e| format!("tls: {e}"))?;
+            (Some(config), digest_files(&files))
         } else {
-            None
+            (None, 0)
         };
         let builder = Builder {
             cfg: cfg.clone(),
             tls,
+            tls_files,
         };
-        let ups = builder.build_all(&[])?;
+        let ups = builder.build_pooled(&mut Pools {
+            from: carry_in,
+            kept,
+        })?;
         let hc_proto = if cfg.force_tcp {
             Proto::Tcp
         } else {
@@ -668,6 +774,22 @@ impl Forward {
             Some(last_err.unwrap_or(PluginError::NoHealthy { plugin: "forward" })),
         )
     }
+}
+
+/// A digest of the TLS files' contents (a file that cannot be read counts
+/// as empty: building the TLS configuration has refused it already).
+fn digest_files(files: &setup::TlsFiles) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    let paths = files
+        .cert_key
+        .iter()
+        .flat_map(|(c, k)| [c, k])
+        .chain(files.ca.iter());
+    for p in paths {
+        std::fs::read(p).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// What an attempt returns.

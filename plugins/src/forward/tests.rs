@@ -577,3 +577,137 @@ fn a_health_check_dropped_with_its_runtime_is_started_again() {
     assert!(down.checking.load(Ordering::Acquire), "checked again");
     assert!(down.down(1), "still down: the check got no reply");
 }
+
+// === carried and shared upstreams ===
+
+/// Builds `text`'s forward(s) as a configuration would: taking from
+/// `carry_in`, keeping in (and sharing through) the returned carry.
+fn build_all_carried(text: &str, carry_in: &mut Carry) -> (Vec<Forward>, Carry) {
+    let mut kept = Carry::default();
+    let fwds = parse_text(text)
+        .unwrap()
+        .into_iter()
+        .map(|cfg| Forward::build_carried(cfg, carry_in, &mut kept).unwrap().0)
+        .collect();
+    (fwds, kept)
+}
+
+fn ups(f: &Forward) -> Vec<Arc<Up>> {
+    f.upstreams.load().iter().cloned().collect()
+}
+
+#[test]
+fn an_upstream_whose_pool_settings_did_not_change_is_carried_with_its_state() {
+    let text = "forward . 192.0.2.1 192.0.2.2 {\n expire 30s\n policy sequential\n}";
+    let (old, kept) = build_all_carried(text, &mut Carry::default());
+    let before = ups(&old[0]);
+    before[0].fails.store(3, Ordering::Relaxed);
+    before[0].observe(Duration::from_millis(7));
+    // Other settings of the forward change; the pools' do not.
+    let changed = "forward . 192.0.2.2 192.0.2.1 {\n expire 30s\n policy random\n max_fails 5\n}";
+    let (new, _) = build_all_carried(changed, &mut kept.clone());
+    let after = ups(&new[0]);
+    assert!(Arc::ptr_eq(&after[1], &before[0]), "192.0.2.1 kept its Up");
+    assert!(Arc::ptr_eq(&after[0], &before[1]), "192.0.2.2 kept its Up");
+    assert_eq!(after[1].fails.load(Ordering::Relaxed), 3, "fails carried");
+    assert_eq!(
+        after[1].srtt_us.load(Ordering::Relaxed),
+        7000,
+        "RTT carried"
+    );
+}
+
+#[test]
+fn a_changed_pool_setting_or_address_gets_a_fresh_upstream() {
+    let (old, kept) = build_all_carried("forward . 192.0.2.1", &mut Carry::default());
+    let before = ups(&old[0]).remove(0);
+    for text in [
+        "forward . 192.0.2.1 {\n expire 20s\n}",
+        "forward . 192.0.2.1 {\n max_age 1m\n}",
+        "forward . 192.0.2.1 {\n max_idle_conns 2\n}",
+        "forward . 192.0.2.1 {\n source_address 127.0.0.1\n}",
+        "forward . 192.0.2.1:5353",
+        "forward . 192.0.2.9",
+    ] {
+        let (new, _) = build_all_carried(text, &mut kept.clone());
+        assert!(
+            !Arc::ptr_eq(&ups(&new[0])[0], &before),
+            "{text}: a fresh pool"
+        );
+    }
+    // And the same text again keeps it (the copies above changed nothing).
+    let (new, _) = build_all_carried("forward . 192.0.2.1", &mut kept.clone());
+    assert!(Arc::ptr_eq(&ups(&new[0])[0], &before));
+}
+
+#[test]
+fn plain_and_tls_to_one_address_are_different_upstreams() {
+    let plain = PoolKey::new(
+        &Builder {
+            cfg: one("forward . 192.0.2.1:853"),
+            tls: None,
+            tls_files: 0,
+        },
+        "192.0.2.1:853".parse().unwrap(),
+        false,
+        None,
+    );
+    let b = Builder {
+        cfg: one("forward . tls://192.0.2.1"),
+        tls: None,
+        tls_files: 0,
+    };
+    let addr = "192.0.2.1:853".parse().unwrap();
+    let tls = PoolKey::new(&b, addr, true, None);
+    let named = PoolKey::new(&b, addr, true, Some("dns.example.org"));
+    let other_files = PoolKey::new(
+        &Builder {
+            tls_files: 1,
+            ..b.clone()
+        },
+        addr,
+        true,
+        None,
+    );
+    let keys = [&plain.0, &tls.0, &named.0, &other_files.0];
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+}
+
+#[test]
+fn forwards_that_name_one_upstream_share_it() {
+    // Two forward lines (as two blocks would): one Up for 192.0.2.1.
+    let text =
+        "forward example.org 192.0.2.1 192.0.2.2\nforward . 192.0.2.1 {\n policy sequential\n}";
+    let (fwds, kept) = build_all_carried(text, &mut Carry::default());
+    let (a, b) = (ups(&fwds[0]), ups(&fwds[1]));
+    assert!(Arc::ptr_eq(&a[0], &b[0]), "shared within a configuration");
+    assert_eq!(kept.len(), 2, "kept once each: {kept:?}");
+    // And carried as one over a reload.
+    let (again, _) = build_all_carried(text, &mut kept.clone());
+    assert!(Arc::ptr_eq(&ups(&again[1])[0], &a[0]));
+    assert!(Arc::ptr_eq(&ups(&again[0])[0], &a[0]));
+    // With other pool settings, the second forward gets its own.
+    let text = "forward example.org 192.0.2.1\nforward . 192.0.2.1 {\n expire 1m\n}";
+    let (fwds, _) = build_all_carried(text, &mut Carry::default());
+    assert!(!Arc::ptr_eq(&ups(&fwds[0])[0], &ups(&fwds[1])[0]));
+}
+
+#[test]
+fn nothing_keeps_an_upstream_alive_but_a_forward_that_uses_it() {
+    let (old, kept) = build_all_carried("forward . 192.0.2.1", &mut Carry::default());
+    let weak = Arc::downgrade(&ups(&old[0])[0]);
+    // A dry run takes from a copy and is dropped: the running one still
+    // holds it.
+    drop(build_all_carried("forward . 192.0.2.1", &mut kept.clone()));
+    assert!(weak.upgrade().is_some());
+    // The running config goes (its upstream is gone from the new one):
+    // the pool goes with it, though the carry is still around.
+    drop(old);
+    assert!(weak.upgrade().is_none(), "closed with the config");
+    let (new, _) = build_all_carried("forward . 192.0.2.1", &mut kept.clone());
+    assert_eq!(ups(&new[0]).len(), 1, "a fresh one");
+}

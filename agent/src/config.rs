@@ -551,6 +551,7 @@ mod tests {
                     example.org:1054 {\n forward . 192.0.2.1 192.0.2.2\n}\n";
         let c = load_str(text).unwrap();
         assert_eq!(c.carry.len(), 2, "{:?}", c.carry);
+        assert_eq!(c.services.upstreams.len(), 2, "one view per forward");
         let again = load_with(
             &Source {
                 name: "Corefile",

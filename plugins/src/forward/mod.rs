@@ -35,6 +35,7 @@ use prometheus::IntCounter;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
+use crate::pkg::inspect::{UpstreamInspect, UpstreamState};
 use crate::pkg::names::rcode_name;
 use crate::pkg::proxy::{Proto, Proxy, ProxyConfig, TlsSettings, tls_client_config};
 use crate::plugin::{Context, Flow, Plugin, PluginError, Upstream, UpstreamFuture};
@@ -133,6 +134,23 @@ impl Up {
         match self.srtt_us.load(Ordering::Relaxed) {
             0 => read_timeout,
             us => (Duration::from_micros(us) * 4 + RTT_SLACK).min(read_timeout),
+        }
+    }
+
+    /// Its state for the admin plane, judged down by `max_fails`.
+    fn state(&self, max_fails: u32) -> UpstreamState {
+        let stats = self.proxy.stats();
+        let pooled = stats.udp_sockets + stats.open_streams;
+        UpstreamState {
+            address: if self.tls {
+                format!("tls://{}", self.to)
+            } else {
+                self.to.clone()
+            },
+            healthy: !self.down(max_fails),
+            fails: self.fails.load(Ordering::Relaxed),
+            rtt: Duration::from_micros(self.srtt_us.load(Ordering::Relaxed)),
+            pooled: u32::try_from(pooled).unwrap_or(u32::MAX),
         }
     }
 
@@ -446,6 +464,15 @@ impl Forward {
             },
             task,
         ))
+    }
+
+    /// What the admin plane shows of this forward's upstreams. It keeps
+    /// nothing alive: once the forward is dropped it shows none.
+    pub fn inspect(&self) -> Arc<dyn UpstreamInspect> {
+        Arc::new(Inspect {
+            upstreams: Arc::downgrade(&self.upstreams),
+            max_fails: self.cfg.max_fails,
+        })
     }
 
     /// Whether this forward handles the (lower-cased wire) name.
@@ -773,6 +800,26 @@ impl Forward {
             ResponseCode::ServFail,
             Some(last_err.unwrap_or(PluginError::NoHealthy { plugin: "forward" })),
         )
+    }
+}
+
+/// A forward's upstreams as the admin plane reads them.
+struct Inspect {
+    /// Weak: a view the admin plane still holds after a reload must not
+    /// keep the old configuration's pools open.
+    upstreams: Weak<ArcSwap<Vec<Arc<Up>>>>,
+    max_fails: u32,
+}
+
+impl UpstreamInspect for Inspect {
+    fn upstreams(&self) -> Vec<UpstreamState> {
+        let Some(list) = self.upstreams.upgrade() else {
+            return Vec::new();
+        };
+        list.load()
+            .iter()
+            .map(|u| u.state(self.max_fails))
+            .collect()
     }
 }
 

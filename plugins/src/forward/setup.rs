@@ -146,7 +146,8 @@ impl ForwardConfig {
 /// in order (several `forward`s are tried in the order written). Upstreams
 /// are shared with other forwards of the configuration and carried over
 /// from the running one where their pool settings match (see
-/// `Forward::build_carried`).
+/// `Forward::build_carried`); each forward's upstreams are shown to the
+/// admin plane.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let configs = parse(&mut c.d)?;
     for cfg in configs {
@@ -157,6 +158,7 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
         if let Some(task) = task {
             c.spawn_on_start(task);
         }
+        c.services.upstreams.push(fwd.inspect());
         c.add_plugin(Box::new(fwd));
     }
     Ok(())

@@ -711,3 +711,93 @@ fn nothing_keeps_an_upstream_alive_but_a_forward_that_uses_it() {
     let (new, _) = build_all_carried("forward . 192.0.2.1", &mut kept.clone());
     assert_eq!(ups(&new[0]).len(), 1, "a fresh one");
 }
+
+#[tokio::test]
+async fn inspect_shows_health_fails_rtt_and_what_is_open() {
+    let up = echo_upstream().await;
+    let (f, _) = Forward::build(one(&format!(
+        "forward . {up} tls://192.0.2.1 {{\n max_fails 2\n tls_servername dns.example.org\n}}"
+    )))
+    .unwrap_or_else(|e| {
+        // No system roots in this environment: plain only.
+        assert!(e.contains("root"), "{e}");
+        Forward::build(one(&format!("forward . {up} {{\n max_fails 2\n}}"))).unwrap()
+    });
+    let inspect = f.inspect();
+    let states = inspect.upstreams();
+    assert_eq!(states[0].address, up.to_string());
+    if let Some(tls) = states.get(1) {
+        assert_eq!(tls.address, "tls://192.0.2.1:853");
+    }
+    assert_eq!(
+        (
+            states[0].healthy,
+            states[0].fails,
+            states[0].rtt,
+            states[0].pooled
+        ),
+        (true, 0, Duration::ZERO, 0),
+        "nothing open before the first query"
+    );
+    // One query through the first upstream opens one UDP socket.
+    let first = ups(&f)[0].clone();
+    first
+        .proxy
+        .exchange(
+            &crate::pkg::test::query("a.example.org.", hickory_proto::rr::RecordType::A),
+            Proto::Udp,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    first.observe(Duration::from_micros(1500));
+    let s = &inspect.upstreams()[0];
+    assert_eq!((s.healthy, s.pooled), (true, 1));
+    assert_eq!(s.rtt, Duration::from_micros(1500));
+    // Failures: consecutive count, down at max_fails.
+    first.fails.store(1, Ordering::Relaxed);
+    let s = &inspect.upstreams()[0];
+    assert_eq!((s.healthy, s.fails), (true, 1));
+    first.fails.store(2, Ordering::Relaxed);
+    let s = &inspect.upstreams()[0];
+    assert_eq!((s.healthy, s.fails), (false, 2));
+    // The view keeps nothing alive.
+    let weak = Arc::downgrade(&first);
+    drop((first, f));
+    assert!(weak.upgrade().is_none(), "the pool closed with the forward");
+    assert!(inspect.upstreams().is_empty());
+}
+
+#[test]
+fn setup_carries_upstreams_and_lists_them_for_the_admin_plane() {
+    use crate::setup::{BlockInfo, BlockSetup, Controller, Services};
+    let file: Arc<str> = Arc::from("Corefile");
+    let tokens = lex(&file, "forward . 192.0.2.1").unwrap();
+    let block = BlockInfo {
+        zones: vec![".".into()],
+        port: 53,
+        server_name: Arc::from("dns://:53"),
+        bound: Arc::default(),
+    };
+    let run = |carry_in: Carry| {
+        let mut services = Services {
+            carry_in,
+            ..Services::default()
+        };
+        let mut out = BlockSetup::default();
+        setup(&mut Controller {
+            d: Dispenser::new("forward", &tokens),
+            block: &block,
+            out: &mut out,
+            services: &mut services,
+        })
+        .unwrap();
+        (out, services)
+    };
+    let (_old, first) = run(Carry::default());
+    assert_eq!(first.upstreams.len(), 1);
+    assert_eq!(first.upstreams[0].upstreams()[0].address, "192.0.2.1:53");
+    assert_eq!(first.carry_out.len(), 1, "kept for the next config");
+    let (_new, second) = run(first.carry_out.clone());
+    assert_eq!(second.carry_out.len(), 1);
+}

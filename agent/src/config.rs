@@ -147,7 +147,8 @@ pub struct Config {
     pub services: Services,
     /// Background tasks to run while this config serves.
     pub tasks: Vec<Task>,
-    /// What the next configuration may carry over (cache stores).
+    /// What the next configuration may carry over (cache stores,
+    /// forward's upstream pools).
     pub carry: Carry,
     /// Each block's plugins, for `coredns_plugin_enabled`.
     pub enabled: Vec<Enabled>,
@@ -540,6 +541,30 @@ mod tests {
             ]
         );
         assert!(c.enabled.iter().all(|e| &*e.server == "dns://:53"));
+    }
+
+    /// Forward upstreams are kept once per upstream (two blocks forwarding
+    /// to one upstream share it), and found again by the next config.
+    #[test]
+    fn forward_upstreams_are_kept_once_each_for_the_next_config() {
+        let text = ".:1053 {\n forward . 192.0.2.1\n}\n\
+                    example.org:1054 {\n forward . 192.0.2.1 192.0.2.2\n}\n";
+        let c = load_str(text).unwrap();
+        assert_eq!(c.carry.len(), 2, "{:?}", c.carry);
+        assert_eq!(c.services.upstreams.len(), 2, "one view per forward");
+        let again = load_with(
+            &Source {
+                name: "Corefile",
+                text,
+                dir: Path::new("."),
+            },
+            DEFAULT_PORT,
+            c.carry.clone(),
+        )
+        .unwrap();
+        assert_eq!(again.carry.len(), 2, "{:?}", again.carry);
+        // The copy taken from is spent; the running config's is not.
+        assert_eq!(c.carry.len(), 2);
     }
 
     /// Two blocks on one port split by `bind`, same zones and same `cache`

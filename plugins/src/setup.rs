@@ -108,7 +108,7 @@ pub struct ReloadConfig {
 }
 
 /// State that outlives a configuration when a reload leaves its settings
-/// unchanged (cache stores, and later upstream pools), keyed by a
+/// unchanged (cache stores, forward's upstream pools), keyed by a
 /// description of those settings and of the block that owns it. A key kept
 /// twice is ambiguous: nothing is carried under it, rather than one block
 /// getting another's state.
@@ -131,6 +131,13 @@ impl Carry {
     pub fn take<T: std::any::Any + Send + Sync>(&mut self, key: &str) -> Option<Arc<T>> {
         let v = self.items.remove(key)?;
         v.downcast::<T>().ok()
+    }
+    /// What is kept under `key` already, left in place: for state that
+    /// several blocks of one configuration share (forward's upstream
+    /// pools), the first block keeps it and the others find it here.
+    pub fn get<T: std::any::Any + Send + Sync>(&self, key: &str) -> Option<Arc<T>> {
+        let v = self.items.get(key)?;
+        Arc::clone(v).downcast::<T>().ok()
     }
     /// Keeps `value` for the next configuration under `key`; if something
     /// was already kept under `key`, neither is.
@@ -234,5 +241,16 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert!(c.take::<u8>("a").is_none(), "ambiguous: not carried");
         assert_eq!(c.take::<u8>("b").as_deref(), Some(&2));
+    }
+
+    #[test]
+    fn get_leaves_what_it_finds_in_place() {
+        let mut c = Carry::default();
+        c.keep("a".into(), Arc::new(1u8));
+        assert_eq!(c.get::<u8>("a").as_deref(), Some(&1));
+        assert!(c.get::<u16>("a").is_none(), "another type: nothing");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.take::<u8>("a").as_deref(), Some(&1));
+        assert!(c.get::<u8>("a").is_none());
     }
 }

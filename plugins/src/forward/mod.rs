@@ -6,6 +6,12 @@
 //! the exchange runs off the receive path as the plugin's [`Upstream`]
 //! step. Each upstream carries its own failure count, smoothed RTT (for an
 //! adaptive hedge delay) and health-check loop.
+//!
+//! An upstream (its [`Proxy`] with its pooled connections and sockets, its
+//! failure count, whether it is marked down, its RTT) belongs to the
+//! upstream, not to the block: every `forward` of a configuration that
+//! names the same upstream with the same pool settings shares it, and a
+//! reload that leaves those settings alone keeps it (see [`PoolKey`]).
 
 mod metrics;
 mod resolv;
@@ -29,11 +35,12 @@ use prometheus::IntCounter;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
+use crate::pkg::inspect::{UpstreamInspect, UpstreamState};
 use crate::pkg::names::rcode_name;
 use crate::pkg::proxy::{Proto, Proxy, ProxyConfig, TlsSettings, tls_client_config};
 use crate::plugin::{Context, Flow, Plugin, PluginError, Upstream, UpstreamFuture};
 use crate::request::{Transport, is_subdomain, name_to_wire};
-use crate::setup::Task;
+use crate::setup::{Carry, Task};
 
 /// The overall deadline of one forwarded query (CoreDNS's `defaultTimeout`).
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -130,6 +137,23 @@ impl Up {
         }
     }
 
+    /// Its state for the admin plane, judged down by `max_fails`.
+    fn state(&self, max_fails: u32) -> UpstreamState {
+        let stats = self.proxy.stats();
+        let pooled = stats.udp_sockets + stats.open_streams;
+        UpstreamState {
+            address: if self.tls {
+                format!("tls://{}", self.to)
+            } else {
+                self.to.clone()
+            },
+            healthy: !self.down(max_fails),
+            fails: self.fails.load(Ordering::Relaxed),
+            rtt: Duration::from_micros(self.srtt_us.load(Ordering::Relaxed)),
+            pooled: u32::try_from(pooled).unwrap_or(u32::MAX),
+        }
+    }
+
     /// An upstream reached through `proxy`, healthy, with no RTT yet.
     fn new(proxy: Proxy, tls: bool) -> Arc<Self> {
         let to = proxy.addr().to_string();
@@ -198,6 +222,72 @@ impl std::fmt::Debug for Forward {
 struct Builder {
     cfg: ForwardConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// A digest of the TLS files' contents (0 without TLS): a reload after
+    /// a certificate or CA was replaced under the same name opens fresh
+    /// connections with the new one.
+    tls_files: u64,
+}
+
+/// What shapes an upstream's pool: its address and transport, the TLS
+/// settings a DoT connection is made with, and the pool's own settings
+/// (`expire`, `max_age`, `max_idle_conns`, `source_address`). Its text is
+/// the key an upstream is carried over a reload under, and shared under
+/// within a configuration: two `forward`s, in one block or in two, that
+/// name the same upstream with the same key use one [`Up`], one pool
+/// and one health record. What only a forward's choice of upstream depends
+/// on (`policy`, `max_fails`, `force_tcp`, health check settings…) is not
+/// part of it: the upstream's state is a fact about the upstream, and
+/// each forward reads it by its own settings.
+struct PoolKey(String);
+
+impl PoolKey {
+    fn new(b: &Builder, addr: SocketAddr, tls: bool, server_name: Option<&str>) -> Self {
+        let c = &b.cfg;
+        let pool = format!(
+            "expire={:?}|max_age={:?}|max_idle={}|source={:?}",
+            c.expire, c.max_age, c.max_idle_conns, c.source_address
+        );
+        Self(if tls {
+            let name = server_name.or(c.tls_servername.as_deref());
+            format!(
+                "forward|tls://{addr}|name={name:?}|files={:?}|digest={:x}|{pool}",
+                c.tls, b.tls_files
+            )
+        } else {
+            format!("forward|dns://{addr}|{pool}")
+        })
+    }
+}
+
+/// Where a configuration being built finds upstreams: the running one's
+/// (`from`, what it carries) and those this one built already (`kept`,
+/// what it will carry). Both hold [`Weak`] references: what keeps an
+/// upstream alive is a forward that uses it, so one a resolv.conf change
+/// dropped is not kept open until the next reload.
+struct Pools<'a> {
+    from: &'a mut Carry,
+    kept: &'a mut Carry,
+}
+
+impl Pools<'_> {
+    /// The upstream under `key`: one this configuration built already
+    /// (shared), else the running configuration's (carried), else a new
+    /// one from `make`.
+    fn up(
+        &mut self,
+        key: PoolKey,
+        make: impl FnOnce() -> Result<Arc<Up>, String>,
+    ) -> Result<Arc<Up>, String> {
+        if let Some(up) = self.kept.get::<Weak<Up>>(&key.0).and_then(|w| w.upgrade()) {
+            return Ok(up);
+        }
+        let up = match self.from.take::<Weak<Up>>(&key.0).and_then(|w| w.upgrade()) {
+            Some(up) => up,
+            None => make()?,
+        };
+        self.kept.keep(key.0, Arc::new(Arc::downgrade(&up)));
+        Ok(up)
+    }
 }
 
 impl Builder {
@@ -262,6 +352,18 @@ impl Builder {
         Ok(Up::new(proxy, tls))
     }
 
+    /// The upstreams, each found in `pools` or made.
+    fn build_pooled(&self, pools: &mut Pools<'_>) -> Result<Vec<Arc<Up>>, String> {
+        let mut out = Vec::new();
+        for (addr, tls, name) in self.targets()? {
+            let key = PoolKey::new(self, addr, tls, name.as_deref());
+            out.push(pools.up(key, || self.up(addr, tls, name))?);
+        }
+        Ok(out)
+    }
+
+    /// The upstreams after a resolv.conf change: those still listed keep
+    /// theirs (`keep`, the current list).
     fn build_all(&self, keep: &[Arc<Up>]) -> Result<Vec<Arc<Up>>, String> {
         let mut out = Vec::new();
         for (addr, tls, name) in self.targets()? {
@@ -277,8 +379,24 @@ impl Builder {
 
 impl Forward {
     /// Builds the handler (no I/O but reading resolv.conf files and TLS
-    /// files) and, for file upstreams, the task that re-reads them.
+    /// files) and, for file upstreams, the task that re-reads them. Every
+    /// upstream gets a new pool.
     pub fn build(cfg: ForwardConfig) -> Result<(Self, Option<Task>), String> {
+        Self::build_carried(cfg, &mut Carry::default(), &mut Carry::default())
+    }
+
+    /// [`Forward::build`] for a configuration being built: an upstream
+    /// whose [`PoolKey`] is in `kept` (another forward of this
+    /// configuration built it) is shared, else one in `carry_in` (the
+    /// running configuration's) is taken over, with its connections,
+    /// health and RTT; what this forward uses is added to `kept`. Taking
+    /// from `carry_in` changes nothing but `carry_in` (a dry run passes a
+    /// copy), and nothing is spawned.
+    pub fn build_carried(
+        cfg: ForwardConfig,
+        carry_in: &mut Carry,
+        kept: &mut Carry,
+    ) -> Result<(Self, Option<Task>), String> {
         let from = name_to_wire(&cfg.from).ok_or_else(|| format!("invalid FROM '{}'", cfg.from))?;
         let except = cfg
             .except
@@ -289,21 +407,27 @@ impl Forward {
             .to
             .iter()
             .any(|t| matches!(t, To::Addr { tls: true, .. }));
-        let tls = if any_tls {
+        let (tls, tls_files) = if any_tls {
             let files = cfg.tls.clone().unwrap_or_default();
             let ck = files
                 .cert_key
                 .as_ref()
                 .map(|(c, k)| (c.as_path(), k.as_path()));
-            Some(tls_client_config(files.ca.as_deref(), ck).map_err(|e| format!("tls: {e}"))?)
+            let config =
+                tls_client_config(files.ca.as_deref(), ck).map_err(|e| format!("tls: {e}"))?;
+            (Some(config), digest_files(&files))
         } else {
-            None
+            (None, 0)
         };
         let builder = Builder {
             cfg: cfg.clone(),
             tls,
+            tls_files,
         };
-        let ups = builder.build_all(&[])?;
+        let ups = builder.build_pooled(&mut Pools {
+            from: carry_in,
+            kept,
+        })?;
         let hc_proto = if cfg.force_tcp {
             Proto::Tcp
         } else {
@@ -342,6 +466,15 @@ impl Forward {
         ))
     }
 
+    /// What the admin plane shows of this forward's upstreams. It keeps
+    /// nothing alive: once the forward is dropped it shows none.
+    pub fn inspect(&self) -> Arc<dyn UpstreamInspect> {
+        Arc::new(Inspect {
+            upstreams: Arc::downgrade(&self.upstreams),
+            max_fails: self.cfg.max_fails,
+        })
+    }
+
     /// Whether this forward handles the (lower-cased wire) name.
     fn matches(&self, qname: &[u8]) -> bool {
         if !is_subdomain(qname, &self.from) {
@@ -372,13 +505,22 @@ impl Forward {
         (idx, n)
     }
 
+    /// Starts checking `up` unless a check is running. The loop runs on
+    /// the runtime of the thread that starts it (a server thread's, for a
+    /// query that came over UDP); if that runtime ends first (a reload
+    /// removed the thread's listener), the loop is dropped and says so
+    /// (see [`CheckingGuard`]), and the next query that finds the
+    /// upstream down starts it again (see [`Forward::next_up`]).
     fn start_health_check(&self, up: &Arc<Up>) {
-        if self.cfg.max_fails == 0 || up.checking.swap(true, Ordering::AcqRel) {
+        if self.cfg.max_fails == 0
+            || up.checking.load(Ordering::Relaxed)
+            || up.checking.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let weak = Arc::downgrade(up);
         let hc = self.hc.clone();
-        tokio::spawn(health_loop(weak, hc));
+        tokio::spawn(health_loop(CheckingGuard(weak), hc));
     }
 
     /// The next upstream to try, by the policy's order, skipping those
@@ -405,6 +547,9 @@ impl Forward {
             if !up.down(self.cfg.max_fails) {
                 return Some(up);
             }
+            // Down, and no loop to bring it back (the one that ran was
+            // dropped with its thread): start one.
+            self.start_health_check(up);
             *fails += 1;
             if *fails < n {
                 continue;
@@ -658,6 +803,42 @@ impl Forward {
     }
 }
 
+/// A forward's upstreams as the admin plane reads them.
+struct Inspect {
+    /// Weak: a view the admin plane still holds after a reload must not
+    /// keep the old configuration's pools open.
+    upstreams: Weak<ArcSwap<Vec<Arc<Up>>>>,
+    max_fails: u32,
+}
+
+impl UpstreamInspect for Inspect {
+    fn upstreams(&self) -> Vec<UpstreamState> {
+        let Some(list) = self.upstreams.upgrade() else {
+            return Vec::new();
+        };
+        list.load()
+            .iter()
+            .map(|u| u.state(self.max_fails))
+            .collect()
+    }
+}
+
+/// A digest of the TLS files' contents (a file that cannot be read counts
+/// as empty: building the TLS configuration has refused it already).
+fn digest_files(files: &setup::TlsFiles) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    let paths = files
+        .cert_key
+        .iter()
+        .flat_map(|(c, k)| [c, k])
+        .chain(files.ca.iter());
+    for p in paths {
+        std::fs::read(p).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
 /// What an attempt returns.
 type Exchange = Result<crate::pkg::proxy::Exchanged, crate::pkg::proxy::ProxyError>;
 
@@ -707,9 +888,23 @@ fn health_query(domain: &str, rd: bool) -> Result<Vec<u8>, String> {
     Ok(q)
 }
 
+/// An upstream's health-check loop: clears `checking` when the loop
+/// ends, however it ends (a passing check, or the runtime that ran it
+/// dropping it), so that another can start.
+struct CheckingGuard(Weak<Up>);
+
+impl Drop for CheckingGuard {
+    fn drop(&mut self) {
+        if let Some(up) = self.0.upgrade() {
+            up.checking.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Checks a failing upstream every interval until a check passes (any
 /// reply counts, as CoreDNS), or the upstream is gone.
-async fn health_loop(up: Weak<Up>, hc: HealthCheck) {
+async fn health_loop(guard: CheckingGuard, hc: HealthCheck) {
+    let up = &guard.0;
     loop {
         let Some(u) = up.upgrade() else { return };
         let ok = u
@@ -719,8 +914,8 @@ async fn health_loop(up: Weak<Up>, hc: HealthCheck) {
             .is_ok();
         if ok {
             u.fails.store(0, Ordering::Relaxed);
-            u.checking.store(false, Ordering::Release);
             tracing::debug!(upstream = %u.to, "forward: health check passed");
+            // `guard` clears `checking` as the loop ends.
             return;
         }
         u.fails.fetch_add(1, Ordering::Relaxed);

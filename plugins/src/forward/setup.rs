@@ -143,14 +143,22 @@ impl ForwardConfig {
 }
 
 /// Parses every `forward` line of a block and adds one plugin per line,
-/// in order (several `forward`s are tried in the order written).
+/// in order (several `forward`s are tried in the order written). Upstreams
+/// are shared with other forwards of the configuration and carried over
+/// from the running one where their pool settings match (see
+/// `Forward::build_carried`); each forward's upstreams are shown to the
+/// admin plane.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let configs = parse(&mut c.d)?;
     for cfg in configs {
-        let (fwd, task) = Forward::build(cfg).map_err(|e| c.d.err(e))?;
+        let services = &mut *c.services;
+        let (fwd, task) =
+            Forward::build_carried(cfg, &mut services.carry_in, &mut services.carry_out)
+                .map_err(|e| c.d.err(e))?;
         if let Some(task) = task {
             c.spawn_on_start(task);
         }
+        c.services.upstreams.push(fwd.inspect());
         c.add_plugin(Box::new(fwd));
     }
     Ok(())

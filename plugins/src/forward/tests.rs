@@ -531,3 +531,273 @@ fn emfile_child() {
         }
     });
 }
+
+/// A health-check loop dropped with the runtime that ran it (a server
+/// thread's, whose listener a reload removed) leaves no upstream stuck
+/// down: `checking` is cleared, and the next query that finds the
+/// upstream down starts another loop.
+#[test]
+fn a_health_check_dropped_with_its_runtime_is_started_again() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let silent = main
+        .block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
+        .unwrap();
+    let dead = silent.local_addr().unwrap();
+    let good = main.block_on(echo_upstream());
+    let (f, _) = Forward::build(one(&format!(
+        "forward . {dead} {good} {{\n max_fails 1\n policy sequential\n read_timeout 100ms\n health_check 1h\n}}"
+    )))
+    .unwrap();
+    let down = Arc::clone(&f.upstreams.load()[0]);
+    // A query on a runtime of its own: the dead upstream fails it over,
+    // and its health check starts there.
+    let thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (flow, _) = thread.block_on(exchange(&f, "a.example.org."));
+    assert!(matches!(flow, Flow::Answered), "{flow:?}");
+    assert!(down.down(1));
+    assert!(down.checking.load(Ordering::Acquire), "a check runs");
+    // That runtime ends, and the loop with it.
+    drop(thread);
+    assert!(
+        !down.checking.load(Ordering::Acquire),
+        "the dropped loop says so"
+    );
+    // The next query skips the down upstream and starts another loop.
+    main.block_on(async {
+        let (flow, _) = exchange(&f, "b.example.org.").await;
+        assert!(matches!(flow, Flow::Answered), "{flow:?}");
+    });
+    assert!(down.checking.load(Ordering::Acquire), "checked again");
+    assert!(down.down(1), "still down: the check got no reply");
+}
+
+// === carried and shared upstreams ===
+
+/// Builds `text`'s forward(s) as a configuration would: taking from
+/// `carry_in`, keeping in (and sharing through) the returned carry.
+fn build_all_carried(text: &str, carry_in: &mut Carry) -> (Vec<Forward>, Carry) {
+    let mut kept = Carry::default();
+    let fwds = parse_text(text)
+        .unwrap()
+        .into_iter()
+        .map(|cfg| Forward::build_carried(cfg, carry_in, &mut kept).unwrap().0)
+        .collect();
+    (fwds, kept)
+}
+
+fn ups(f: &Forward) -> Vec<Arc<Up>> {
+    f.upstreams.load().iter().cloned().collect()
+}
+
+#[test]
+fn an_upstream_whose_pool_settings_did_not_change_is_carried_with_its_state() {
+    let text = "forward . 192.0.2.1 192.0.2.2 {\n expire 30s\n policy sequential\n}";
+    let (old, kept) = build_all_carried(text, &mut Carry::default());
+    let before = ups(&old[0]);
+    before[0].fails.store(3, Ordering::Relaxed);
+    before[0].observe(Duration::from_millis(7));
+    // Other settings of the forward change; the pools' do not.
+    let changed = "forward . 192.0.2.2 192.0.2.1 {\n expire 30s\n policy random\n max_fails 5\n}";
+    let (new, _) = build_all_carried(changed, &mut kept.clone());
+    let after = ups(&new[0]);
+    assert!(Arc::ptr_eq(&after[1], &before[0]), "192.0.2.1 kept its Up");
+    assert!(Arc::ptr_eq(&after[0], &before[1]), "192.0.2.2 kept its Up");
+    assert_eq!(after[1].fails.load(Ordering::Relaxed), 3, "fails carried");
+    assert_eq!(
+        after[1].srtt_us.load(Ordering::Relaxed),
+        7000,
+        "RTT carried"
+    );
+}
+
+#[test]
+fn a_changed_pool_setting_or_address_gets_a_fresh_upstream() {
+    let (old, kept) = build_all_carried("forward . 192.0.2.1", &mut Carry::default());
+    let before = ups(&old[0]).remove(0);
+    for text in [
+        "forward . 192.0.2.1 {\n expire 20s\n}",
+        "forward . 192.0.2.1 {\n max_age 1m\n}",
+        "forward . 192.0.2.1 {\n max_idle_conns 2\n}",
+        "forward . 192.0.2.1 {\n source_address 127.0.0.1\n}",
+        "forward . 192.0.2.1:5353",
+        "forward . 192.0.2.9",
+    ] {
+        let (new, _) = build_all_carried(text, &mut kept.clone());
+        assert!(
+            !Arc::ptr_eq(&ups(&new[0])[0], &before),
+            "{text}: a fresh pool"
+        );
+    }
+    // And the same text again keeps it (the copies above changed nothing).
+    let (new, _) = build_all_carried("forward . 192.0.2.1", &mut kept.clone());
+    assert!(Arc::ptr_eq(&ups(&new[0])[0], &before));
+}
+
+#[test]
+fn plain_and_tls_to_one_address_are_different_upstreams() {
+    let plain = PoolKey::new(
+        &Builder {
+            cfg: one("forward . 192.0.2.1:853"),
+            tls: None,
+            tls_files: 0,
+        },
+        "192.0.2.1:853".parse().unwrap(),
+        false,
+        None,
+    );
+    let b = Builder {
+        cfg: one("forward . tls://192.0.2.1"),
+        tls: None,
+        tls_files: 0,
+    };
+    let addr = "192.0.2.1:853".parse().unwrap();
+    let tls = PoolKey::new(&b, addr, true, None);
+    let named = PoolKey::new(&b, addr, true, Some("dns.example.org"));
+    let other_files = PoolKey::new(
+        &Builder {
+            tls_files: 1,
+            ..b.clone()
+        },
+        addr,
+        true,
+        None,
+    );
+    let keys = [&plain.0, &tls.0, &named.0, &other_files.0];
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+}
+
+#[test]
+fn forwards_that_name_one_upstream_share_it() {
+    // Two forward lines (as two blocks would): one Up for 192.0.2.1.
+    let text =
+        "forward example.org 192.0.2.1 192.0.2.2\nforward . 192.0.2.1 {\n policy sequential\n}";
+    let (fwds, kept) = build_all_carried(text, &mut Carry::default());
+    let (a, b) = (ups(&fwds[0]), ups(&fwds[1]));
+    assert!(Arc::ptr_eq(&a[0], &b[0]), "shared within a configuration");
+    assert_eq!(kept.len(), 2, "kept once each: {kept:?}");
+    // And carried as one over a reload.
+    let (again, _) = build_all_carried(text, &mut kept.clone());
+    assert!(Arc::ptr_eq(&ups(&again[1])[0], &a[0]));
+    assert!(Arc::ptr_eq(&ups(&again[0])[0], &a[0]));
+    // With other pool settings, the second forward gets its own.
+    let text = "forward example.org 192.0.2.1\nforward . 192.0.2.1 {\n expire 1m\n}";
+    let (fwds, _) = build_all_carried(text, &mut Carry::default());
+    assert!(!Arc::ptr_eq(&ups(&fwds[0])[0], &ups(&fwds[1])[0]));
+}
+
+#[test]
+fn nothing_keeps_an_upstream_alive_but_a_forward_that_uses_it() {
+    let (old, kept) = build_all_carried("forward . 192.0.2.1", &mut Carry::default());
+    let weak = Arc::downgrade(&ups(&old[0])[0]);
+    // A dry run takes from a copy and is dropped: the running one still
+    // holds it.
+    drop(build_all_carried("forward . 192.0.2.1", &mut kept.clone()));
+    assert!(weak.upgrade().is_some());
+    // The running config goes (its upstream is gone from the new one):
+    // the pool goes with it, though the carry is still around.
+    drop(old);
+    assert!(weak.upgrade().is_none(), "closed with the config");
+    let (new, _) = build_all_carried("forward . 192.0.2.1", &mut kept.clone());
+    assert_eq!(ups(&new[0]).len(), 1, "a fresh one");
+}
+
+#[tokio::test]
+async fn inspect_shows_health_fails_rtt_and_what_is_open() {
+    let up = echo_upstream().await;
+    let (f, _) = Forward::build(one(&format!(
+        "forward . {up} tls://192.0.2.1 {{\n max_fails 2\n tls_servername dns.example.org\n}}"
+    )))
+    .unwrap_or_else(|e| {
+        // No system roots in this environment: plain only.
+        assert!(e.contains("root"), "{e}");
+        Forward::build(one(&format!("forward . {up} {{\n max_fails 2\n}}"))).unwrap()
+    });
+    let inspect = f.inspect();
+    let states = inspect.upstreams();
+    assert_eq!(states[0].address, up.to_string());
+    if let Some(tls) = states.get(1) {
+        assert_eq!(tls.address, "tls://192.0.2.1:853");
+    }
+    assert_eq!(
+        (
+            states[0].healthy,
+            states[0].fails,
+            states[0].rtt,
+            states[0].pooled
+        ),
+        (true, 0, Duration::ZERO, 0),
+        "nothing open before the first query"
+    );
+    // One query through the first upstream opens one UDP socket.
+    let first = ups(&f)[0].clone();
+    first
+        .proxy
+        .exchange(
+            &crate::pkg::test::query("a.example.org.", hickory_proto::rr::RecordType::A),
+            Proto::Udp,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    first.observe(Duration::from_micros(1500));
+    let s = &inspect.upstreams()[0];
+    assert_eq!((s.healthy, s.pooled), (true, 1));
+    assert_eq!(s.rtt, Duration::from_micros(1500));
+    // Failures: consecutive count, down at max_fails.
+    first.fails.store(1, Ordering::Relaxed);
+    let s = &inspect.upstreams()[0];
+    assert_eq!((s.healthy, s.fails), (true, 1));
+    first.fails.store(2, Ordering::Relaxed);
+    let s = &inspect.upstreams()[0];
+    assert_eq!((s.healthy, s.fails), (false, 2));
+    // The view keeps nothing alive.
+    let weak = Arc::downgrade(&first);
+    drop((first, f));
+    assert!(weak.upgrade().is_none(), "the pool closed with the forward");
+    assert!(inspect.upstreams().is_empty());
+}
+
+#[test]
+fn setup_carries_upstreams_and_lists_them_for_the_admin_plane() {
+    use crate::setup::{BlockInfo, BlockSetup, Controller, Services};
+    let file: Arc<str> = Arc::from("Corefile");
+    let tokens = lex(&file, "forward . 192.0.2.1").unwrap();
+    let block = BlockInfo {
+        zones: vec![".".into()],
+        port: 53,
+        server_name: Arc::from("dns://:53"),
+        bound: Arc::default(),
+    };
+    let run = |carry_in: Carry| {
+        let mut services = Services {
+            carry_in,
+            ..Services::default()
+        };
+        let mut out = BlockSetup::default();
+        setup(&mut Controller {
+            d: Dispenser::new("forward", &tokens),
+            block: &block,
+            out: &mut out,
+            services: &mut services,
+        })
+        .unwrap();
+        (out, services)
+    };
+    let (_old, first) = run(Carry::default());
+    assert_eq!(first.upstreams.len(), 1);
+    assert_eq!(first.upstreams[0].upstreams()[0].address, "192.0.2.1:53");
+    assert_eq!(first.carry_out.len(), 1, "kept for the next config");
+    let (_new, second) = run(first.carry_out.clone());
+    assert_eq!(second.carry_out.len(), 1);
+}

@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod flights;
 mod forward;
+mod forward_reload;
 mod harness;
 mod operational;
 mod plugins;

@@ -54,6 +54,16 @@
 //! dropped, those tasks end (they watch a channel the proxy holds) and
 //! their sockets close.
 //!
+//! A task runs where the exchange that opened its socket runs: a UDP
+//! reader on a server thread joins that thread's `LocalSet`
+//! ([`crate::pkg::local`]), so the queries it wakes run in the same turn;
+//! a stream task joins that thread's runtime. A proxy may outlive that
+//! thread (a reload keeps the proxy and removes the thread's listener).
+//! Then the task is dropped with the runtime, and its socket or connection
+//! is out of the pool at once: it takes no new query, and each query
+//! waiting on it is sent again, once, on a fresh one opened by the asking
+//! thread, within its deadline. No query waits for a reader that is gone.
+//!
 //! Replies are not parsed: the 12-byte header and the question are read in
 //! place. The client's ID is put back into the reply before it is returned.
 
@@ -208,7 +218,8 @@ pub enum ProxyError {
     Closed,
     /// The socket's reader stopped before the reply: the thread that ran
     /// it ended (a reload removed its listener, or the server is
-    /// stopping). Local: another attempt opens a new socket.
+    /// stopping), and so did the reader of the fresh socket the query was
+    /// sent again on. Local: another attempt opens a new socket.
     #[error("the socket's reader stopped before the reply")]
     Stopped,
 }

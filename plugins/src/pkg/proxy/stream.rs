@@ -388,9 +388,20 @@ impl StreamPool {
             st.conns.push(Arc::clone(&conn));
             conn.register(question, STREAM_PIPELINE_MAX)
         };
+        // Made before the task, so that a task dropped before its first
+        // poll still takes its connection out of the pool.
+        let end = EndGuard {
+            conn: Arc::clone(&conn),
+            pool: Arc::downgrade(&self.shared),
+            finished: false,
+        };
+        // On the runtime of the thread that opens it: when that runtime
+        // ends first (a reload removed a server thread's listener), the
+        // task is dropped, and the queries on the connection are sent
+        // again on a fresh one (see `EndGuard`).
         match stream {
-            Stream::Tcp(s) => tokio::spawn(task.run(s)),
-            Stream::Tls(s) => tokio::spawn(task.run(*s)),
+            Stream::Tcp(s) => tokio::spawn(task.run(s, end)),
+            Stream::Tls(s) => tokio::spawn(task.run(*s, end)),
         };
         // Counted as open now; `Opening` wakes the queries waiting for it.
         drop(opening);
@@ -468,14 +479,10 @@ struct Task {
 // === impl Task ===
 
 impl Task {
-    async fn run<S>(mut self, stream: S)
+    async fn run<S>(mut self, stream: S, mut end: EndGuard)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _end = EndGuard {
-            conn: Arc::clone(&self.conn),
-            pool: self.pool.clone(),
-        };
         let (mut rd, mut wr) = tokio::io::split(stream);
         match self.serve(&mut rd, &mut wr).await {
             End::Broken(why) => {
@@ -491,6 +498,7 @@ impl Task {
                 let _ = tokio::time::timeout(CLOSE_GRACE, wr.shutdown()).await;
             }
         }
+        end.finished = true;
     }
 
     /// Writes queries and reads replies until the connection breaks, idles
@@ -682,25 +690,32 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(wr: &mut W, pending: &[u8]) -> io
 
 /// Runs when a connection's task ends, however it ends (even when the
 /// runtime drops it): the connection leaves the pool and its queries are
-/// told that no reply will come.
+/// told that no reply will come: [`Failure::Closed`] when the task ended
+/// by itself, [`Failure::Stopped`] when its runtime dropped it (its thread
+/// ended), which is local and not the upstream's fault. Either way each
+/// query is sent again once, on a fresh connection.
 struct EndGuard {
     conn: Arc<Conn>,
     pool: Weak<PoolShared>,
+    /// The task ran to its end.
+    finished: bool,
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.upgrade() {
-            let mut ps = lock(&pool.state);
-            let mut st = lock(&self.conn.state);
-            st.closed = true;
-            st.waiters.fail_all(&Failure::Closed);
-            drop(st);
-            ps.conns.retain(|c| !Arc::ptr_eq(c, &self.conn));
+        let why = if self.finished {
+            Failure::Closed
         } else {
-            let mut st = lock(&self.conn.state);
-            st.closed = true;
-            st.waiters.fail_all(&Failure::Closed);
+            Failure::Stopped
+        };
+        let pool = self.pool.upgrade();
+        let ps = pool.as_ref().map(|p| lock(&p.state));
+        let mut st = lock(&self.conn.state);
+        st.closed = true;
+        st.waiters.fail_all(&why);
+        drop(st);
+        if let Some(mut ps) = ps {
+            ps.conns.retain(|c| !Arc::ptr_eq(c, &self.conn));
         }
     }
 }

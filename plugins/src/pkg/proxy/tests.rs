@@ -766,10 +766,55 @@ async fn dropping_the_proxy_ends_its_udp_tasks() {
     wait_until("the readers to end", || metrics.num_alive_tasks() == before).await;
 }
 
+/// A thread with a runtime of its own, as a server thread has: it makes
+/// one exchange (so the socket or connection it opens is read by its
+/// runtime), then keeps the runtime running until [`ServerThread::end`],
+/// which ends the runtime with the thread.
+struct ServerThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    fn start(p: &Arc<Proxy>, q: Vec<u8>, proto: Proto) -> Self {
+        let p = Arc::clone(p);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done, first) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let r = p.exchange(&q, proto, T).await.map(drop);
+                done.send(r).unwrap();
+                let _ = stopped.await;
+            });
+        });
+        first
+            .recv_timeout(WAIT)
+            .expect("the first exchange ends")
+            .expect("the first exchange is answered");
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Ends the thread and its runtime, with every task on it.
+    fn end(mut self) {
+        drop(self.stop.take());
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+/// A query waiting on a UDP socket whose reader stopped (the runtime that
+/// opened the socket and ran its reader ended, as a server thread's does
+/// when a reload removes its listener, while the pool lives on): the
+/// socket is dead at once, and the query is sent again on a fresh socket,
+/// read on the asking runtime, and answered, well within its timeout.
 #[test]
-fn queries_on_a_socket_whose_reader_stopped_fail_at_once_and_not_as_the_upstreams_fault() {
-    // One socket for every thread; its reader runs on the runtime of the
-    // thread that opened it.
+fn a_query_on_a_socket_whose_reader_stopped_is_sent_again_at_once_on_a_fresh_socket() {
     // Multi-threaded, so the fake upstream keeps serving while the opener
     // runs.
     let main = tokio::runtime::Builder::new_multi_thread()
@@ -777,9 +822,11 @@ fn queries_on_a_socket_whose_reader_stopped_fail_at_once_and_not_as_the_upstream
         .enable_all()
         .build()
         .unwrap();
-    let (addr, _) = main.block_on(udp_server(|q| {
-        // Answers "open." only: the other query waits.
-        if qname_of(q) == "open." {
+    // Answers "open." at once, "wait." only the second time it is asked.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&asked);
+    let (addr, peers) = main.block_on(udp_server(move |q| {
+        if qname_of(q) == "open." || seen.fetch_add(1, Ordering::SeqCst) > 0 {
             now(echo(q))
         } else {
             Vec::new()
@@ -788,18 +835,9 @@ fn queries_on_a_socket_whose_reader_stopped_fail_at_once_and_not_as_the_upstream
     let mut cfg = config(addr);
     cfg.udp_sockets = 1;
     let p = Arc::new(Proxy::new(cfg));
-    let opener = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let p2 = Arc::clone(&p);
-    let opener = std::thread::spawn(move || {
-        opener
-            .block_on(p2.exchange(&query(1, "open.", TYPE_A), Proto::Udp, T))
-            .unwrap();
-        opener
-    });
-    let opener = opener.join().unwrap();
+    // One socket for every thread; its reader runs on the runtime of the
+    // thread that opened it.
+    let opener = ServerThread::start(&p, query(1, "open.", TYPE_A), Proto::Udp);
     let waiting = {
         let p = Arc::clone(&p);
         main.spawn(async move {
@@ -814,20 +852,84 @@ fn queries_on_a_socket_whose_reader_stopped_fail_at_once_and_not_as_the_upstream
     main.block_on(wait_until("the query to wait on the shared socket", || {
         p.waiting() == 1
     }));
-    // The opener's runtime stops: so does the socket's reader.
-    drop(opener);
+    assert_eq!(p.stats().udp_sockets, 1);
+    // The opener's runtime ends: so does the socket's reader.
+    opener.end();
     main.block_on(async {
-        let e = tokio::time::timeout(T, waiting)
+        let x = tokio::time::timeout(T, waiting)
             .await
-            .expect("fails at once, not at its timeout")
+            .expect("answered at once, not at its 30 s timeout")
             .unwrap()
-            .unwrap_err();
-        assert!(matches!(e, ProxyError::Stopped), "{e:?}");
-        assert!(!e.is_network(), "not the upstream's fault");
-        // The next query opens a new socket, read on this runtime.
-        p.exchange(&query(3, "open.", TYPE_A), Proto::Udp, T)
+            .expect("sent again on a fresh socket, and answered");
+        assert_eq!(id_of(&x.reply), 2, "the client's ID");
+        assert!(!x.reused_conn, "a socket opened for it");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "asked twice");
+        assert_eq!(peers.lock().unwrap().len(), 2, "from two source ports");
+        // The dead socket takes no new query: the fresh one, read on this
+        // runtime, is the one open, and serves on.
+        assert_eq!(p.stats().udp_sockets, 1);
+        let again = p
+            .exchange(&query(3, "open.", TYPE_A), Proto::Udp, T)
             .await
             .unwrap();
+        assert!(again.reused_conn, "the fresh socket serves on");
+        assert_eq!(peers.lock().unwrap().len(), 2);
+        assert_eq!(p.waiting(), 0);
+    });
+}
+
+#[test]
+fn a_stopped_reader_is_not_the_upstreams_fault() {
+    assert!(!ProxyError::Stopped.is_network());
+    assert!(!ProxyError::Stopped.is_timeout());
+}
+
+/// A stream connection whose task ran on a runtime that ended: the
+/// queries on it are sent again at once on a fresh connection (made on
+/// the asking runtime), not failed as the upstream's fault, nor left to
+/// time out.
+#[test]
+fn a_query_on_a_connection_whose_runtime_ended_is_sent_again_on_a_fresh_one() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Each connection answers its first query, then reads on without
+    // answering.
+    let (addr, seen) = main.block_on(tcp_server(Mode::StallAfter(1)));
+    let p = Arc::new(Proxy::new(config(addr)));
+    let opener = ServerThread::start(&p, query(1, "open.", TYPE_A), Proto::Tcp);
+    let waiting = {
+        let p = Arc::clone(&p);
+        main.spawn(async move {
+            p.exchange(
+                &query(2, "wait.", TYPE_A),
+                Proto::Tcp,
+                Duration::from_secs(30),
+            )
+            .await
+        })
+    };
+    main.block_on(wait_until(
+        "the query to wait on the pooled connection",
+        || p.waiting() == 1 && seen.queries.load(Ordering::SeqCst) == 2,
+    ));
+    // The runtime that ran the connection's task ends.
+    opener.end();
+    main.block_on(async {
+        let x = tokio::time::timeout(T, waiting)
+            .await
+            .expect("answered at once, not at its 30 s timeout")
+            .unwrap()
+            .expect("sent again on a fresh connection, and answered");
+        assert_eq!(id_of(&x.reply), 2);
+        assert_eq!(seen.accepted(), 2, "a fresh connection");
+        wait_until("the old connection to leave the pool", || {
+            p.stats().open_streams == 1
+        })
+        .await;
+        assert_eq!(p.waiting(), 0);
     });
 }
 

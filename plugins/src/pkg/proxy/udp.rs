@@ -91,7 +91,32 @@ impl UdpPool {
     /// matching reply. Returns the reply (with the wire ID) and whether the
     /// socket was already open. The caller bounds the wait; dropping the
     /// future removes the query from the socket's table.
+    ///
+    /// A socket's reader runs where the socket was opened (see
+    /// [`UdpPool::socket`]). When that thread ends first (a reload removed
+    /// its listener) while the pool lives on, the socket is dead at once:
+    /// it takes no new query, and the queries waiting on it are woken with
+    /// [`ProxyError::Stopped`]; each is sent again, once, on a fresh
+    /// socket whose reader runs on the asking thread, within the same
+    /// deadline.
     pub(super) async fn exchange(
+        &self,
+        shared: &Shared,
+        query: &[u8],
+        now: Instant,
+    ) -> Result<(Vec<u8>, bool), ProxyError> {
+        match self.exchange_once(shared, query, now).await {
+            // Boxed: rare, and the first attempt's future stays the only
+            // large one.
+            Err(ProxyError::Stopped) => {
+                Box::pin(self.exchange_once(shared, query, Instant::now())).await
+            }
+            r => r,
+        }
+    }
+
+    /// One attempt of [`UdpPool::exchange`].
+    async fn exchange_once(
         &self,
         shared: &Shared,
         query: &[u8],
@@ -173,13 +198,12 @@ impl UdpPool {
             drained: Notify::new(),
         });
         shared.counters.udp_sockets.fetch_add(1, Ordering::Relaxed);
+        // Made before the task, so that a task dropped before its first
+        // poll (its runtime shutting down) still marks the socket dead.
+        let guard = EndGuard(Arc::clone(&s), Arc::clone(&shared.counters));
         // On a server thread, the reader runs in its LocalSet: the queries
         // it wakes are polled in the same turn.
-        crate::pkg::local::spawn(read_replies(
-            Arc::clone(&s),
-            Arc::clone(&shared.counters),
-            shared.shutdown.clone(),
-        ));
+        crate::pkg::local::spawn(read_replies(guard, shared.shutdown.clone()));
         *slot = Some(Arc::clone(&s));
         Ok((s, false))
     }
@@ -284,12 +308,8 @@ thread_local! {
 
 /// Reads replies until the proxy is dropped (or the socket fails) and hands
 /// each to its query.
-async fn read_replies(
-    sock: Arc<Socket>,
-    counters: Arc<Counters>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let sock = EndGuard(sock, Arc::clone(&counters));
+async fn read_replies(sock: EndGuard, mut shutdown: watch::Receiver<()>) {
+    let counters = &sock.1;
     loop {
         if sock.0.retired.load(Ordering::Acquire) && lock(&sock.0.waiters).is_empty() {
             return;
@@ -312,7 +332,7 @@ async fn read_replies(
         let mut drained = false;
         for _ in 0..MAX_BATCHES_PER_WAKE {
             let read = sock.0.socket.try_io(Interest::READABLE, || {
-                let n = read_batch(&sock.0, &counters)?;
+                let n = read_batch(&sock.0, counters)?;
                 if n < RECV_BATCH {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
@@ -414,7 +434,8 @@ fn truncate_to_question(buf: &mut [u8]) -> usize {
 }
 
 /// Marks the socket dead and fails its queries when the reader ends, even
-/// when the runtime drops the task.
+/// when the runtime drops the task (its thread ended): the socket then
+/// takes no new query, and those waiting are sent again on a fresh one.
 struct EndGuard(Arc<Socket>, Arc<Counters>);
 
 impl Drop for EndGuard {

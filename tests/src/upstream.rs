@@ -344,6 +344,15 @@ impl FakeUpstreamBuilder {
     }
 }
 
+/// A reply with its two-byte length prefix.
+fn frame(r: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(r.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(r);
+    out
+}
+
 /// Serves length-prefixed queries on a stream, answering each as it
 /// completes (a delayed answer does not hold up the next).
 async fn serve_stream<S>(s: Arc<State>, stream: S)
@@ -369,17 +378,15 @@ where
         let wr = Arc::clone(&wr);
         tokio::spawn(async move {
             s.tcp_queries.fetch_add(1, Ordering::Relaxed);
+            // Each frame in one write: a length prefix sent apart waits on
+            // Nagle and the peer's delayed ACK (about 40 ms a reply).
             if let Some(r) = bare_reply(&s, &q) {
                 let mut w = wr.lock().await;
-                let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
-                let _ = w.write_all(&len.to_be_bytes()).await;
-                let _ = w.write_all(&r).await;
+                let _ = w.write_all(&frame(&r)).await;
             }
             if let Some(r) = answer(&s, &q, true).await {
                 let mut w = wr.lock().await;
-                let len = u16::try_from(r.len()).unwrap_or(u16::MAX);
-                let _ = w.write_all(&len.to_be_bytes()).await;
-                let _ = w.write_all(&r).await;
+                let _ = w.write_all(&frame(&r)).await;
             }
         });
     }

@@ -35,6 +35,10 @@ pub trait CacheInspect: Send + Sync {
     fn purge(&self, sel: Selector<'_>) -> u64;
     /// Entries held now.
     fn len(&self) -> u64;
+    /// Whether it holds nothing.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One upstream's state now.

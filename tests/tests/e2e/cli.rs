@@ -60,7 +60,10 @@ fn version_and_help() {
     let (ok, out, _) = run(&["--help"]);
     assert!(ok);
     assert!(
-        out.contains("-conf FILE") && out.contains("--admin") && out.contains("not served yet"),
+        out.contains("-conf FILE")
+            && out.contains("--admin ADDR")
+            && out.contains("--admin-token-file")
+            && out.contains("nodedns ctl"),
         "{out}"
     );
     let (ok, _, err) = run(&["-nonesuch"]);
@@ -212,4 +215,15 @@ async fn quiet_prints_no_start_up_lines() {
         String::from_utf8_lossy(&out.stdout)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctl_is_routed_to_the_admin_client() {
+    let (ok, out, err) = run(&["ctl", "--help"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("config apply"), "{out}");
+    // Nothing listens on port 1: the error names the address.
+    let (ok, _, err) = run(&["ctl", "--admin", "127.0.0.1:1", "stats"]);
+    assert!(!ok);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
 }

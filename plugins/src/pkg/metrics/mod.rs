@@ -3,9 +3,12 @@
 //! Metric families are registered once per process (statics), never per
 //! config, so a reload keeps every series (unlike coredns#2111). Plugins
 //! resolve their label values once, at build time, and the hot path is an
-//! atomic add.
+//! atomic add; counters every query touches are per thread ([`striped`]).
+
+pub mod striped;
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use prometheus::core::{Collector, GenericCounter, GenericCounterVec};
 use prometheus::{
@@ -76,8 +79,34 @@ pub fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 /// are literals in this crate; each plugin's `metric_names_*` test builds
 /// all of its families.
 #[cold]
-fn unreachable_metric(name: &str, e: &prometheus::Error) -> ! {
+pub(crate) fn unreachable_metric(name: &str, e: &prometheus::Error) -> ! {
     panic!("invariant: metric {name} is well-formed: {e}")
+}
+
+/// `coredns_panics_total`: panics caught in a plugin's query or response
+/// step (the server answered SERVFAIL and kept serving). Exported from the
+/// start, at 0, as CoreDNS's.
+pub fn panics() -> &'static IntCounter {
+    static PANICS: LazyLock<IntCounter> = LazyLock::new(|| {
+        counter(
+            "coredns_panics_total",
+            "A metrics that counts the number of panics.",
+        )
+    });
+    &PANICS
+}
+
+/// Takes the duration of a query once its reply is sent: the *prometheus*
+/// plugin's request duration histogram. A listener that sends replies in
+/// batches reads the clock once per batch and hands each reply's duration
+/// over (see [`crate::plugin::Reply::end_timing`]).
+pub trait Durations: Sync {
+    /// Records one query's duration.
+    fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+    /// Records `n` queries that took `d` each (a batch read and sent together).
+    fn observe_n(&self, d: Duration, n: u64);
 }
 
 /// Renders the registry in Prometheus's text format.

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use prometheus::core::{Collector, GenericCounter, GenericCounterVec};
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
 };
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -71,6 +72,14 @@ pub fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = prometheus::exponential_buckets(0.00025, 2.0, 16).unwrap_or_default();
     register(
         HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| unreachable_metric(name, &e)),
+    )
+}
+
+/// A histogram without labels, registered, with these buckets.
+pub fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
             .unwrap_or_else(|e| unreachable_metric(name, &e)),
     )
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use prometheus::core::{Collector, GenericCounter, GenericCounterVec};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry,
 };
 
@@ -59,6 +59,11 @@ pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         IntGaugeVec::new(Opts::new(name, help), labels)
             .unwrap_or_else(|e| unreachable_metric(name, &e)),
     )
+}
+
+/// A gauge without labels (a float), registered.
+pub fn gauge(name: &str, help: &str) -> Gauge {
+    register(Gauge::new(name, help).unwrap_or_else(|e| unreachable_metric(name, &e)))
 }
 
 /// A counter without labels, registered.

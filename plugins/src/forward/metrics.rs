@@ -36,6 +36,11 @@ pub(super) static PROXY_HC_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| 
             desc,
         }));
     }
+    // Every forward resolves its series here, when it is built: the
+    // unlabelled counters are exported from then on, at 0 until counted,
+    // as CoreDNS's (registered when the process starts).
+    LazyLock::force(&HEALTHCHECK_BROKEN);
+    LazyLock::force(&MAX_CONCURRENT_REJECTS);
     proxy
 });
 

@@ -94,6 +94,9 @@ fn register_once() {
         LazyLock::force(&PLUGIN_ENABLED);
         metrics::panics();
         dns::register();
+        // CoreDNS registers its reload counter when the process starts, so
+        // it is exported at 0 before any reload: reading it registers it.
+        let _ = crate::reload::failures();
         metrics::register_collector(Box::new(process::ProcessCollector::new()));
     });
 }

@@ -178,8 +178,8 @@ pub fn handle_batched(
     // `pending`): nothing large is copied through the unwind guard.
     let mut pending = None;
     let run = catch_unwind(AssertUnwindSafe(|| {
-        let (flow, reached) = walk(&block.chain, &mut cx, 0);
-        if let Flow::Upstream = flow {
+        let (decided, reached) = walk(&block.chain, &mut cx, 0);
+        if decided == Decided::Upstream {
             pending = Some(Pending {
                 block: Arc::clone(block),
                 zone_at: req.qname_lower().len() - zone.len(),
@@ -190,16 +190,16 @@ pub fn handle_batched(
             });
             return false;
         }
-        matches!(
-            complete(&block.chain, &mut cx, flow, reached),
-            Handled::Reply
-        )
+        complete(&block.chain, &mut cx, decided, reached)
     }));
     match (run, pending) {
         (Ok(_), Some(p)) => Handled::Upstream(p),
         (Ok(true), None) => Handled::Reply,
         (Ok(false), None) => Handled::Drop,
-        (Err(panic), _) => panicked(reply, &req, &block.info.name, start, &*panic),
+        (Err(panic), _) => {
+            panicked(reply, &req, &block.info.name, start, &*panic);
+            Handled::Reply
+        }
     }
 }
 
@@ -215,7 +215,7 @@ pub fn end_batch(replies: &mut [Reply]) {
 /// as CoreDNS's server does: zone `dropped`.
 fn refuse(router: &Router, reply: &mut Reply, req: &Request<'_>, start: Instant) -> Handled {
     reply.set_message(error_for(req, ResponseCode::Refused));
-    let handled = finish(reply, req);
+    finish(reply, req);
     if let Some(b) = router.blocks().first() {
         report_dropped(
             &b.info.name,
@@ -225,11 +225,11 @@ fn refuse(router: &Router, reply: &mut Reply, req: &Request<'_>, start: Instant)
             start.elapsed(),
         );
     }
-    handled
+    Handled::Reply
 }
 
-/// After a plugin panicked: counts and logs the panic and answers
-/// SERVFAIL, reported as CoreDNS's server does (zone `dropped`). What the
+/// After a plugin panicked: counts and logs the panic and writes a
+/// SERVFAIL reply to send, reported as CoreDNS's server does (zone `dropped`). What the
 /// query held (a cache flight) is given back.
 #[cold]
 fn panicked(
@@ -238,7 +238,7 @@ fn panicked(
     server: &str,
     start: Instant,
     panic: &(dyn Any + Send),
-) -> Handled {
+) {
     metrics::panics().inc();
     tracing::error!(
         server,
@@ -248,7 +248,7 @@ fn panicked(
     );
     reply.clear();
     reply.set_message(error_for(req, ResponseCode::ServFail));
-    let handled = finish(reply, req);
+    finish(reply, req);
     report_dropped(
         server,
         req,
@@ -256,7 +256,6 @@ fn panicked(
         reply.wire().len(),
         start.elapsed(),
     );
-    handled
 }
 
 /// What a panic said, if it said it with a string.
@@ -337,22 +336,22 @@ pub async fn resume(
         next: Next { chain: &*block, at },
     };
     let driven = {
-        let driving = pin!(drive(chain, &mut cx, Flow::Upstream, at));
+        let driving = pin!(drive(chain, &mut cx, Decided::Upstream, at));
         CatchUnwind(driving).await
     };
-    let run = driven.and_then(|(flow, at)| {
-        catch_unwind(AssertUnwindSafe(|| complete(chain, &mut cx, flow, at)))
+    let run = driven.and_then(|(decided, at)| {
+        catch_unwind(AssertUnwindSafe(|| complete(chain, &mut cx, decided, at)))
     });
-    let handled = match run {
-        Ok(h) => h,
-        Err(panic) => panicked(&mut reply, &req, &block.info.name, start, &*panic),
+    let sent = match run {
+        Ok(sent) => sent,
+        Err(panic) => {
+            panicked(&mut reply, &req, &block.info.name, start, &*panic);
+            true
+        }
     };
     reply.end_timing(Instant::now());
-    match handled {
-        // The reply's own buffer, not a copy.
-        Handled::Reply => Some(std::mem::take(reply.wire_buf())),
-        Handled::Drop | Handled::Upstream(_) => None,
-    }
+    // The reply's own buffer, not a copy.
+    sent.then(|| std::mem::take(reply.wire_buf()))
 }
 
 /// Ends a query that will not take its network step — past its deadline,
@@ -398,17 +397,18 @@ pub fn abandon(
         next: Next { chain: &*block, at },
     };
     let run = catch_unwind(AssertUnwindSafe(|| {
-        complete(chain, &mut cx, Flow::Fail(rcode, None), at)
+        cx.reply.set_failed(rcode, None);
+        complete(chain, &mut cx, Decided::Failed, at)
     }));
-    let handled = match run {
-        Ok(h) => h,
-        Err(panic) => panicked(&mut reply, &req, &block.info.name, start, &*panic),
+    let sent = match run {
+        Ok(sent) => sent,
+        Err(panic) => {
+            panicked(&mut reply, &req, &block.info.name, start, &*panic);
+            true
+        }
     };
     reply.end_timing(Instant::now());
-    match handled {
-        Handled::Reply => Some(std::mem::take(reply.wire_buf())),
-        Handled::Drop | Handled::Upstream(_) => None,
-    }
+    sent.then(|| std::mem::take(reply.wire_buf()))
 }
 
 /// Ends a query that needed the network but is dropped unanswered (over
@@ -449,57 +449,93 @@ pub fn discard(pending: Pending, raw: &[u8], client: SocketAddr, transport: Tran
     reply.end_timing(Instant::now());
 }
 
-/// Runs network steps while the chain asks for them; `flow` is what the
-/// plugin at `at` decided. Returns the final decision and who made it.
+/// What the chain decided, once a plugin's [`Flow`] is taken in: a
+/// failure's rcode and error are already in the reply (so the hot path
+/// moves a byte, not a `Flow`, between the steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// The reply is written.
+    Answered,
+    /// Nothing written; the failure is recorded in the reply.
+    Failed,
+    /// Send nothing.
+    Drop,
+    /// The plugin needs the network.
+    Upstream,
+}
+
+/// Takes in a plugin's decision (`Next` is not one).
+fn decide(flow: Flow, cx: &mut Context<'_>) -> Decided {
+    match flow {
+        Flow::Answered => Decided::Answered,
+        Flow::Fail(rc, err) => {
+            cx.reply.set_failed(rc, err);
+            Decided::Failed
+        }
+        Flow::Drop => Decided::Drop,
+        Flow::Upstream => Decided::Upstream,
+        Flow::Next => {
+            cx.reply.set_failed(ResponseCode::ServFail, None);
+            Decided::Failed
+        }
+    }
+}
+
+/// Runs network steps while the chain asks for them; `decided` is what
+/// the plugin at `at` decided. Returns the final decision and who made it.
 /// Bounded: each round moves `at` forward through the chain.
 async fn drive(
     chain: &[Box<dyn Plugin>],
     cx: &mut Context<'_>,
-    mut flow: Flow,
+    mut decided: Decided,
     mut at: usize,
-) -> (Flow, usize) {
-    while matches!(flow, Flow::Upstream) {
+) -> (Decided, usize) {
+    while decided == Decided::Upstream {
         let Some(up) = chain.get(at).and_then(|p| p.upstream()) else {
-            return (Flow::Fail(ResponseCode::ServFail, None), at);
+            cx.reply.set_failed(ResponseCode::ServFail, None);
+            return (Decided::Failed, at);
         };
         cx.next.at = at;
-        flow = match up.exchange(cx).await {
+        decided = match up.exchange(cx).await {
             Flow::Next => {
                 let (next, reached) = walk(chain, cx, at + 1);
                 at = reached;
                 next
             }
             // Only `query` may ask for the network.
-            Flow::Upstream => Flow::Fail(ResponseCode::ServFail, None),
-            other => other,
+            Flow::Upstream => {
+                cx.reply.set_failed(ResponseCode::ServFail, None);
+                Decided::Failed
+            }
+            other => decide(other, cx),
         };
     }
-    (flow, at)
+    (decided, at)
 }
 
 /// Runs the `query` steps from `from` until a plugin decides. Returns the
 /// decision and the index of the plugin that made it (the chain's length
 /// when the chain ran out).
-fn walk(chain: &[Box<dyn Plugin>], cx: &mut Context<'_>, from: usize) -> (Flow, usize) {
+fn walk(chain: &[Box<dyn Plugin>], cx: &mut Context<'_>, from: usize) -> (Decided, usize) {
     let mut at = from;
     loop {
         let Some(p) = chain.get(at) else {
             let plugin = chain.last().map_or("server", |p| p.name());
-            return (
-                Flow::Fail(
-                    ResponseCode::ServFail,
-                    Some(PluginError::NoNextPlugin { plugin }),
-                ),
-                at,
+            cx.reply.set_failed(
+                ResponseCode::ServFail,
+                Some(PluginError::NoNextPlugin { plugin }),
             );
+            return (Decided::Failed, at);
         };
         cx.next.at = at;
         match p.query(cx) {
             Flow::Next => at += 1,
+            Flow::Answered => return (Decided::Answered, at),
             Flow::Upstream if p.upstream().is_none() => {
-                return (Flow::Fail(ResponseCode::ServFail, None), at);
+                cx.reply.set_failed(ResponseCode::ServFail, None);
+                return (Decided::Failed, at);
             }
-            other => return (other, at),
+            other => return (decide(other, cx), at),
         }
     }
 }
@@ -543,18 +579,16 @@ async fn run_after(
     };
     let walked = catch_unwind(AssertUnwindSafe(|| walk(chain, &mut cx, after + 1)));
     let driven = match walked {
-        Ok((flow, at)) => {
-            let driving = pin!(drive(chain, &mut cx, flow, at));
+        Ok((decided, at)) => {
+            let driving = pin!(drive(chain, &mut cx, decided, at));
             CatchUnwind(driving).await
         }
         Err(panic) => Err(panic),
     };
-    let hooked = driven.and_then(|(flow, at)| {
+    let hooked = driven.and_then(|(decided, at)| {
         catch_unwind(AssertUnwindSafe(|| {
-            match flow {
-                Flow::Drop | Flow::Upstream => return false,
-                Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
-                Flow::Answered | Flow::Next => {}
+            if matches!(decided, Decided::Drop | Decided::Upstream) {
+                return false;
             }
             run_hooks(chain, &mut cx, after + 1, at);
             cx.reply.is_written()
@@ -643,26 +677,27 @@ impl Chain for Block {
     }
 }
 
-/// After the chain decided: records a failure, runs the `response` steps
+/// After the chain decided: runs the `response` steps
 /// of the plugins before `reached` in reverse, writes the reply for a
-/// failure, encodes, and reports how the query ended.
+/// failure, encodes, and reports how the query ended. `true`: send
+/// `cx.reply`; `false`: send nothing. (A small result: the hit path does
+/// not move a large one around.)
 fn complete(
     chain: &[Box<dyn Plugin>],
     cx: &mut Context<'_>,
-    flow: Flow,
+    decided: Decided,
     reached: usize,
-) -> Handled {
+) -> bool {
     let mut by = None;
-    match flow {
-        Flow::Drop => {
+    match decided {
+        Decided::Drop => {
             // Nothing is sent: what a plugin held for the query goes back.
             drop(cx.reply.take_ticket());
             report(chain, cx, None, None);
-            return Handled::Drop;
+            return false;
         }
-        Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
-        Flow::Answered => by = Some(reached),
-        Flow::Next | Flow::Upstream => {}
+        Decided::Answered => by = Some(reached),
+        Decided::Failed | Decided::Upstream => {}
     }
     run_hooks(chain, cx, 0, reached);
     if !cx.reply.is_written() {
@@ -676,7 +711,7 @@ fn complete(
         .then(|| cx.reply.message_rcode())
         .flatten()
         .map(u16::from);
-    let handled = finish(cx.reply, cx.req);
+    finish(cx.reply, cx.req);
     if reporting {
         // The header's rcode, unless encoding or cutting failed into a
         // SERVFAIL of our own; with EDNS's bits when the reply was built.
@@ -685,7 +720,7 @@ fn complete(
         let size = cx.reply.wire().len();
         report(chain, cx, by, Some((rcode, size)));
     }
-    handled
+    true
 }
 
 /// Tells the plugin that asked (the block's *prometheus*) how the query
@@ -711,20 +746,19 @@ fn report(
 }
 
 /// Encodes the reply and fits it to the transport's size.
-fn finish(reply: &mut Reply, req: &Request<'_>) -> Handled {
+fn finish(reply: &mut Reply, req: &Request<'_>) {
     let len = match reply.finish() {
         Ok(w) => w.len(),
         Err(e) => {
             tracing::debug!(error = %e, "encoding reply failed");
             header_only(reply, req.header(), ResponseCode::ServFail);
-            return Handled::Reply;
+            return;
         }
     };
     let limit = req.reply_limit();
     if len > limit {
         truncate(reply, req, limit);
     }
-    Handled::Reply
 }
 
 /// Keeps as many records as fit in `limit` (answer, then authority, then

@@ -200,7 +200,6 @@ async fn serves_ok_also_in_lame_duck() {
 #[tokio::test]
 async fn the_self_check_times_the_endpoint_while_it_serves() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let checks = || overloaded::DURATION.get_sample_count();
     let before = checks();

@@ -629,12 +629,12 @@ async fn reload_picks_up_a_changed_file() {
     );
     // Read once: the entries (name and reverse) and the file's time.
     let entries = || {
-        super::metrics::ENTRIES
+        metrics::ENTRIES
             .with_label_values(&[&f.0.display().to_string()])
             .get()
     };
     assert_eq!(entries(), 2);
-    assert!(super::metrics::RELOAD_TIME.get() > 1e9);
+    assert!(metrics::RELOAD_TIME.get() > 1e9);
 
     // A different size, so the change shows even with coarse timestamps.
     std::fs::write(

@@ -113,12 +113,38 @@ fn the_counter_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_warm_cache_hit_does_not_allocate() {
+    warm_hits_do_not_allocate("").await;
+}
+
+/// With *prometheus* in the block, every hit is also counted (requests,
+/// responses, sizes, duration): still no allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_warm_cache_hit_counted_by_prometheus_does_not_allocate() {
+    warm_hits_do_not_allocate("    prometheus 127.0.0.1:0\n").await;
+    let text = nodedns_plugins::prometheus::render();
+    let hits = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "coredns_dns_responses_total{plugin=\"cache\",rcode=\"NOERROR\",server=\"dns://:53\",view=\"\",zone=\".\"} ",
+            )
+        })
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        hits.is_some_and(|n| n >= 2000.0),
+        "the hits were counted: {text}"
+    );
+}
+
+async fn warm_hits_do_not_allocate(extra: &str) {
     let up = FakeUpstream::builder()
         .a("www.example.org.", "192.0.2.1")
         .start()
         .await;
-    let config =
-        load_str(&format!(". {{\n    cache 300\n    forward . {up}\n}}\n")).expect("config");
+    let config = load_str(&format!(
+        ". {{\n    cache 300\n    forward . {up}\n{extra}}}\n"
+    ))
+    .expect("config");
     let router = config
         .listeners
         .values()

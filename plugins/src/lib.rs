@@ -32,6 +32,8 @@ pub mod reload;
 pub mod whoami;
 
 pub use dispenser::{Dispenser, SetupError, Token};
-pub use plugin::{Chain, Context, Flow, Next, NoChain, Plugin, PluginError, Reply, ServerInfo};
+pub use plugin::{
+    Chain, Context, End, Flow, Next, NoChain, Plugin, PluginError, Reply, ServerInfo,
+};
 pub use request::{Request, Transport};
 pub use setup::{BlockInfo, BlockSetup, Controller, Services, SetupFn};

@@ -99,6 +99,37 @@ pub trait Plugin: Send + Sync + 'static {
     fn upstream(&self) -> Option<&dyn Upstream> {
         None
     }
+    /// How the query ended, once its reply is final (encoded, cut to the
+    /// client's size) or it is dropped: for the plugin that asked with
+    /// [`Reply::report_to`] in its `query` step (the block's
+    /// *prometheus*), and no other. Called exactly once per such query,
+    /// whatever path it took.
+    fn finished(&self, _cx: &mut Context<'_>, _end: &End<'_>) {}
+}
+
+/// How a query ended, for [`Plugin::finished`].
+#[derive(Clone, Copy)]
+pub struct End<'a> {
+    /// The block's chain.
+    pub chain: &'a [Box<dyn Plugin>],
+    /// The plugin (an index into `chain`) that wrote the reply; `None` when
+    /// the server wrote it (a failure's rcode) or nothing was sent.
+    pub by: Option<usize>,
+    /// The rcode sent (with EDNS's extended bits when the reply was built
+    /// as a message); 0 when nothing was sent (as CoreDNS's recorder).
+    pub rcode: u16,
+    /// The bytes sent; `None` when nothing was.
+    pub size: Option<usize>,
+}
+
+impl fmt::Debug for End<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("End")
+            .field("by", &self.by)
+            .field("rcode", &self.rcode)
+            .field("size", &self.size)
+            .finish()
+    }
 }
 
 /// The boxed future an [`Upstream`] exchange returns.
@@ -305,6 +336,17 @@ pub struct Reply {
     error: Option<PluginError>,
     failed: Option<ResponseCode>,
     ticket: Option<Ticket>,
+    /// The plugin to tell how the query ended ([`Plugin::finished`]).
+    report_to: Option<usize>,
+    /// A duration to record once the reply is sent.
+    timing: Option<Timing>,
+}
+
+/// A query's duration waiting for the moment its reply is sent.
+#[derive(Clone, Copy)]
+struct Timing {
+    sink: &'static dyn crate::pkg::metrics::Durations,
+    start: Instant,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -334,13 +376,82 @@ impl Reply {
         }
     }
     /// Forgets the previous reply but keeps the buffer.
+    #[inline]
     pub fn clear(&mut self) {
         self.wire.clear();
-        self.message = None;
         self.state = State::Empty;
-        self.error = None;
         self.failed = None;
+        self.report_to = None;
+        // After a hit there is nothing else to drop: test before dropping,
+        // so a hit does not call out to drop nothing.
+        if self.message.is_some() || self.error.is_some() || self.ticket.is_some() {
+            self.drop_parts();
+        }
+        if self.timing.is_some() {
+            self.timing_left();
+        }
+    }
+    #[inline(never)]
+    fn drop_parts(&mut self) {
+        self.message = None;
+        self.error = None;
         self.ticket = None;
+    }
+    /// A duration its listener did not end: recorded now rather than lost.
+    #[cold]
+    #[inline(never)]
+    fn timing_left(&mut self) {
+        self.end_timing(Instant::now());
+    }
+    /// Asks the driver to tell the plugin at chain index `at` how the
+    /// query ends ([`Plugin::finished`]). One plugin per query.
+    pub fn report_to(&mut self, at: usize) {
+        self.report_to = Some(at);
+    }
+    /// The plugin to tell how the query ends, if any.
+    pub fn reporter(&self) -> Option<usize> {
+        self.report_to
+    }
+    /// Records the query's duration, from `start`, in `sink` when its reply
+    /// is sent: the listener calls [`Reply::end_timing`] then (once per
+    /// batch of replies, with one clock read), or the driver does at once.
+    pub fn defer_timing(
+        &mut self,
+        sink: &'static dyn crate::pkg::metrics::Durations,
+        start: Instant,
+    ) {
+        self.timing = Some(Timing { sink, start });
+    }
+    /// Whether a duration waits for [`Reply::end_timing`].
+    pub fn has_timing(&self) -> bool {
+        self.timing.is_some()
+    }
+    /// Records the waiting duration, if any, as ending at `now`.
+    pub fn end_timing(&mut self, now: Instant) {
+        if let Some(t) = self.timing.take() {
+            t.sink.observe(now.saturating_duration_since(t.start));
+        }
+    }
+    /// [`Reply::end_timing`] for a batch of replies sent together: replies
+    /// of one block that arrived together (the same start: a batch read at
+    /// once) took the same time, recorded once for all of them.
+    pub fn end_timings(replies: &mut [Self], now: Instant) {
+        let mut run: Option<(Timing, u64)> = None;
+        for t in replies.iter_mut().filter_map(|r| r.timing.take()) {
+            match &mut run {
+                Some((r, n)) if r.start == t.start && std::ptr::addr_eq(r.sink, t.sink) => {
+                    *n += 1;
+                }
+                _ => {
+                    if let Some((r, n)) = run.replace((t, 1)) {
+                        r.sink.observe_n(now.saturating_duration_since(r.start), n);
+                    }
+                }
+            }
+        }
+        if let Some((r, n)) = run {
+            r.sink.observe_n(now.saturating_duration_since(r.start), n);
+        }
     }
     /// Holds a plugin's [`Ticket`] for this query until that plugin's
     /// `response` step takes it back; one ticket per query (a second one
@@ -414,6 +525,14 @@ impl Reply {
                 .map_or(ResponseCode::ServFail, |m| m.metadata.response_code),
             State::Wire => ResponseCode::from_low(self.wire.get(3).map_or(2, |b| b & 0x0f)),
             State::Empty => self.failed.unwrap_or(ResponseCode::ServFail),
+        }
+    }
+    /// The rcode of a reply built as a message, with EDNS's extended bits;
+    /// `None` for wire bytes (their header has the low 4 bits) or nothing.
+    pub fn message_rcode(&self) -> Option<ResponseCode> {
+        match self.state {
+            State::Message => self.message.as_ref().map(|m| m.metadata.response_code),
+            State::Wire | State::Empty => None,
         }
     }
     /// The error the chain ended with, if any.

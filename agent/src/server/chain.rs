@@ -3,18 +3,32 @@
 //! Parses the header and question, picks the server block by longest zone,
 //! runs the plugins' `query` steps in order until one decides, runs the
 //! `response` steps of those that passed the query on in reverse, writes
-//! the reply for a failure, and truncates to the client's UDP size.
+//! the reply for a failure, truncates to the client's UDP size, and tells
+//! the block's *prometheus* (if it has one) how the query ended.
+//!
+//! A panic in a plugin's step is caught here (as CoreDNS's server
+//! `recover`s): counted in `coredns_panics_total`, logged, and answered
+//! SERVFAIL; the listener goes on serving. Catching costs nothing until a
+//! panic happens.
 
+use std::any::Any;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use nodedns_plugins::pkg::response::{ADVERTISED_UDP_SIZE, error_for};
-use nodedns_plugins::pkg::wire;
+use nodedns_plugins::pkg::{metrics, wire};
 use nodedns_plugins::plugin::{RefreshDone, Rerun};
+use nodedns_plugins::prometheus::report_dropped;
 use nodedns_plugins::request::{Header, ParseError};
-use nodedns_plugins::{Chain, Context, Flow, Next, PluginError, Reply, Request, Transport};
+use nodedns_plugins::{
+    Chain, Context, End, Flow, Next, Plugin, PluginError, Reply, Request, Transport,
+};
 use tokio::time::Instant;
 
 use crate::config::{Block, Router};
@@ -70,6 +84,8 @@ pub struct Pending {
     /// What a plugin holds open for this query (a cache flight): released
     /// if the query is dropped before it resumes.
     ticket: Option<nodedns_plugins::plugin::Ticket>,
+    /// The plugin to tell how the query ends (the block's *prometheus*).
+    report_to: Option<usize>,
 }
 
 impl Pending {
@@ -80,7 +96,9 @@ impl Pending {
 }
 
 /// Answers one packet as far as it can without waiting: the reply, a
-/// drop, or the plugin that must go to the network.
+/// drop, or the plugin that must go to the network. A reply's duration is
+/// recorded (for *prometheus*) before this returns; see [`handle_batched`]
+/// to record it when the reply is sent.
 pub fn handle(
     router: &Router,
     raw: &[u8],
@@ -89,8 +107,37 @@ pub fn handle(
     reply: &mut Reply,
     limits: &Limits,
 ) -> Handled {
+    let handled = handle_batched(
+        router,
+        raw,
+        client,
+        transport,
+        reply,
+        limits,
+        Instant::now(),
+    );
+    if reply.has_timing() {
+        reply.end_timing(Instant::now());
+    }
+    handled
+}
+
+/// [`handle`] for a listener that reads and sends queries in batches: the
+/// query arrived at `received` (when its batch was read: one clock read
+/// for the batch), and the duration of its reply (only in blocks with
+/// *prometheus*) waits in the reply until [`end_batch`] records it when
+/// the batch is sent, one more clock read for the whole batch.
+pub fn handle_batched(
+    router: &Router,
+    raw: &[u8],
+    client: SocketAddr,
+    transport: Transport,
+    reply: &mut Reply,
+    limits: &Limits,
+    received: Instant,
+) -> Handled {
     reply.clear();
-    let start = Instant::now();
+    let start = received;
     let mut req = match Request::parse(raw, client, transport) {
         Ok(r) => r,
         Err(ParseError::TooShort | ParseError::IsResponse) => return Handled::Drop,
@@ -111,12 +158,10 @@ pub fn handle(
     // CoreDNS refuses every class but IN before any block sees it, unless
     // a block on the address runs chaos or forward.
     if req.qclass() != CLASS_IN && !router.any_class() {
-        reply.set_message(error_for(&req, ResponseCode::Refused));
-        return finish(reply, &req);
+        return refuse(router, reply, &req, start);
     }
     let Some((block, zone)) = router.route(req.qname_lower(), req.qtype()) else {
-        reply.set_message(error_for(&req, ResponseCode::Refused));
-        return finish(reply, &req);
+        return refuse(router, reply, &req, start);
     };
     let mut cx = Context {
         req: &req,
@@ -129,17 +174,113 @@ pub fn handle(
             at: 0,
         },
     };
-    let (flow, reached) = walk(&block.chain, &mut cx, 0);
-    if let Flow::Upstream = flow {
-        return Handled::Upstream(Pending {
-            block: Arc::clone(block),
-            zone_at: req.qname_lower().len() - zone.len(),
-            at: reached,
-            start,
-            ticket: cx.reply.take_ticket(),
-        });
+    // The closure returns a small value (a pending query goes out through
+    // `pending`): nothing large is copied through the unwind guard.
+    let mut pending = None;
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let (decided, reached) = walk(&block.chain, &mut cx, 0);
+        if decided == Decided::Upstream {
+            pending = Some(Pending {
+                block: Arc::clone(block),
+                zone_at: req.qname_lower().len() - zone.len(),
+                at: reached,
+                start,
+                ticket: cx.reply.take_ticket(),
+                report_to: cx.reply.reporter(),
+            });
+            return false;
+        }
+        complete(&block.chain, &mut cx, decided, reached)
+    }));
+    match (run, pending) {
+        (Ok(_), Some(p)) => Handled::Upstream(p),
+        (Ok(true), None) => Handled::Reply,
+        (Ok(false), None) => Handled::Drop,
+        (Err(panic), _) => {
+            panicked(reply, &req, &block.info.name, start, &*panic);
+            Handled::Reply
+        }
     }
-    complete(&block.chain, &mut cx, flow, reached)
+}
+
+/// Records the durations of a batch of replies just sent (those whose
+/// blocks have *prometheus*), with one clock read.
+pub fn end_batch(replies: &mut [Reply]) {
+    if replies.iter().any(Reply::has_timing) {
+        Reply::end_timings(replies, Instant::now());
+    }
+}
+
+/// REFUSED for a query no block takes (its zone or its class), reported
+/// as CoreDNS's server does: zone `dropped`.
+fn refuse(router: &Router, reply: &mut Reply, req: &Request<'_>, start: Instant) -> Handled {
+    reply.set_message(error_for(req, ResponseCode::Refused));
+    finish(reply, req);
+    if let Some(b) = router.blocks().first() {
+        report_dropped(
+            &b.info.name,
+            req,
+            ResponseCode::Refused,
+            reply.wire().len(),
+            start.elapsed(),
+        );
+    }
+    Handled::Reply
+}
+
+/// After a plugin panicked: counts and logs the panic and writes a
+/// SERVFAIL reply to send, reported as CoreDNS's server does (zone `dropped`). What the
+/// query held (a cache flight) is given back.
+#[cold]
+fn panicked(
+    reply: &mut Reply,
+    req: &Request<'_>,
+    server: &str,
+    start: Instant,
+    panic: &(dyn Any + Send),
+) {
+    metrics::panics().inc();
+    tracing::error!(
+        server,
+        name = %req.qname_display(),
+        panic = panic_message(panic),
+        "Recovered from panic in server"
+    );
+    reply.clear();
+    reply.set_message(error_for(req, ResponseCode::ServFail));
+    finish(reply, req);
+    report_dropped(
+        server,
+        req,
+        ResponseCode::ServFail,
+        reply.wire().len(),
+        start.elapsed(),
+    );
+}
+
+/// What a panic said, if it said it with a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+/// A future that turns a panic while it is polled into an error.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// Continues a query after its plugin's network step, through the rest of
@@ -171,6 +312,7 @@ pub async fn resume(
         at,
         start,
         ticket,
+        report_to,
     } = pending;
     let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
     let chain = &block.chain;
@@ -182,6 +324,9 @@ pub async fn resume(
     if let Some(t) = ticket {
         reply.hold(t);
     }
+    if let Some(p) = report_to {
+        reply.report_to(p);
+    }
     let mut cx = Context {
         req: &req,
         server: &block.info,
@@ -190,12 +335,23 @@ pub async fn resume(
         start,
         next: Next { chain: &*block, at },
     };
-    let (flow, at) = drive(chain, &mut cx, Flow::Upstream, at).await;
-    match complete(chain, &mut cx, flow, at) {
-        // The reply's own buffer, not a copy.
-        Handled::Reply => Some(std::mem::take(reply.wire_buf())),
-        Handled::Drop | Handled::Upstream(_) => None,
-    }
+    let driven = {
+        let driving = pin!(drive(chain, &mut cx, Decided::Upstream, at));
+        CatchUnwind(driving).await
+    };
+    let run = driven.and_then(|(decided, at)| {
+        catch_unwind(AssertUnwindSafe(|| complete(chain, &mut cx, decided, at)))
+    });
+    let sent = match run {
+        Ok(sent) => sent,
+        Err(panic) => {
+            panicked(&mut reply, &req, &block.info.name, start, &*panic);
+            true
+        }
+    };
+    reply.end_timing(Instant::now());
+    // The reply's own buffer, not a copy.
+    sent.then(|| std::mem::take(reply.wire_buf()))
 }
 
 /// Ends a query that will not take its network step — past its deadline,
@@ -220,6 +376,7 @@ pub fn abandon(
         at,
         start,
         ticket,
+        report_to,
     } = pending;
     // The query is given up, not answered by its upstream: whoever waits on
     // what a plugin held for it (a cache flight) asks for itself rather
@@ -228,6 +385,9 @@ pub fn abandon(
     let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
     let chain = &block.chain;
     let mut reply = Reply::default();
+    if let Some(p) = report_to {
+        reply.report_to(p);
+    }
     let mut cx = Context {
         req: &req,
         server: &block.info,
@@ -236,78 +396,152 @@ pub fn abandon(
         start,
         next: Next { chain: &*block, at },
     };
-    match complete(chain, &mut cx, Flow::Fail(rcode, None), at) {
-        Handled::Reply => Some(std::mem::take(reply.wire_buf())),
-        Handled::Drop | Handled::Upstream(_) => None,
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        cx.reply.set_failed(rcode, None);
+        complete(chain, &mut cx, Decided::Failed, at)
+    }));
+    let sent = match run {
+        Ok(sent) => sent,
+        Err(panic) => {
+            panicked(&mut reply, &req, &block.info.name, start, &*panic);
+            true
+        }
+    };
+    reply.end_timing(Instant::now());
+    sent.then(|| std::mem::take(reply.wire_buf()))
+}
+
+/// Ends a query that needed the network but is dropped unanswered (over
+/// the in-flight bound, on UDP): what a plugin held for it is given back,
+/// and it is reported as a query that sent nothing.
+pub fn discard(pending: Pending, raw: &[u8], client: SocketAddr, transport: Transport) {
+    let Pending {
+        block,
+        zone_at,
+        at,
+        start,
+        ticket,
+        report_to,
+    } = pending;
+    drop(ticket);
+    let Some(p) = report_to else { return };
+    let Ok(req) = Request::parse(raw, client, transport) else {
+        return;
+    };
+    let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
+    let mut reply = Reply::default();
+    reply.report_to(p);
+    let mut cx = Context {
+        req: &req,
+        server: &block.info,
+        zone,
+        reply: &mut reply,
+        start,
+        next: Next { chain: &*block, at },
+    };
+    if catch_unwind(AssertUnwindSafe(|| {
+        report(&block.chain, &mut cx, None, None)
+    }))
+    .is_err()
+    {
+        metrics::panics().inc();
+    }
+    reply.end_timing(Instant::now());
+}
+
+/// What the chain decided, once a plugin's [`Flow`] is taken in: a
+/// failure's rcode and error are already in the reply (so the hot path
+/// moves a byte, not a `Flow`, between the steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// The reply is written.
+    Answered,
+    /// Nothing written; the failure is recorded in the reply.
+    Failed,
+    /// Send nothing.
+    Drop,
+    /// The plugin needs the network.
+    Upstream,
+}
+
+/// Takes in a plugin's decision (`Next` is not one).
+fn decide(flow: Flow, cx: &mut Context<'_>) -> Decided {
+    match flow {
+        Flow::Answered => Decided::Answered,
+        Flow::Fail(rc, err) => {
+            cx.reply.set_failed(rc, err);
+            Decided::Failed
+        }
+        Flow::Drop => Decided::Drop,
+        Flow::Upstream => Decided::Upstream,
+        Flow::Next => {
+            cx.reply.set_failed(ResponseCode::ServFail, None);
+            Decided::Failed
+        }
     }
 }
 
-/// Runs network steps while the chain asks for them; `flow` is what the
-/// plugin at `at` decided. Returns the final decision and who made it.
+/// Runs network steps while the chain asks for them; `decided` is what
+/// the plugin at `at` decided. Returns the final decision and who made it.
 /// Bounded: each round moves `at` forward through the chain.
 async fn drive(
-    chain: &[Box<dyn nodedns_plugins::Plugin>],
+    chain: &[Box<dyn Plugin>],
     cx: &mut Context<'_>,
-    mut flow: Flow,
+    mut decided: Decided,
     mut at: usize,
-) -> (Flow, usize) {
-    while matches!(flow, Flow::Upstream) {
+) -> (Decided, usize) {
+    while decided == Decided::Upstream {
         let Some(up) = chain.get(at).and_then(|p| p.upstream()) else {
-            return (Flow::Fail(ResponseCode::ServFail, None), at);
+            cx.reply.set_failed(ResponseCode::ServFail, None);
+            return (Decided::Failed, at);
         };
         cx.next.at = at;
-        flow = match up.exchange(cx).await {
+        decided = match up.exchange(cx).await {
             Flow::Next => {
                 let (next, reached) = walk(chain, cx, at + 1);
                 at = reached;
                 next
             }
             // Only `query` may ask for the network.
-            Flow::Upstream => Flow::Fail(ResponseCode::ServFail, None),
-            other => other,
+            Flow::Upstream => {
+                cx.reply.set_failed(ResponseCode::ServFail, None);
+                Decided::Failed
+            }
+            other => decide(other, cx),
         };
     }
-    (flow, at)
+    (decided, at)
 }
 
 /// Runs the `query` steps from `from` until a plugin decides. Returns the
 /// decision and the index of the plugin that made it (the chain's length
 /// when the chain ran out).
-fn walk(
-    chain: &[Box<dyn nodedns_plugins::Plugin>],
-    cx: &mut Context<'_>,
-    from: usize,
-) -> (Flow, usize) {
+fn walk(chain: &[Box<dyn Plugin>], cx: &mut Context<'_>, from: usize) -> (Decided, usize) {
     let mut at = from;
     loop {
         let Some(p) = chain.get(at) else {
             let plugin = chain.last().map_or("server", |p| p.name());
-            return (
-                Flow::Fail(
-                    ResponseCode::ServFail,
-                    Some(PluginError::NoNextPlugin { plugin }),
-                ),
-                at,
+            cx.reply.set_failed(
+                ResponseCode::ServFail,
+                Some(PluginError::NoNextPlugin { plugin }),
             );
+            return (Decided::Failed, at);
         };
         cx.next.at = at;
         match p.query(cx) {
             Flow::Next => at += 1,
+            Flow::Answered => return (Decided::Answered, at),
             Flow::Upstream if p.upstream().is_none() => {
-                return (Flow::Fail(ResponseCode::ServFail, None), at);
+                cx.reply.set_failed(ResponseCode::ServFail, None);
+                return (Decided::Failed, at);
             }
-            other => return (other, at),
+            other => return (decide(other, cx), at),
         }
     }
 }
 
 /// Runs the `response` steps of plugins `from..to` in reverse.
-fn run_hooks(
-    chain: &[Box<dyn nodedns_plugins::Plugin>],
-    cx: &mut Context<'_>,
-    from: usize,
-    to: usize,
-) {
+fn run_hooks(chain: &[Box<dyn Plugin>], cx: &mut Context<'_>, from: usize, to: usize) {
     let to = to.min(chain.len());
     for (i, p) in chain.iter().enumerate().take(to).skip(from).rev() {
         cx.next.at = i;
@@ -343,16 +577,35 @@ async fn run_after(
             at: after + 1,
         },
     };
-    let (flow, at) = walk(chain, &mut cx, after + 1);
-    let (flow, at) = drive(chain, &mut cx, flow, at).await;
-    match flow {
-        Flow::Drop | Flow::Upstream => return None,
-        Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
-        Flow::Answered | Flow::Next => {}
-    }
-    run_hooks(chain, &mut cx, after + 1, at);
-    if !cx.reply.is_written() {
-        return None;
+    let walked = catch_unwind(AssertUnwindSafe(|| walk(chain, &mut cx, after + 1)));
+    let driven = match walked {
+        Ok((decided, at)) => {
+            let driving = pin!(drive(chain, &mut cx, decided, at));
+            CatchUnwind(driving).await
+        }
+        Err(panic) => Err(panic),
+    };
+    let hooked = driven.and_then(|(decided, at)| {
+        catch_unwind(AssertUnwindSafe(|| {
+            if matches!(decided, Decided::Drop | Decided::Upstream) {
+                return false;
+            }
+            run_hooks(chain, &mut cx, after + 1, at);
+            cx.reply.is_written()
+        }))
+    });
+    match hooked {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(panic) => {
+            metrics::panics().inc();
+            tracing::error!(
+                server = %block.info.name,
+                panic = panic_message(&*panic),
+                "Recovered from panic in a background refresh"
+            );
+            return None;
+        }
     }
     reply.finish().ok().map(<[u8]>::to_vec)
 }
@@ -424,47 +677,88 @@ impl Chain for Block {
     }
 }
 
-/// After the chain decided: records a failure, runs the `response` steps
+/// After the chain decided: runs the `response` steps
 /// of the plugins before `reached` in reverse, writes the reply for a
-/// failure, and encodes.
+/// failure, encodes, and reports how the query ended. `true`: send
+/// `cx.reply`; `false`: send nothing. (A small result: the hit path does
+/// not move a large one around.)
 fn complete(
-    chain: &[Box<dyn nodedns_plugins::Plugin>],
+    chain: &[Box<dyn Plugin>],
     cx: &mut Context<'_>,
-    flow: Flow,
+    decided: Decided,
     reached: usize,
-) -> Handled {
-    match flow {
-        Flow::Drop => {
+) -> bool {
+    let mut by = None;
+    match decided {
+        Decided::Drop => {
             // Nothing is sent: what a plugin held for the query goes back.
             drop(cx.reply.take_ticket());
-            return Handled::Drop;
+            report(chain, cx, None, None);
+            return false;
         }
-        Flow::Fail(rc, err) => cx.reply.set_failed(rc, err),
-        Flow::Answered | Flow::Next | Flow::Upstream => {}
+        Decided::Answered => by = Some(reached),
+        Decided::Failed | Decided::Upstream => {}
     }
     run_hooks(chain, cx, 0, reached);
     if !cx.reply.is_written() {
         let rc = cx.reply.failed().unwrap_or(ResponseCode::ServFail);
         cx.reply.set_message(error_for(cx.req, rc));
+        // The server wrote it.
+        by = None;
     }
-    finish(cx.reply, cx.req)
+    let reporting = cx.reply.reporter().is_some();
+    let built = reporting
+        .then(|| cx.reply.message_rcode())
+        .flatten()
+        .map(u16::from);
+    finish(cx.reply, cx.req);
+    if reporting {
+        // The header's rcode, unless encoding or cutting failed into a
+        // SERVFAIL of our own; with EDNS's bits when the reply was built.
+        let low = cx.reply.wire().get(3).map_or(2, |b| u16::from(b & 0x0f));
+        let rcode = built.filter(|rc| rc & 0x0f == low).unwrap_or(low);
+        let size = cx.reply.wire().len();
+        report(chain, cx, by, Some((rcode, size)));
+    }
+    true
+}
+
+/// Tells the plugin that asked (the block's *prometheus*) how the query
+/// ended: written by plugin `by` (else by the server), `sent` its rcode
+/// and size, or nothing sent. Blocks without one pay a branch.
+#[inline]
+fn report(
+    chain: &[Box<dyn Plugin>],
+    cx: &mut Context<'_>,
+    by: Option<usize>,
+    sent: Option<(u16, usize)>,
+) {
+    let Some(p) = cx.reply.reporter().and_then(|at| chain.get(at)) else {
+        return;
+    };
+    let end = End {
+        chain,
+        by,
+        rcode: sent.map_or(0, |(rc, _)| rc),
+        size: sent.map(|(_, n)| n),
+    };
+    p.finished(cx, &end);
 }
 
 /// Encodes the reply and fits it to the transport's size.
-fn finish(reply: &mut Reply, req: &Request<'_>) -> Handled {
+fn finish(reply: &mut Reply, req: &Request<'_>) {
     let len = match reply.finish() {
         Ok(w) => w.len(),
         Err(e) => {
             tracing::debug!(error = %e, "encoding reply failed");
             header_only(reply, req.header(), ResponseCode::ServFail);
-            return Handled::Reply;
+            return;
         }
     };
     let limit = req.reply_limit();
     if len > limit {
         truncate(reply, req, limit);
     }
-    Handled::Reply
 }
 
 /// Keeps as many records as fit in `limit` (answer, then authority, then
@@ -513,6 +807,7 @@ mod tests {
     use crate::config::load_str;
     use hickory_proto::op::{Edns, Message, Query};
     use hickory_proto::rr::{Name, RecordType};
+    use nodedns_plugins::pkg::metrics;
 
     fn router(corefile: &str) -> Arc<Router> {
         let c = load_str(corefile).unwrap();
@@ -548,7 +843,7 @@ mod tests {
     struct Slow {
         hand_on: bool,
     }
-    impl nodedns_plugins::Plugin for Slow {
+    impl Plugin for Slow {
         fn name(&self) -> &'static str {
             "slow"
         }
@@ -578,7 +873,7 @@ mod tests {
 
     /// Counts response hooks, to see they run after the network step.
     struct Hook(std::sync::atomic::AtomicUsize);
-    impl nodedns_plugins::Plugin for Hook {
+    impl Plugin for Hook {
         fn name(&self) -> &'static str {
             "hook"
         }
@@ -594,7 +889,7 @@ mod tests {
     async fn a_plugin_can_rerun_the_rest_of_its_chain_in_the_background() {
         let hook = Arc::new(Hook(std::sync::atomic::AtomicUsize::new(0)));
         struct Counting(Arc<Hook>);
-        impl nodedns_plugins::Plugin for Counting {
+        impl Plugin for Counting {
             fn name(&self) -> &'static str {
                 "hook"
             }
@@ -646,7 +941,7 @@ mod tests {
         for hand_on in [false, true] {
             let hook = Arc::new(Hook(std::sync::atomic::AtomicUsize::new(0)));
             struct Shared(Arc<Hook>);
-            impl nodedns_plugins::Plugin for Shared {
+            impl Plugin for Shared {
                 fn name(&self) -> &'static str {
                     "hook"
                 }
@@ -657,7 +952,7 @@ mod tests {
                     self.0.response(cx);
                 }
             }
-            let mut chain: Vec<Box<dyn nodedns_plugins::Plugin>> = vec![
+            let mut chain: Vec<Box<dyn Plugin>> = vec![
                 Box::new(Shared(Arc::clone(&hook))),
                 Box::new(Slow { hand_on }),
             ];
@@ -754,5 +1049,280 @@ mod tests {
         let m = ask(&r, &raw, Transport::Udp).unwrap();
         // 16 is both BADVERS and BADSIG; hickory names it BADSIG.
         assert_eq!(u16::from(m.metadata.response_code), 16);
+    }
+
+    // === prometheus and panics ===
+
+    /// The value of one series in a scrape (0 when absent).
+    fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn scrape() -> String {
+        nodedns_plugins::prometheus::render()
+    }
+
+    fn msg(name: &str, qtype: RecordType, edns: Option<(u16, bool)>) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 9;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some((size, dnssec_ok)) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            e.set_dnssec_ok(dnssec_ok);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// Answers `raw` through the whole driver, network step included.
+    async fn ask_all(r: &Router, raw: &[u8], t: Transport) -> Option<Message> {
+        let client = "127.0.0.1:9".parse().unwrap();
+        let mut reply = Reply::new();
+        match handle(r, raw, client, t, &mut reply, &Limits::default()) {
+            Handled::Reply => Some(Message::from_vec(reply.wire()).unwrap()),
+            Handled::Drop => None,
+            Handled::Upstream(p) => {
+                let bytes = resume(p, raw, client, t, Limits::default()).await?;
+                Some(Message::from_vec(&bytes).unwrap())
+            }
+        }
+    }
+
+    /// Every way a query of a block with *prometheus* ends is counted once,
+    /// under CoreDNS's labels: a plugin's answer, a cache hit, an upstream's
+    /// answer and NXDOMAIN, a reply cut for UDP, a DO query, TCP; queries
+    /// no block takes under zone "dropped"; a block without *prometheus*
+    /// counts nothing.
+    #[tokio::test]
+    async fn prometheus_counts_every_query_of_its_block() {
+        let up = nodedns_tests::FakeUpstream::builder()
+            .a("up.example.org.", "192.0.2.2")
+            .start()
+            .await;
+        let mut big = String::new();
+        for i in 0..100 {
+            big.push_str(&format!("    10.0.0.{i} big.example.org\n"));
+        }
+        let r = router(&format!(
+            "example.org:10931 {{\n prometheus 127.0.0.1:0\n cache 30\n hosts {{\n    192.0.2.1 www.example.org\n{big}    fallthrough\n }}\n forward . {up}\n}}\n\
+             example.net:10931 {{\n whoami\n}}\n"
+        ));
+        let server = "server=\"dns://:10931\"";
+        let zone = "view=\"\",zone=\"example.org.\"";
+        let udp = |name: &str| msg(name, RecordType::A, None);
+        // hosts answers, then the cache does.
+        for _ in 0..2 {
+            let m = ask_all(&r, &udp("www.example.org."), Transport::Udp)
+                .await
+                .unwrap();
+            assert_eq!(m.answers.len(), 1);
+        }
+        // The upstream answers, and says NXDOMAIN.
+        let m = ask_all(&r, &udp("up.example.org."), Transport::Udp)
+            .await
+            .unwrap();
+        assert_eq!(m.answers.len(), 1);
+        let m = ask_all(&r, &udp("nx.example.org."), Transport::Udp)
+            .await
+            .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        // Cut to 512 bytes for UDP without EDNS.
+        let m = ask_all(&r, &udp("big.example.org."), Transport::Udp)
+            .await
+            .unwrap();
+        assert!(m.metadata.truncation);
+        // DO set (a cache key of its own: hosts answers again).
+        let m = ask_all(
+            &r,
+            &msg("www.example.org.", RecordType::A, Some((1232, true))),
+            Transport::Udp,
+        )
+        .await
+        .unwrap();
+        assert_eq!(m.answers.len(), 1);
+        // TCP, a type outside the monitored set.
+        let m = ask_all(
+            &r,
+            &msg("www.example.org.", RecordType::HINFO, None),
+            Transport::Tcp,
+        )
+        .await
+        .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        // No block for the zone, and a block without prometheus.
+        let m = ask_all(&r, &udp("www.example.com."), Transport::Udp)
+            .await
+            .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        let m = ask_all(&r, &udp("www.example.net."), Transport::Udp)
+            .await
+            .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+
+        let text = scrape();
+        let requests = |family: &str, proto: &str, qtype: &str, zone: &str| {
+            sample(
+                &text,
+                &format!(
+                    "coredns_dns_requests_total{{family=\"{family}\",proto=\"{proto}\",{server},type=\"{qtype}\",{zone}}}"
+                ),
+            )
+        };
+        assert_eq!(requests("1", "udp", "A", zone), 6.0, "{text}");
+        assert_eq!(requests("1", "tcp", "other", zone), 1.0, "{text}");
+        let responses = |plugin: &str, rcode: &str| {
+            sample(
+                &text,
+                &format!(
+                    "coredns_dns_responses_total{{plugin=\"{plugin}\",rcode=\"{rcode}\",{server},{zone}}}"
+                ),
+            )
+        };
+        // www, big (cut), www with DO, and HINFO (NODATA) for www.
+        assert_eq!(responses("hosts", "NOERROR"), 4.0, "{text}");
+        assert_eq!(responses("cache", "NOERROR"), 1.0, "{text}");
+        assert_eq!(responses("forward", "NOERROR"), 1.0, "{text}");
+        assert_eq!(responses("forward", "NXDOMAIN"), 1.0, "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                &format!("coredns_dns_do_requests_total{{{server},{zone}}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("coredns_dns_request_duration_seconds_count{{{server},{zone}}}")
+            ),
+            7.0,
+            "{text}"
+        );
+        let size = |what: &str, proto: &str, part: &str| {
+            sample(
+                &text,
+                &format!(
+                    "coredns_dns_{what}_size_bytes_{part}{{proto=\"{proto}\",{server},{zone}}}"
+                ),
+            )
+        };
+        assert_eq!(size("request", "udp", "count"), 6.0);
+        assert_eq!(size("response", "udp", "count"), 6.0);
+        assert_eq!(size("response", "tcp", "count"), 1.0);
+        // The reply sent, cut: no UDP reply over 512 bytes.
+        assert!(size("response", "udp", "sum") <= 6.0 * 512.0, "{text}");
+        assert!(size("response", "udp", "sum") > 6.0 * 12.0, "{text}");
+        // Refused before any block: zone "dropped", no plugin.
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "coredns_dns_responses_total{{plugin=\"\",rcode=\"REFUSED\",{server},view=\"\",zone=\"dropped\"}}"
+                )
+            ),
+            1.0,
+            "{text}"
+        );
+        assert!(!text.contains("zone=\"example.net.\""), "{text}");
+    }
+
+    /// The server writes a failure's reply: the plugin label is empty.
+    #[test]
+    fn a_failure_the_server_writes_has_no_plugin() {
+        let r = router("example.org:10932 {\n prometheus 127.0.0.1:0\n}\n");
+        let m = ask(&r, &query("www.example.org.", None), Transport::Udp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        let text = scrape();
+        assert_eq!(
+            sample(
+                &text,
+                "coredns_dns_responses_total{plugin=\"\",rcode=\"SERVFAIL\",server=\"dns://:10932\",view=\"\",zone=\"example.org.\"}"
+            ),
+            1.0,
+            "{text}"
+        );
+    }
+
+    /// The panic tests read one process-wide counter: one at a time.
+    static PANIC_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// A plugin that panics on one name.
+    struct Panicky;
+    impl Plugin for Panicky {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn query(&self, cx: &mut Context<'_>) -> Flow {
+            if cx.req.qname_lower_display() == "panic.example.org." {
+                panic!("panicky: asked for panic.example.org.");
+            }
+            Flow::Next
+        }
+    }
+
+    /// A panic in a plugin's step is caught: counted, answered SERVFAIL
+    /// (reported under zone "dropped"), and the next query is served.
+    #[test]
+    fn a_panicking_plugin_is_answered_servfail_and_the_server_goes_on() {
+        let r = Router::single(vec![
+            Box::new(nodedns_plugins::prometheus::Metrics::new(
+                "dns://:53",
+                &[".".into()],
+            )),
+            Box::new(Panicky),
+            Box::new(nodedns_plugins::whoami::Whoami),
+        ]);
+        let _one = PANIC_TESTS.blocking_lock();
+        let panics = metrics::panics().get();
+        let dropped = "coredns_dns_responses_total{plugin=\"\",rcode=\"SERVFAIL\",server=\"dns://:53\",view=\"\",zone=\"dropped\"}";
+        let before = sample(&scrape(), dropped);
+        let m = ask(&r, &query("panic.example.org.", None), Transport::Udp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(m.metadata.id, 7);
+        assert_eq!(metrics::panics().get(), panics + 1);
+        assert_eq!(sample(&scrape(), dropped), before + 1.0);
+        let m = ask(&r, &query("www.example.org.", None), Transport::Udp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.additionals.len(), 2, "whoami answered");
+    }
+
+    /// A panic in a network step is caught as well: the query gets
+    /// SERVFAIL, the task lives on.
+    #[tokio::test]
+    async fn a_panic_in_a_network_step_is_answered_servfail() {
+        struct Boom;
+        impl Plugin for Boom {
+            fn name(&self) -> &'static str {
+                "boom"
+            }
+            fn query(&self, _cx: &mut Context<'_>) -> Flow {
+                Flow::Upstream
+            }
+            fn upstream(&self) -> Option<&dyn nodedns_plugins::plugin::Upstream> {
+                Some(self)
+            }
+        }
+        impl nodedns_plugins::plugin::Upstream for Boom {
+            fn exchange<'a>(
+                &'a self,
+                _cx: &'a mut Context<'_>,
+            ) -> nodedns_plugins::plugin::UpstreamFuture<'a> {
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    panic!("boom: the upstream step failed")
+                })
+            }
+        }
+        let r = Router::single(vec![Box::new(Boom)]);
+        let _one = PANIC_TESTS.lock().await;
+        let panics = metrics::panics().get();
+        let m = ask_all(&r, &query("www.example.org.", None), Transport::Udp)
+            .await
+            .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(metrics::panics().get(), panics + 1);
     }
 }

@@ -28,7 +28,9 @@ use hickory_proto::op::ResponseCode;
 use nodedns_plugins::request::Header;
 
 use super::UpstreamCtx;
-use super::chain::{Handled, Limits, Pending, handle, header_only, resume};
+use super::chain::{
+    Handled, Limits, Pending, discard, end_batch, handle_batched, header_only, resume,
+};
 use crate::config::Router;
 
 /// Datagrams read per `recvmmsg`.
@@ -294,7 +296,8 @@ async fn run(
                 continue;
             }
         }
-        // Answer each.
+        // Answer each. They arrived by now: one clock read for the batch.
+        let received = tokio::time::Instant::now();
         let current = router.load();
         let mut out = 0usize;
         for i in 0..n {
@@ -320,7 +323,15 @@ async fn run(
                     None => Handled::Drop,
                 }
             } else {
-                handle(&current, raw, client, Transport::Udp, reply, &limits)
+                handle_batched(
+                    &current,
+                    raw,
+                    client,
+                    Transport::Udp,
+                    reply,
+                    &limits,
+                    received,
+                )
             };
             match handled {
                 Handled::Reply => {
@@ -340,6 +351,8 @@ async fn run(
             replies[..out].iter().map(Reply::wire),
             &to[..out],
         );
+        // Sent: the replies' durations end now (one clock read per batch).
+        end_batch(&mut replies[..out]);
     }
 }
 
@@ -417,6 +430,7 @@ fn spawn_upstream(
 ) {
     let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
         tracing::debug!(%client, "too many queries waiting on upstreams; dropping one");
+        discard(pending, raw, client, Transport::Udp);
         return;
     };
     let mut buf = outbox.spare.borrow_mut().pop().unwrap_or_default();

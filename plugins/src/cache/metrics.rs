@@ -1,9 +1,12 @@
-//! cache's metrics, under CoreDNS's names and labels.
+//! cache's metrics, under CoreDNS's names and labels. The counters every
+//! lookup touches (requests, hits, misses) are striped per thread
+//! ([`crate::pkg::metrics::striped`]); the rest are plain counters.
 
 use std::sync::LazyLock;
 
 use prometheus::{IntCounterVec, IntGaugeVec};
 
+use crate::pkg::metrics::striped::{CounterFamily, counter_family};
 use crate::pkg::metrics::{counter_vec, gauge_vec};
 
 pub(super) static ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -13,22 +16,22 @@ pub(super) static ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["server", "type", "zones", "view"],
     )
 });
-pub(super) static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+pub(super) static REQUESTS: LazyLock<&'static CounterFamily> = LazyLock::new(|| {
+    counter_family(
         "coredns_cache_requests_total",
         "The count of cache requests.",
         &["server", "zones", "view"],
     )
 });
-pub(super) static HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+pub(super) static HITS: LazyLock<&'static CounterFamily> = LazyLock::new(|| {
+    counter_family(
         "coredns_cache_hits_total",
         "The count of cache hits.",
         &["server", "type", "zones", "view"],
     )
 });
-pub(super) static MISSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+pub(super) static MISSES: LazyLock<&'static CounterFamily> = LazyLock::new(|| {
+    counter_family(
         "coredns_cache_misses_total",
         "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.",
         &["server", "zones", "view"],

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use self::entry::{CD, DO, Entry};
 use crate::dispenser::SetupError;
+use crate::pkg::metrics::striped::StripedCounter;
 use crate::pkg::response::ADVERTISED_UDP_SIZE;
 use crate::pkg::store::Store;
 use crate::pkg::wire::{self, Kind};
@@ -132,14 +133,14 @@ async fn wait(mut rx: watch::Receiver<Option<Outcome>>, limit: Duration) -> Opti
     r.ok()?.ok()?.clone()
 }
 
-/// Metric handles, resolved once.
+/// Metric handles, resolved once. Those every lookup touches are striped.
 struct Handles {
-    requests: IntCounter,
-    misses: IntCounter,
+    requests: StripedCounter,
+    misses: StripedCounter,
     prefetch: IntCounter,
     drops: IntCounter,
     stale: IntCounter,
-    hits: [IntCounter; 2],
+    hits: [StripedCounter; 2],
     evictions: [IntCounter; 2],
     entries: [IntGauge; 2],
 }

@@ -2,11 +2,15 @@
 //! `coredns_proxy_*` family and the older `coredns_forward_*` series that
 //! dashboards still query. Registered once per process.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec};
 
-use crate::pkg::metrics::{counter, counter_vec, histogram_vec};
+use crate::pkg::metrics::striped::{family, label_pairs};
+use crate::pkg::metrics::{counter, counter_vec, histogram_vec, register_collector};
 
 pub(super) static PROXY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram_vec(
@@ -16,12 +20,82 @@ pub(super) static PROXY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 pub(super) static PROXY_HC_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+    let proxy = counter_vec(
         "coredns_proxy_healthcheck_failures_total",
         "Counter of the number of failed healthchecks.",
         &["proxy_name", "to", "rcode"],
-    )
+    );
+    if let Ok(desc) = Desc::new(
+        LEGACY_HC_FAILURES.to_string(),
+        LEGACY_HC_HELP.to_string(),
+        vec!["to".to_string()],
+        std::collections::HashMap::new(),
+    ) {
+        register_collector(Box::new(LegacyHcFailures {
+            proxy: proxy.clone(),
+            desc,
+        }));
+    }
+    // Every forward resolves its series here, when it is built: the
+    // unlabelled counters are exported from then on, at 0 until counted,
+    // as CoreDNS's (registered when the process starts).
+    LazyLock::force(&HEALTHCHECK_BROKEN);
+    LazyLock::force(&MAX_CONCURRENT_REJECTS);
+    proxy
 });
+
+const LEGACY_HC_FAILURES: &str = "coredns_forward_healthcheck_failures_total";
+const LEGACY_HC_HELP: &str = "Counter of the number of failed healthchecks.";
+
+/// `coredns_forward_healthcheck_failures_total{to}`, CoreDNS's older name
+/// for forward's failed health checks, which dashboards still query: the
+/// `coredns_proxy_healthcheck_failures_total{proxy_name="forward"}` series
+/// read again at each scrape, by upstream.
+struct LegacyHcFailures {
+    proxy: IntCounterVec,
+    desc: Desc,
+}
+
+impl Collector for LegacyHcFailures {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut by_to: BTreeMap<String, f64> = BTreeMap::new();
+        for f in self.proxy.collect() {
+            for m in f.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                if label("proxy_name").as_deref() != Some("forward") {
+                    continue;
+                }
+                let to = label("to").unwrap_or_default();
+                *by_to.entry(to).or_default() += m.get_counter().get_value();
+            }
+        }
+        let metrics = by_to
+            .into_iter()
+            .map(|(to, v)| {
+                let mut m = Metric::from_label(label_pairs([("to", to.as_str())]));
+                let mut c = Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+                m
+            })
+            .collect();
+        vec![family(
+            LEGACY_HC_FAILURES,
+            LEGACY_HC_HELP,
+            MetricType::COUNTER,
+            metrics,
+        )]
+    }
+}
 pub(super) static CONN_CACHE_HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "coredns_proxy_conn_cache_hits_total",
@@ -69,3 +143,25 @@ pub(super) static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         &["to", "rcode"],
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The older family follows the current one, summed by upstream.
+    #[test]
+    fn legacy_healthcheck_failures_mirror_the_proxy_family() {
+        let to = "192.0.2.77:53";
+        PROXY_HC_FAILURES
+            .with_label_values(&["forward", to, ""])
+            .inc_by(3);
+        PROXY_HC_FAILURES
+            .with_label_values(&["other", to, ""])
+            .inc_by(5);
+        let text = crate::pkg::metrics::render();
+        assert!(
+            text.contains("coredns_forward_healthcheck_failures_total{to=\"192.0.2.77:53\"} 3"),
+            "{text}"
+        );
+    }
+}

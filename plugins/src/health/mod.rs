@@ -2,8 +2,10 @@
 //! that answers 200 `OK` while the process runs, lame duck included (as
 //! CoreDNS's *health*: a stopping server is still alive; *ready* is what
 //! turns 503). Setup only: *health* adds nothing to the chain. The agent
-//! binds the address and runs [`serve`].
+//! binds the address and runs [`serve`], which also runs CoreDNS's
+//! self-check ([`overloaded`]) for as long as it serves.
 
+mod overloaded;
 mod setup;
 #[cfg(test)]
 mod tests;
@@ -32,8 +34,19 @@ pub async fn serve(
     life: Arc<Lifecycle>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let addr = listener.local_addr().ok().map(overloaded::target);
     let app = Router::new().route(PATH, any(health)).with_state(life);
-    crate::pkg::http::serve("health", listener, app, stop).await;
+    let serving = crate::pkg::http::serve("health", listener, app, stop);
+    match addr {
+        // The self-check ends with the endpoint.
+        Some(addr) => {
+            tokio::select! {
+                () = serving => {}
+                () = overloaded::run(addr) => {}
+            }
+        }
+        None => serving.await,
+    }
 }
 
 async fn health(State(life): State<Arc<Lifecycle>>) -> (StatusCode, &'static str) {

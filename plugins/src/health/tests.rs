@@ -194,3 +194,55 @@ async fn serves_ok_also_in_lame_duck() {
         "listener closed when stopped"
     );
 }
+
+/// The self-check asks the endpoint once a second and records how long it
+/// took, while the endpoint serves; it ends with the endpoint.
+#[tokio::test]
+async fn the_self_check_times_the_endpoint_while_it_serves() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let checks = || overloaded::DURATION.get_sample_count();
+    let before = checks();
+    let task = tokio::spawn(serve(listener, Lifecycle::new(), stopped));
+    crate::pkg::test::wait_until("two self checks", Duration::from_secs(10), || {
+        checks() >= before + 2
+    })
+    .await;
+    let text = crate::pkg::metrics::render();
+    assert!(
+        text.contains("coredns_health_request_duration_seconds_bucket{le=\"0.00025\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("coredns_health_request_failures_total "),
+        "{text}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the endpoint and its self-check end when stopped")
+        .unwrap();
+}
+
+/// A check that gets no answer is timed and counted as a failure.
+#[tokio::test]
+async fn a_failed_self_check_is_counted() {
+    // A port with nothing listening: the connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let failures = overloaded::FAILURES.get();
+    let checks = overloaded::DURATION.get_sample_count();
+    overloaded::check_once(port).await;
+    assert!(overloaded::FAILURES.get() > failures);
+    assert!(overloaded::DURATION.get_sample_count() > checks);
+}
+
+#[test]
+fn the_self_check_asks_loopback_for_a_wildcard_address() {
+    let t = |a: &str| overloaded::target(a.parse().unwrap()).to_string();
+    assert_eq!(t("0.0.0.0:8080"), "127.0.0.1:8080");
+    assert_eq!(t("[::]:8080"), "[::1]:8080");
+    assert_eq!(t("192.0.2.1:8080"), "192.0.2.1:8080");
+}

@@ -13,6 +13,7 @@
 //! - a name with no entry falls through when `fallthrough` covers it, and
 //!   otherwise gets SERVFAIL: there is no SOA to write an NXDOMAIN with.
 
+mod metrics;
 mod setup;
 mod table;
 #[cfg(test)]

@@ -276,7 +276,14 @@ pub(crate) fn build(
         max_size: MAX_FILE_SIZE,
     });
     let (first, stamp) = match source.load(None) {
-        Ok(Loaded::Table(t, stamp)) => (t, Some(stamp)),
+        Ok(Loaded::Table(t, stamp)) => {
+            super::metrics::file_read(
+                &source.path().display().to_string(),
+                t.len(),
+                stamp.modified(),
+            );
+            (t, Some(stamp))
+        }
         Ok(Loaded::Refused(e, stamp)) => {
             tracing::error!(error = %e, "hosts file refused");
             (source.inline_only(), Some(stamp))
@@ -330,6 +337,11 @@ async fn reload_loop(
         let new = match loaded {
             Ok(Loaded::Unchanged) => continue,
             Ok(Loaded::Table(t, stamp)) => {
+                super::metrics::file_read(
+                    &source.path().display().to_string(),
+                    t.len(),
+                    stamp.modified(),
+                );
                 last = Some(stamp);
                 t
             }

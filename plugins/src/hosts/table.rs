@@ -254,6 +254,13 @@ pub(crate) struct Stamp {
     len: u64,
 }
 
+impl Stamp {
+    /// When the file was last modified, if the system says.
+    pub(crate) fn modified(&self) -> Option<SystemTime> {
+        self.modified
+    }
+}
+
 /// The file and what the plugin mixes into every table built from it.
 #[derive(Debug)]
 pub(crate) struct Source {

@@ -627,6 +627,14 @@ async fn reload_picks_up_a_changed_file() {
         ask(&*p, "r.example.org.", RecordType::A),
         answer(&["r.example.org. 3600 IN A 192.0.2.40"])
     );
+    // Read once: the entries (name and reverse) and the file's time.
+    let entries = || {
+        metrics::ENTRIES
+            .with_label_values(&[&f.0.display().to_string()])
+            .get()
+    };
+    assert_eq!(entries(), 2);
+    assert!(metrics::RELOAD_TIME.get() > 1e9);
 
     // A different size, so the change shows even with coarse timestamps.
     std::fs::write(
@@ -651,6 +659,7 @@ async fn reload_picks_up_a_changed_file() {
         ask(&*p, "r.example.org.", RecordType::A),
         answer(&["r.example.org. 3600 IN A 192.0.2.41"])
     );
+    assert_eq!(entries(), 4, "the re-read set coredns_hosts_entries");
 
     // A deleted file keeps the entries last read, as CoreDNS.
     drop(f);

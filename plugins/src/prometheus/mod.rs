@@ -1,16 +1,20 @@
 //! *prometheus* asks the agent for a process-wide HTTP endpoint, `/metrics`,
 //! that serves the process-wide registry ([`crate::pkg::metrics`]) in
 //! Prometheus's text format, with `coredns_build_info`,
-//! `coredns_plugin_enabled` and the `process_*` metrics added. Setup only:
-//! *prometheus* adds nothing to the chain yet (the per-query
-//! `coredns_dns_*` families come later). The agent binds the address and
-//! runs [`serve`].
+//! `coredns_plugin_enabled`, `coredns_panics_total` and the `process_*`
+//! metrics added; and it adds an entry to its block's chain that counts
+//! every query of the block in the per-query `coredns_dns_*` families
+//! ([`dns`]). The agent binds the address and runs [`serve`].
 
+pub mod dns;
+mod handler;
 mod process;
 mod setup;
 #[cfg(test)]
 mod tests;
 
+pub use dns::report_dropped;
+pub use handler::Metrics;
 pub use setup::{DEFAULT_ADDR, setup};
 
 use std::sync::LazyLock;
@@ -88,6 +92,11 @@ fn register_once() {
             ])
             .set(1);
         LazyLock::force(&PLUGIN_ENABLED);
+        metrics::panics();
+        dns::register();
+        // CoreDNS registers its reload counter when the process starts, so
+        // it is exported at 0 before any reload: reading it registers it.
+        let _ = crate::reload::failures();
         metrics::register_collector(Box::new(process::ProcessCollector::new()));
     });
 }

@@ -29,12 +29,14 @@ pub(super) fn parse(d: &mut Dispenser<'_>) -> Result<PrometheusConfig, SetupErro
     Ok(config)
 }
 
-/// Parses `prometheus` and asks for the endpoint; blocks naming the same
-/// address share one endpoint.
+/// Parses `prometheus`, asks for the endpoint (blocks naming the same
+/// address share one) and adds the block's metrics to its chain.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let config = parse(&mut c.d)?;
     if !c.services.prometheus.contains(&config) {
         c.services.prometheus.push(config);
     }
+    let metrics = super::handler::Metrics::new(&c.block.server_name, &c.block.zones);
+    c.add_plugin(Box::new(metrics));
     Ok(())
 }

@@ -56,7 +56,8 @@ fn setup_table() {
         let got = run_setup("prometheus", setup, text)
             .map_err(|e| e.to_string())
             .map(|(out, services)| {
-                assert!(out.plugins.is_empty(), "{text}: prometheus adds no handler");
+                let names: Vec<&str> = out.plugins.iter().map(|p| p.name()).collect();
+                assert_eq!(names, ["prometheus"], "{text}: the block's metrics handler");
                 assert!(services.health.is_empty() && services.ready.is_empty());
                 services.prometheus
             });

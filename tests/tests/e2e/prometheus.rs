@@ -1,14 +1,18 @@
 //! *prometheus*: `/metrics` on the real binary, fed by cache and forward
 //! queries, shared between blocks, and kept over a reload (issue #10,
-//! point 3).
+//! point 3); every family issue #10 lists, read with a Prometheus
+//! text-format parser.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use nix::sys::signal::Signal;
+use nodedns_tests::client::{query, with_edns};
 use nodedns_tests::{Agent, Client, FakeUpstream, http_get, http_status, wait_until};
+use prometheus_parse::{Sample, Scrape, Value};
 
 /// The sum of every series of `family` in a scrape (`None` if absent).
 fn total(body: &str, family: &str) -> Option<f64> {
@@ -136,6 +140,9 @@ async fn a_reload_keeps_the_series() {
     let requests = total(&before, "coredns_cache_requests_total").unwrap_or(0.0);
     let misses = total(&before, "coredns_cache_misses_total").unwrap_or(0.0);
     assert!(requests >= 4.0 && misses >= 1.0, "{before}");
+    let queries = total(&before, "coredns_dns_requests_total").unwrap_or(0.0);
+    let replies = total(&before, "coredns_dns_responses_total").unwrap_or(0.0);
+    assert!(queries >= 4.0 && replies >= 4.0, "{before}");
 
     // A new cache line (so a fresh store) and a new block.
     let extra = "example.net:0 {\n    bind 127.0.0.1\n    whoami\n}\n";
@@ -149,6 +156,11 @@ async fn a_reload_keeps_the_series() {
     );
     assert!(total(&after, "coredns_cache_misses_total").unwrap_or(0.0) >= misses);
     assert!(
+        total(&after, "coredns_dns_requests_total").unwrap_or(0.0) >= queries,
+        "reset by the reload: {after}"
+    );
+    assert!(total(&after, "coredns_dns_responses_total").unwrap_or(0.0) >= replies);
+    assert!(
         after.contains("zone=\"example.net.\""),
         "plugin_enabled follows the new config: {after}"
     );
@@ -157,6 +169,7 @@ async fn a_reload_keeps_the_series() {
     let counted = wait_until(Duration::from_secs(5), || async {
         let now = scrape(metrics).await;
         total(&now, "coredns_cache_requests_total").unwrap_or(0.0) > requests
+            && total(&now, "coredns_dns_requests_total").unwrap_or(0.0) > queries
     })
     .await;
     assert!(counted, "the counter goes on from its value");
@@ -243,4 +256,227 @@ async fn the_nodelocaldns_corefile_runs() {
         http_status(agent.http("health"), "/health").await,
         Some(200)
     );
+}
+
+// === every family of issue #10, parsed ===
+
+/// A scrape, parsed as Prometheus parses it.
+async fn parsed(addr: SocketAddr) -> Scrape {
+    let body = scrape(addr).await;
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("the text format parses")
+}
+
+/// The samples of `name` (a histogram's buckets come as one sample per series).
+fn series<'a>(s: &'a Scrape, name: &str) -> Vec<&'a Sample> {
+    s.samples.iter().filter(|x| x.metric == name).collect()
+}
+
+/// A sample's value (a histogram's: its +Inf bucket, the count).
+fn value(x: &Sample) -> f64 {
+    match &x.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(b) => b
+            .iter()
+            .find(|c| c.less_than.is_infinite())
+            .map_or(0.0, |c| c.count),
+        Value::Summary(_) => f64::NAN,
+    }
+}
+
+/// The sum of `name`'s series whose labels include `with`.
+fn sum(s: &Scrape, name: &str, with: &[(&str, &str)]) -> f64 {
+    series(s, name)
+        .into_iter()
+        .filter(|x| with.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(value)
+        .sum()
+}
+
+/// Asserts `name` is exported, every series with exactly `labels`.
+fn has_family(s: &Scrape, name: &str, labels: &[&str]) {
+    let all = series(s, name);
+    assert!(!all.is_empty(), "{name} is exported");
+    let want: BTreeSet<&str> = labels.iter().copied().collect();
+    for x in all {
+        let got: BTreeSet<&str> = x.labels.keys().map(String::as_str).collect();
+        assert_eq!(got, want, "{name}'s labels");
+    }
+}
+
+const DNS_LABELS: [&str; 3] = ["server", "zone", "view"];
+
+/// Issue #10's families, after UDP and TCP traffic (misses, hits,
+/// NXDOMAIN, a DO query) through cache and forward, with health running:
+/// each is exported with CoreDNS's labels and values that add up.
+#[tokio::test]
+async fn every_family_of_issue_10_is_exported_with_its_labels() {
+    let up = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let corefile = format!(
+        ".:0 {{\n    bind 127.0.0.1\n    cache 30\n    forward . {up}\n    prometheus 127.0.0.1:0\n    health 127.0.0.1:0\n}}\n"
+    );
+    let agent = Agent::corefile(corefile).start().await;
+    let metrics = agent.http("prometheus");
+    let c = Client::new(agent.udp());
+    // UDP: a miss, two hits, an NXDOMAIN (a miss), a DO query (a miss:
+    // DO is part of the cache key). TCP: two hits.
+    for _ in 0..3 {
+        let m = c.udp("www.example.org.", RecordType::A).await;
+        assert_eq!(m.answers.len(), 1);
+    }
+    let m = c.udp("nx.example.org.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let mut q = with_edns(query("www.example.org.", RecordType::A), 1232);
+    if let Some(e) = q.edns.as_mut() {
+        e.set_dnssec_ok(true);
+    }
+    let m = c.udp_msg(&q).await;
+    assert_eq!(m.answers.len(), 1);
+    for _ in 0..2 {
+        let m = c.tcp("www.example.org.", RecordType::A).await;
+        assert_eq!(m.answers.len(), 1);
+    }
+    // The health self-check runs once a second.
+    let checked = wait_until(Duration::from_secs(10), || async {
+        let s = parsed(metrics).await;
+        sum(&s, "coredns_health_request_duration_seconds", &[]) >= 1.0
+    })
+    .await;
+    assert!(checked, "the health self-check was timed");
+    let s = parsed(metrics).await;
+    let here = [("server", "dns://:0"), ("zone", ".")];
+
+    // Per query.
+    has_family(
+        &s,
+        "coredns_dns_requests_total",
+        &["server", "zone", "view", "proto", "family", "type"],
+    );
+    let udp = [
+        here[0],
+        here[1],
+        ("proto", "udp"),
+        ("family", "1"),
+        ("type", "A"),
+    ];
+    assert_eq!(sum(&s, "coredns_dns_requests_total", &udp), 5.0);
+    let tcp = [
+        here[0],
+        here[1],
+        ("proto", "tcp"),
+        ("family", "1"),
+        ("type", "A"),
+    ];
+    assert_eq!(sum(&s, "coredns_dns_requests_total", &tcp), 2.0);
+    has_family(
+        &s,
+        "coredns_dns_responses_total",
+        &["server", "zone", "view", "rcode", "plugin"],
+    );
+    let responses = |rcode: &str, plugin: &str| {
+        sum(
+            &s,
+            "coredns_dns_responses_total",
+            &[here[0], here[1], ("rcode", rcode), ("plugin", plugin)],
+        )
+    };
+    assert_eq!(responses("NOERROR", "cache"), 4.0, "the hits");
+    assert_eq!(responses("NOERROR", "forward"), 2.0, "the misses");
+    assert_eq!(responses("NXDOMAIN", "forward"), 1.0);
+    has_family(&s, "coredns_dns_request_duration_seconds", &DNS_LABELS);
+    assert_eq!(sum(&s, "coredns_dns_request_duration_seconds", &here), 7.0);
+    let with_proto = ["server", "zone", "view", "proto"];
+    for family in [
+        "coredns_dns_request_size_bytes",
+        "coredns_dns_response_size_bytes",
+    ] {
+        has_family(&s, family, &with_proto);
+        assert_eq!(
+            sum(&s, family, &[here[0], ("proto", "udp")]),
+            5.0,
+            "{family}"
+        );
+        assert_eq!(
+            sum(&s, family, &[here[0], ("proto", "tcp")]),
+            2.0,
+            "{family}"
+        );
+    }
+    has_family(&s, "coredns_dns_do_requests_total", &DNS_LABELS);
+    assert_eq!(sum(&s, "coredns_dns_do_requests_total", &here), 1.0);
+
+    // Unlabelled counters are exported from the start, at 0 here.
+    for name in [
+        "coredns_panics_total",
+        "coredns_reload_failed_total",
+        "coredns_health_request_failures_total",
+        "coredns_forward_healthcheck_broken_total",
+        "coredns_forward_max_concurrent_rejects_total",
+    ] {
+        has_family(&s, name, &[]);
+        assert_eq!(sum(&s, name, &[]), 0.0, "{name}");
+    }
+    has_family(&s, "coredns_health_request_duration_seconds", &[]);
+    has_family(
+        &s,
+        "coredns_plugin_enabled",
+        &["server", "zone", "view", "name"],
+    );
+    has_family(
+        &s,
+        "coredns_build_info",
+        &["version", "revision", "goversion"],
+    );
+    assert_eq!(sum(&s, "coredns_build_info", &[]), 1.0);
+
+    // cache: 7 lookups, 4 hits, 3 misses; one positive entry, one for DO, one denial.
+    let cache = ["server", "zones", "view"];
+    let typed = ["server", "type", "zones", "view"];
+    for (name, labels) in [
+        ("coredns_cache_requests_total", &cache[..]),
+        ("coredns_cache_misses_total", &cache[..]),
+        ("coredns_cache_prefetch_total", &cache[..]),
+        ("coredns_cache_served_stale_total", &cache[..]),
+        ("coredns_cache_drops_total", &cache[..]),
+        ("coredns_cache_hits_total", &typed[..]),
+        ("coredns_cache_entries", &typed[..]),
+        ("coredns_cache_evictions_total", &typed[..]),
+    ] {
+        has_family(&s, name, labels);
+    }
+    assert_eq!(sum(&s, "coredns_cache_requests_total", &[]), 7.0);
+    assert_eq!(sum(&s, "coredns_cache_hits_total", &[]), 4.0);
+    assert_eq!(sum(&s, "coredns_cache_misses_total", &[]), 3.0);
+    assert_eq!(
+        sum(&s, "coredns_cache_entries", &[("type", "success")]),
+        2.0
+    );
+    assert_eq!(sum(&s, "coredns_cache_entries", &[("type", "denial")]), 1.0);
+
+    // forward: three exchanges with the upstream (health checks aside).
+    let to = up.to_string();
+    has_family(&s, "coredns_forward_requests_total", &["to"]);
+    assert!(sum(&s, "coredns_forward_requests_total", &[("to", to.as_str())]) >= 3.0);
+    has_family(&s, "coredns_forward_responses_total", &["to", "rcode"]);
+    assert_eq!(
+        sum(
+            &s,
+            "coredns_forward_responses_total",
+            &[("to", to.as_str()), ("rcode", "NXDOMAIN")]
+        ),
+        1.0
+    );
+    has_family(
+        &s,
+        "coredns_forward_request_duration_seconds",
+        &["to", "rcode"],
+    );
+    has_family(&s, "coredns_forward_healthcheck_failures_total", &["to"]);
+
+    // The process.
+    assert!(sum(&s, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(sum(&s, "process_open_fds", &[]) >= 1.0);
+    has_family(&s, "process_cpu_seconds_total", &[]);
 }

@@ -3,13 +3,17 @@
 //! Metric families are registered once per process (statics), never per
 //! config, so a reload keeps every series (unlike coredns#2111). Plugins
 //! resolve their label values once, at build time, and the hot path is an
-//! atomic add.
+//! atomic add; counters every query touches are per thread ([`striped`]).
+
+pub mod striped;
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use prometheus::core::{Collector, GenericCounter, GenericCounterVec};
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
 };
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -57,6 +61,11 @@ pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     )
 }
 
+/// A gauge without labels (a float), registered.
+pub fn gauge(name: &str, help: &str) -> Gauge {
+    register(Gauge::new(name, help).unwrap_or_else(|e| unreachable_metric(name, &e)))
+}
+
 /// A counter without labels, registered.
 pub fn counter(name: &str, help: &str) -> IntCounter {
     register(IntCounter::new(name, help).unwrap_or_else(|e| unreachable_metric(name, &e)))
@@ -72,12 +81,46 @@ pub fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     )
 }
 
+/// A histogram without labels, registered, with these buckets.
+pub fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .unwrap_or_else(|e| unreachable_metric(name, &e)),
+    )
+}
+
 /// Metric construction fails only for an invalid name or label set, which
 /// are literals in this crate; each plugin's `metric_names_*` test builds
 /// all of its families.
 #[cold]
-fn unreachable_metric(name: &str, e: &prometheus::Error) -> ! {
+pub(crate) fn unreachable_metric(name: &str, e: &prometheus::Error) -> ! {
     panic!("invariant: metric {name} is well-formed: {e}")
+}
+
+/// `coredns_panics_total`: panics caught in a plugin's query or response
+/// step (the server answered SERVFAIL and kept serving). Exported from the
+/// start, at 0, as CoreDNS's.
+pub fn panics() -> &'static IntCounter {
+    static PANICS: LazyLock<IntCounter> = LazyLock::new(|| {
+        counter(
+            "coredns_panics_total",
+            "A metrics that counts the number of panics.",
+        )
+    });
+    &PANICS
+}
+
+/// Takes the duration of a query once its reply is sent: the *prometheus*
+/// plugin's request duration histogram. A listener that sends replies in
+/// batches reads the clock once per batch and hands each reply's duration
+/// over (see [`crate::plugin::Reply::end_timing`]).
+pub trait Durations: Sync {
+    /// Records one query's duration.
+    fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+    /// Records `n` queries that took `d` each (a batch read and sent together).
+    fn observe_n(&self, d: Duration, n: u64);
 }
 
 /// Renders the registry in Prometheus's text format.

@@ -17,7 +17,7 @@ use nodedns_admin::{
 };
 use nodedns_plugins::pkg::inspect::{CacheInspect, Selector, UpstreamInspect};
 use nodedns_plugins::pkg::lifecycle::Lifecycle;
-use nodedns_plugins::pkg::metrics;
+use nodedns_plugins::pkg::metrics::{self, queries};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most changes waiting for the server task; more are refused (503).
@@ -270,7 +270,12 @@ fn type_name(t: u16) -> String {
 
 /// Sums the query and cache counters out of the registry.
 fn stats_from(families: &[prometheus::proto::MetricFamily]) -> Stats {
-    let mut q = QueryStats::default();
+    let (total, by_rcode, by_type) = queries::totals();
+    let q = QueryStats {
+        total,
+        by_rcode,
+        by_type,
+    };
     let mut cache = CacheStats::default();
     for f in families {
         let sum = || {
@@ -280,23 +285,6 @@ fn stats_from(families: &[prometheus::proto::MetricFamily]) -> Stats {
                 .sum::<u64>()
         };
         match f.name() {
-            "coredns_dns_requests_total" => {
-                for m in f.get_metric() {
-                    let n = m.get_counter().get_value() as u64;
-                    q.total += n;
-                    if let Some(t) = label(m, "type") {
-                        *q.by_type.entry(t.to_string()).or_default() += n;
-                    }
-                }
-            }
-            "coredns_dns_responses_total" => {
-                for m in f.get_metric() {
-                    if let Some(rc) = label(m, "rcode") {
-                        *q.by_rcode.entry(rc.to_string()).or_default() +=
-                            m.get_counter().get_value() as u64;
-                    }
-                }
-            }
             "coredns_cache_hits_total" => cache.hits = sum(),
             "coredns_cache_misses_total" => cache.misses = sum(),
             "coredns_cache_prefetch_total" => cache.prefetches = sum(),
@@ -309,13 +297,6 @@ fn stats_from(families: &[prometheus::proto::MetricFamily]) -> Stats {
         cache,
         upstreams: Vec::new(),
     }
-}
-
-fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
-    m.get_label()
-        .iter()
-        .find(|l| l.name() == name)
-        .map(|l| l.value())
 }
 
 #[cfg(test)]

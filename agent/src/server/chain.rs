@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use nodedns_plugins::pkg::response::{ADVERTISED_UDP_SIZE, error_for};
-use nodedns_plugins::pkg::{metrics, wire};
+use nodedns_plugins::pkg::metrics::{self, queries};
+use nodedns_plugins::pkg::wire;
 use nodedns_plugins::plugin::{RefreshDone, Rerun};
 use nodedns_plugins::prometheus::report_dropped;
 use nodedns_plugins::request::{Header, ParseError};
@@ -216,6 +217,7 @@ pub fn end_batch(replies: &mut [Reply]) {
 fn refuse(router: &Router, reply: &mut Reply, req: &Request<'_>, start: Instant) -> Handled {
     reply.set_message(error_for(req, ResponseCode::Refused));
     finish(reply, req);
+    queries::answered(ResponseCode::Refused.low(), req.qtype());
     if let Some(b) = router.blocks().first() {
         report_dropped(
             &b.info.name,
@@ -249,6 +251,7 @@ fn panicked(
     reply.clear();
     reply.set_message(error_for(req, ResponseCode::ServFail));
     finish(reply, req);
+    queries::answered(ResponseCode::ServFail.low(), req.qtype());
     report_dropped(
         server,
         req,
@@ -424,10 +427,11 @@ pub fn discard(pending: Pending, raw: &[u8], client: SocketAddr, transport: Tran
         report_to,
     } = pending;
     drop(ticket);
-    let Some(p) = report_to else { return };
     let Ok(req) = Request::parse(raw, client, transport) else {
         return;
     };
+    queries::dropped(req.qtype());
+    let Some(p) = report_to else { return };
     let zone = req.qname_lower().get(zone_at..).unwrap_or(&[0]);
     let mut reply = Reply::default();
     reply.report_to(p);
@@ -693,6 +697,7 @@ fn complete(
         Decided::Drop => {
             // Nothing is sent: what a plugin held for the query goes back.
             drop(cx.reply.take_ticket());
+            queries::dropped(cx.req.qtype());
             report(chain, cx, None, None);
             return false;
         }
@@ -712,10 +717,12 @@ fn complete(
         .flatten()
         .map(u16::from);
     finish(cx.reply, cx.req);
+    let header_rcode = cx.reply.wire().get(3).map_or(2, |b| b & 0x0f);
+    queries::answered(header_rcode, cx.req.qtype());
     if reporting {
         // The header's rcode, unless encoding or cutting failed into a
         // SERVFAIL of our own; with EDNS's bits when the reply was built.
-        let low = cx.reply.wire().get(3).map_or(2, |b| u16::from(b & 0x0f));
+        let low = u16::from(header_rcode);
         let rcode = built.filter(|rc| rc & 0x0f == low).unwrap_or(low);
         let size = cx.reply.wire().len();
         report(chain, cx, by, Some((rcode, size)));

@@ -28,38 +28,7 @@ use crate::request::{Request, Transport};
 /// a class the address does not serve, a panic): CoreDNS's `vars.Dropped`.
 pub const DROPPED: &str = "dropped";
 
-/// CoreDNS's monitored query types (`vars/monitor.go`); others are "other".
-const TYPES: [&str; 20] = [
-    "A", "AAAA", "CNAME", "DNSKEY", "DS", "MX", "NSEC3", "NSEC", "NS", "PTR", "RRSIG", "SOA",
-    "SRV", "TXT", "HTTPS", "SVCB", "IXFR", "AXFR", "ANY", "other",
-];
-
-/// The index of a query type in [`TYPES`].
-#[inline]
-fn type_index(qtype: u16) -> usize {
-    match qtype {
-        1 => 0,
-        28 => 1,
-        5 => 2,
-        48 => 3,
-        43 => 4,
-        15 => 5,
-        50 => 6,
-        47 => 7,
-        2 => 8,
-        12 => 9,
-        46 => 10,
-        6 => 11,
-        33 => 12,
-        16 => 13,
-        65 => 14,
-        64 => 15,
-        251 => 16,
-        252 => 17,
-        255 => 18,
-        _ => 19,
-    }
-}
+use crate::pkg::metrics::queries::{TYPES, type_index};
 
 const PROTOS: [&str; 2] = ["udp", "tcp"];
 const FAMILIES: [&str; 2] = ["1", "2"];

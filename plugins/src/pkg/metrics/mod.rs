@@ -5,6 +5,7 @@
 //! resolve their label values once, at build time, and the hot path is an
 //! atomic add; counters every query touches are per thread ([`striped`]).
 
+pub mod queries;
 pub mod striped;
 
 use std::sync::LazyLock;

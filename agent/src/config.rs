@@ -37,6 +37,10 @@ pub struct Block {
 #[derive(Default)]
 pub struct Router {
     zones: HashMap<Box<[u8]>, usize>,
+    /// Which wire lengths (1 to 255) some zone has: a suffix of another
+    /// length is not looked up, so most names cost no hash at all (with
+    /// only the root zone, none).
+    lengths: [u64; 4],
     blocks: Vec<Arc<Block>>,
     /// A block runs a plugin that serves classes other than IN.
     any_class: bool,
@@ -68,11 +72,27 @@ impl Router {
             bound: Arc::default(),
             me: me.clone(),
         });
-        Self {
-            zones: HashMap::from([(Box::from(&[0u8][..]), 0)]),
+        let mut router = Self {
+            zones: HashMap::new(),
+            lengths: [0; 4],
             any_class: opens_classes(&block.chain),
             blocks: vec![block],
-        }
+        };
+        router.add_zone(Box::from(&[0u8][..]), 0);
+        router
+    }
+
+    /// Routes `zone` (lower-case wire form) to block `block`.
+    fn add_zone(&mut self, zone: Box<[u8]>, block: usize) {
+        let n = zone.len();
+        self.lengths[n / 64 % 4] |= 1 << (n % 64);
+        self.zones.insert(zone, block);
+    }
+
+    /// Whether some zone is `n` bytes long in wire form.
+    #[inline]
+    fn has_length(&self, n: usize) -> bool {
+        n < 256 && self.lengths[n / 64] & (1 << (n % 64)) != 0
     }
 
     /// Every block this router serves.
@@ -98,7 +118,11 @@ impl Router {
         let mut pos = 0usize;
         while let Some(suffix) = name.get(pos..) {
             let Some(&len) = suffix.first() else { break };
-            if let Some(&i) = self.zones.get(suffix) {
+            if let Some(&i) = self
+                .has_length(suffix.len())
+                .then(|| self.zones.get(suffix))
+                .flatten()
+            {
                 if len == 0 && best.is_some() {
                     break;
                 }
@@ -290,7 +314,7 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
                             line: sb.line,
                         },
                     );
-                    router.zones.insert(wire, idx);
+                    router.add_zone(wire, idx);
                 }
             }
         }

@@ -21,8 +21,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
-use nodedns_plugins::pkg::response::{ADVERTISED_UDP_SIZE, error_for};
 use nodedns_plugins::pkg::metrics::{self, queries};
+use nodedns_plugins::pkg::response::{ADVERTISED_UDP_SIZE, error_for};
 use nodedns_plugins::pkg::wire;
 use nodedns_plugins::plugin::{RefreshDone, Rerun};
 use nodedns_plugins::prometheus::report_dropped;

@@ -2,6 +2,7 @@
 //! real client. One binary, one module per area.
 
 mod admin;
+mod admin_grpc;
 mod cache;
 mod cli;
 mod flights;

@@ -46,8 +46,22 @@ const OUTCOMES: usize = 17;
 const DROPPED: usize = 16;
 /// Header rcode names as miekg/dns prints them.
 const HEADER_RCODES: [&str; 16] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
-    "NXRRSET", "NOTAUTH", "NOTZONE", "DSOTYPENI", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "YXDOMAIN",
+    "YXRRSET",
+    "NXRRSET",
+    "NOTAUTH",
+    "NOTZONE",
+    "DSOTYPENI",
+    "RCODE12",
+    "RCODE13",
+    "RCODE14",
+    "RCODE15",
 ];
 
 static COUNTS: LazyLock<Striped<{ OUTCOMES * TYPES.len() }>> = LazyLock::new(Striped::new);
@@ -55,7 +69,10 @@ static COUNTS: LazyLock<Striped<{ OUTCOMES * TYPES.len() }>> = LazyLock::new(Str
 /// Counts a query answered with the header's `rcode` (its low four bits).
 #[inline]
 pub fn answered(rcode: u8, qtype: u16) {
-    COUNTS.add(usize::from(rcode & 0x0f) * TYPES.len() + type_index(qtype), 1);
+    COUNTS.add(
+        usize::from(rcode & 0x0f) * TYPES.len() + type_index(qtype),
+        1,
+    );
 }
 
 /// Counts a query that got no reply (dropped at a limit or by a plugin).

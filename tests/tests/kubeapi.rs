@@ -805,3 +805,203 @@ async fn kubeconfig_names_the_server_and_the_token() {
     assert!(api.ca_pem().unwrap().contains("BEGIN CERTIFICATE"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// kube-rs's client and watcher against the fake: the best evidence
+/// that it speaks the real protocol, since they were built against the
+/// real API server.
+mod kube_client {
+    use super::*;
+    use futures::{Stream, StreamExt};
+    use k8s_openapi::api::core::v1::Service as KService;
+    use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+    use kube::Resource as _;
+    use kube::api::Api;
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher::{self, Event};
+
+    async fn client(api: &FakeKubeApi, tag: &str) -> kube::Client {
+        let dir = std::env::temp_dir().join(format!("kubeapi-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kc = Kubeconfig::read_from(api.kubeconfig(&dir)).expect("a kubeconfig kube reads");
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("a config");
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    /// The next event, skipping the errors a broken watch yields.
+    async fn next<K, S>(s: &mut S) -> Event<K>
+    where
+        S: Stream<Item = Result<Event<K>, watcher::Error>> + Unpin,
+    {
+        for _ in 0..20 {
+            match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
+                Ok(Some(Ok(e))) => return e,
+                Ok(Some(Err(_))) => continue,
+                Ok(None) => panic!("the watcher ended"),
+                Err(_) => panic!("no event within 10 s"),
+            }
+        }
+        panic!("only errors");
+    }
+
+    fn label<K: kube::Resource>(e: &Event<K>) -> String {
+        let n = |k: &K| k.meta().name.clone().unwrap_or_default();
+        match e {
+            Event::Init => "init".into(),
+            Event::InitApply(k) => format!("init {}", n(k)),
+            Event::InitDone => "done".into(),
+            Event::Apply(k) => format!("apply {}", n(k)),
+            Event::Delete(k) => format!("delete {}", n(k)),
+        }
+    }
+
+    async fn expect<K: kube::Resource, S>(s: &mut S, want: &[&str])
+    where
+        S: Stream<Item = Result<Event<K>, watcher::Error>> + Unpin,
+    {
+        for w in want {
+            assert_eq!(label(&next(s).await), *w);
+        }
+    }
+
+    #[tokio::test]
+    async fn kube_watcher_syncs_pages_and_recovers_from_drops_and_410() {
+        let api = FakeKubeApi::builder()
+            .tls()
+            .token("kube-t0ken")
+            .start()
+            .await;
+        api.apply(Service::cluster_ip("default", "a", "10.96.0.1").port("http", "TCP", 80));
+        api.apply(Service::cluster_ips("ns", "b", &["10.96.0.2", "fd00::2"]));
+        let c = client(&api, "recover").await;
+        let config = watcher::Config::default().page_size(1);
+        let mut s = watcher::watcher(Api::<KService>::all(c), config)
+            .default_backoff()
+            .boxed();
+
+        expect(&mut s, &["init", "init a", "init b", "done"]).await;
+        assert_eq!(api.list_count(Resource::Services), 2, "two pages of one");
+        let first_list = &api.requests()[0];
+        assert_eq!(first_list.param("limit"), Some("1"));
+
+        // A change arrives on the watch, typed as kube expects.
+        api.apply(Service::headless("ns", "c").port("dns", "UDP", 53));
+        match next(&mut s).await {
+            Event::Apply(svc) => {
+                assert_eq!(svc.meta().name.as_deref(), Some("c"));
+                let spec = svc.spec.unwrap();
+                assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+                assert_eq!(spec.ports.unwrap()[0].protocol.as_deref(), Some("UDP"));
+            }
+            e => panic!("{}", label(&e)),
+        }
+        let w = api.requests().into_iter().find(|r| r.is_watch()).unwrap();
+        assert_eq!(w.param("allowWatchBookmarks"), Some("true"));
+        assert!(w.param("timeoutSeconds").is_some());
+        assert!(w.param("resourceVersion").is_some());
+
+        // A dropped connection: kube watches again from its version and
+        // misses nothing written meanwhile, without a relist.
+        api.drop_watches();
+        api.apply(Service::headless("ns", "d"));
+        expect(&mut s, &["apply d"]).await;
+        assert_eq!(api.watch_count(Resource::Services), 2);
+        assert_eq!(api.list_count(Resource::Services), 2);
+
+        // A bookmark moves its version on, silently.
+        api.bookmark();
+        api.apply(Service::headless("ns", "e"));
+        expect(&mut s, &["apply e"]).await;
+
+        // 410 in the stream: kube relists.
+        api.expire_watches();
+        api.delete(Resource::Services, "ns", "b");
+        expect(
+            &mut s,
+            &["init", "init a", "init c", "init d", "init e", "done"],
+        )
+        .await;
+        assert_eq!(api.list_count(Resource::Services), 2 + 4);
+
+        // A drop, then compaction past its version: the new watch gets
+        // 410 and kube relists again.
+        api.drop_watches();
+        api.apply(Service::headless("ns", "f"));
+        api.compact();
+        expect(
+            &mut s,
+            &[
+                "init", "init a", "init c", "init d", "init e", "init f", "done",
+            ],
+        )
+        .await;
+        assert_eq!(api.list_count(Resource::Services), 6 + 5);
+        api.apply(Service::headless("ns", "g"));
+        expect(&mut s, &["apply g"]).await;
+        api.delete(Resource::Services, "ns", "g");
+        expect(&mut s, &["delete g"]).await;
+    }
+
+    #[tokio::test]
+    async fn kube_streaming_list_with_a_label_selector() {
+        let api = FakeKubeApi::start().await;
+        let slice = |name: &str, app: &str| {
+            EndpointSlice::new("ns", "web", name)
+                .label("app", app)
+                .endpoint(
+                    Endpoint::new("10.0.0.1")
+                        .hostname("web-0")
+                        .pod("web-0")
+                        .node("n1"),
+                )
+                .port("http", "TCP", 8080)
+        };
+        api.apply(Service::cluster_ip("ns", "web", "10.96.0.9"));
+        api.apply(slice("web-1", "web"));
+        api.apply(slice("db-1", "db"));
+        let c = client(&api, "stream").await;
+        let config = watcher::Config::default()
+            .streaming_lists()
+            .labels("app=web");
+        let mut s = watcher::watcher(Api::<KSlice>::namespaced(c, "ns"), config)
+            .default_backoff()
+            .boxed();
+        match next(&mut s).await {
+            Event::InitApply(es) => {
+                assert_eq!(es.meta().name.as_deref(), Some("web-1"));
+                assert_eq!(es.address_type, "IPv4");
+                let ep = &es.endpoints[0];
+                assert_eq!(ep.hostname.as_deref(), Some("web-0"));
+                assert_eq!(ep.conditions.as_ref().unwrap().ready, Some(true));
+                assert_eq!(
+                    ep.target_ref.as_ref().unwrap().namespace.as_deref(),
+                    Some("ns")
+                );
+                let owner = &es.meta().owner_references.as_ref().unwrap()[0];
+                let svc = api.get(Resource::Services, "ns", "web").unwrap();
+                assert_eq!(owner.uid, svc["metadata"]["uid"].as_str().unwrap());
+            }
+            e => panic!("{}", label(&e)),
+        }
+        expect(&mut s, &["done"]).await;
+        assert_eq!(
+            api.list_count(Resource::EndpointSlices),
+            0,
+            "no list at all"
+        );
+        let w = api.requests().pop().unwrap();
+        assert_eq!(w.param("sendInitialEvents"), Some("true"));
+        assert_eq!(w.param("resourceVersionMatch"), Some("NotOlderThan"));
+        assert_eq!(w.param("labelSelector"), Some("app=web"));
+        assert_eq!(w.path, KSlice::url_path(&(), Some("ns")));
+
+        api.apply(slice("db-2", "db"));
+        api.apply(slice("db-1", "web"));
+        expect(&mut s, &["apply db-1"]).await;
+        api.apply(slice("web-1", "none"));
+        expect(&mut s, &["delete web-1"]).await;
+    }
+}

@@ -36,12 +36,29 @@
 //!   anything else, `405` for other methods, `401` without the bearer
 //!   token when one is set, `422` for invalid list options.
 //!
-//! Bounds: at most 64 connections (more wait in the backlog), a watch
-//! queue of 1000 events (a watcher that falls further behind is closed,
-//! as the API server closes unresponsive watchers, and resumes from its
-//! last version), a change log of 10 000 writes (older versions are
-//! compacted), watches of at most 30 minutes. Everything stops when the
-//! fake is dropped.
+//! Bounds: at most 64 connections (more wait in the backlog; an idle one
+//! is closed after 5 minutes), a queue of 1000 events per watch (a
+//! watcher that falls further behind is closed, as the API server closes
+//! unresponsive watchers, and resumes from its last version), a log of
+//! 10 000 writes (older versions are compacted), watches of at most 30
+//! minutes. Everything stops when the fake is dropped.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use nodedns_tests::kubeapi::{Endpoint, EndpointSlice, FakeKubeApi, Resource, Service};
+//! let api = FakeKubeApi::start().await;
+//! api.apply(Service::cluster_ip("default", "web", "10.96.0.10").port("http", "TCP", 80));
+//! api.apply(
+//!     EndpointSlice::new("default", "web", "web-abc12")
+//!         .endpoint(Endpoint::new("10.1.0.5").hostname("web-0").pod("web-0"))
+//!         .port("http", "TCP", 8080),
+//! );
+//! let corefile = format!("kubernetes cluster.local {{\n endpoint {}\n}}", api.endpoint_url());
+//! // ... start the agent, query, then break the watch and change things:
+//! api.drop_watches();
+//! api.delete(Resource::Services, "default", "web");
+//! # }
+//! ```
 
 mod objects;
 mod selector;
@@ -526,7 +543,11 @@ where
     let svc = service_fn(move |req| handle(Arc::clone(&shared), req));
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // hyper times the wait for the next request's head from the end
+        // of the last response, so this also closes idle keep-alive
+        // connections: long enough that a test's pooled connection is not
+        // closed under it.
+        .header_read_timeout(Duration::from_secs(300))
         .max_buf_size(64 * 1024)
         .serve_connection(io, svc)
         .await;

@@ -960,9 +960,9 @@ async fn list(shared: &Shared, target: &Target, param: &Params<'_>) -> Response<
     }
 
     // Which version to read at, and the key to start after.
-    let (at, start, exact) = if cont.is_empty() {
+    let (at, start) = if cont.is_empty() {
         match rv {
-            "" | "0" => (None, None, false),
+            "" | "0" => (None, None),
             s => {
                 let n = match parse_rv(s) {
                     Ok(n) => n,
@@ -972,7 +972,7 @@ async fn list(shared: &Shared, target: &Target, param: &Params<'_>) -> Response<
                     return too_large(n, shared.store().rv());
                 }
                 let exact = rvm == "Exact" || (rvm.is_empty() && limit.is_some());
-                (exact.then_some(n), None, exact)
+                (exact.then_some(n), None)
             }
         }
     } else {
@@ -987,7 +987,7 @@ async fn list(shared: &Shared, target: &Target, param: &Params<'_>) -> Response<
             Err(e) => return status_response(400, &e),
         };
         let at = u64::try_from(tok_rv).ok();
-        (at, Some(start), false)
+        (at, Some(start))
     };
 
     let s = shared.store();
@@ -1010,8 +1010,8 @@ async fn list(shared: &Shared, target: &Target, param: &Params<'_>) -> Response<
             st["metadata"] = json!({"continue": token});
             return json_response(410, &st);
         }
+        // Only an exact read can ask for a compacted version.
         Err(Unavailable::TooOld(_)) => {
-            debug_assert!(exact);
             return status_response(410, "The resourceVersion for the provided list is too old.");
         }
         Err(Unavailable::TooLarge(cur)) => {

@@ -1,14 +1,17 @@
 //! The nodedns test harness: the real binary under test ([`Agent`]), a
 //! DNS client ([`Client`]), a fake upstream server with fault modes
-//! ([`FakeUpstream`]) and [`wait_until`]. Everything stays on loopback,
+//! ([`FakeUpstream`]), a fake Kubernetes API server ([`FakeKubeApi`]) and
+//! [`wait_until`]. Everything stays on loopback,
 //! every wait has a deadline, and everything started is stopped on drop.
 
 pub mod agent;
 pub mod client;
+pub mod kubeapi;
 pub mod upstream;
 
 pub use agent::Agent;
 pub use client::Client;
+pub use kubeapi::FakeKubeApi;
 pub use upstream::{FakeUpstream, Fault};
 
 use std::future::Future;

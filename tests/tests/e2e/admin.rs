@@ -461,7 +461,7 @@ async fn twenty_changes_under_steady_load_lose_no_query() {
 #[tokio::test]
 async fn an_invalid_corefile_is_refused_the_same_way_by_put_the_reload_plugin_and_sigusr1() {
     use nix::sys::signal::Signal;
-    let good = ".:0 {\n    bind 127.0.0.1\n    reload 2s 1s\n    hosts {\n        192.0.2.1 www.example.org\n    }\n}\n";
+    let good = ".:0 {\n    bind 127.0.0.1\n    reload 2s 1s\n    prometheus 127.0.0.1:0\n    hosts {\n        192.0.2.1 www.example.org\n    }\n}\n";
     // Line 4 names a plugin nodedns does not have.
     let bad = ".:0 {\n    bind 127.0.0.1\n    reload 2s 1s\n    nosuchplugin\n}\n";
     let agent = Agent::corefile(good).start().await;
@@ -472,36 +472,57 @@ async fn an_invalid_corefile_is_refused_the_same_way_by_put_the_reload_plugin_an
             .to_string()
             == "192.0.2.1"
     };
-    let refusals = || {
+    // The log line of each refusal, by what triggered it.
+    let refusals = |trigger: &str| {
+        let tag = format!("trigger=\"{trigger}\"");
         agent
             .stderr()
             .iter()
-            .filter(|l| l.contains("reload refused") && l.contains(":4: "))
+            .filter(|l| l.contains("reload refused") && l.contains(":4: ") && l.contains(&tag))
             .count()
     };
-    // 1. PUT: 400 naming the line.
+    let failed = || async {
+        let (_, text) = nodedns_tests::http_get(agent.http("prometheus"), "/metrics")
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("coredns_reload_failed_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    assert_eq!(failed().await, 0);
+    // 1. PUT: 400 naming the line, counted.
     let r = put(&agent, "/v1/config", &[], bad).await;
     assert_eq!(r.status, 400);
     assert_eq!(json(&r)["line"], 4, "{r:?}");
-    assert!(wait_until(Duration::from_secs(5), || async { refusals() >= 1 }).await);
+    assert!(wait_until(Duration::from_secs(5), || async { refusals("admin") == 1 }).await);
     assert!(serves().await);
+    assert_eq!(failed().await, 1);
     // 2. The reload plugin sees the file change.
     std::fs::write(agent.path("Corefile"), bad).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || async { refusals() >= 2 }).await,
+        wait_until(Duration::from_secs(10), || async {
+            refusals("reload") >= 1
+        })
+        .await,
         "{:?}",
         agent.stderr()
     );
     assert!(serves().await);
     // 3. SIGUSR1.
-    let before = refusals();
+    let before = refusals("SIGUSR1");
     agent.signal(Signal::SIGUSR1);
     assert!(
-        wait_until(Duration::from_secs(5), || async { refusals() > before }).await,
+        wait_until(Duration::from_secs(5), || async {
+            refusals("SIGUSR1") > before
+        })
+        .await,
         "{:?}",
         agent.stderr()
     );
     assert!(serves().await);
+    let n = failed().await;
+    assert!(n >= 3, "each refusal counted: {n}, {:?}", agent.stderr());
     assert_eq!(
         get(&agent, "/v1/config").await.header("etag"),
         Some("\"1\"")

@@ -28,39 +28,10 @@ use crate::request::{Request, Transport};
 /// a class the address does not serve, a panic): CoreDNS's `vars.Dropped`.
 pub const DROPPED: &str = "dropped";
 
-use crate::pkg::metrics::queries::{TYPES, type_index};
+use crate::pkg::metrics::queries::{RCODES, TYPES, type_index};
 
 const PROTOS: [&str; 2] = ["udp", "tcp"];
 const FAMILIES: [&str; 2] = ["1", "2"];
-
-/// Rcode names as CoreDNS writes them (miekg/dns's `RcodeToString`, else
-/// `RCODE<n>`), for the rcodes counted at a fixed index.
-const RCODES: [&str; 24] = [
-    "NOERROR",
-    "FORMERR",
-    "SERVFAIL",
-    "NXDOMAIN",
-    "NOTIMP",
-    "REFUSED",
-    "YXDOMAIN",
-    "YXRRSET",
-    "NXRRSET",
-    "NOTAUTH",
-    "NOTZONE",
-    "DSOTYPENI",
-    "RCODE12",
-    "RCODE13",
-    "RCODE14",
-    "RCODE15",
-    "BADSIG",
-    "BADKEY",
-    "BADTIME",
-    "BADMODE",
-    "BADNAME",
-    "BADALG",
-    "BADTRUNC",
-    "BADCOOKIE",
-];
 
 /// An rcode's label.
 fn rcode_name(rcode: u16) -> String {

@@ -44,8 +44,9 @@ pub fn type_index(qtype: u16) -> usize {
 /// The header's rcodes (four bits) and, last, "dropped" (nothing sent).
 const OUTCOMES: usize = 17;
 const DROPPED: usize = 16;
-/// Header rcode names as miekg/dns prints them.
-const HEADER_RCODES: [&str; 16] = [
+/// Rcode names as CoreDNS writes them (miekg/dns's `RcodeToString`, else
+/// `RCODE<n>`), for the rcodes counted at a fixed index.
+pub const RCODES: [&str; 24] = [
     "NOERROR",
     "FORMERR",
     "SERVFAIL",
@@ -62,6 +63,14 @@ const HEADER_RCODES: [&str; 16] = [
     "RCODE13",
     "RCODE14",
     "RCODE15",
+    "BADSIG",
+    "BADKEY",
+    "BADTIME",
+    "BADMODE",
+    "BADNAME",
+    "BADALG",
+    "BADTRUNC",
+    "BADCOOKIE",
 ];
 
 static COUNTS: LazyLock<Striped<{ OUTCOMES * TYPES.len() }>> = LazyLock::new(Striped::new);
@@ -91,7 +100,11 @@ pub fn totals() -> (u64, BTreeMap<String, u64>, BTreeMap<String, u64>) {
     for (i, n) in counts.into_iter().enumerate().filter(|(_, n)| *n > 0) {
         let (outcome, t) = (i / TYPES.len(), i % TYPES.len());
         total += n;
-        let rc = HEADER_RCODES.get(outcome).copied().unwrap_or("dropped");
+        let rc = if outcome == DROPPED {
+            "dropped"
+        } else {
+            RCODES.get(outcome).copied().unwrap_or("dropped")
+        };
         *by_rcode.entry(rc.to_string()).or_default() += n;
         *by_type.entry(TYPES[t].to_string()).or_default() += n;
     }

@@ -52,42 +52,66 @@ pub(crate) enum Outcome {
     Refused,
 }
 
-/// The question's name relative to the zone it matched.
+/// How many labels before the zone a name keeps track of: more make a
+/// name CoreDNS does not answer anyway.
+const TAIL: usize = 6;
+
+/// The question's name relative to the zone it matched, its labels found
+/// once.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QName<'a> {
     /// Lower-cased wire form.
     pub(crate) lower: &'a [u8],
     /// Wire length of the zone at its end.
     pub(crate) zone_len: usize,
+    /// Where the last (up to) [`TAIL`] labels before the zone start,
+    /// leftmost first.
+    tail: [u8; TAIL],
+    /// How many of `tail` are set.
+    kept: usize,
+    /// Labels before the zone in all.
+    count: usize,
 }
 
 impl<'a> QName<'a> {
+    /// `lower` (lower-cased wire form) under a zone `zone_len` long.
+    pub(crate) fn new(lower: &'a [u8], zone_len: usize) -> Self {
+        let mut q = Self {
+            lower,
+            zone_len,
+            tail: [0; TAIL],
+            kept: 0,
+            count: 0,
+        };
+        let end = lower.len().saturating_sub(zone_len);
+        let mut ring = [0u8; TAIL];
+        let mut pos = 0;
+        while pos < end {
+            ring[q.count % TAIL] = pos as u8;
+            q.count += 1;
+            pos += 1 + usize::from(lower[pos]);
+        }
+        q.kept = q.count.min(TAIL);
+        for i in 0..q.kept {
+            q.tail[i] = ring[(q.count - q.kept + i) % TAIL];
+        }
+        q
+    }
     fn zone(&self) -> &'a [u8] {
         &self.lower[self.lower.len() - self.zone_len..]
     }
     fn is_apex(&self) -> bool {
         self.lower.len() == self.zone_len
     }
-    /// Up to `N` labels before the zone, rightmost last, and how many
-    /// there are in all.
-    fn labels<const N: usize>(&self) -> (SmallVec<[&'a [u8]; N]>, usize) {
-        let mut out = SmallVec::new();
-        let end = self.lower.len() - self.zone_len;
-        let mut pos = 0;
-        let mut count = 0;
-        while pos < end {
-            let len = usize::from(self.lower[pos]);
-            let Some(label) = self.lower.get(pos + 1..pos + 1 + len) else {
-                break;
-            };
-            if out.len() == N {
-                out.remove(0);
-            }
-            out.push(label);
-            count += 1;
-            pos += 1 + len;
-        }
-        (out, count)
+    /// The `i`th of the kept labels (0: the leftmost kept).
+    fn kept(&self, i: usize) -> &'a [u8] {
+        let at = usize::from(self.tail[i]);
+        let len = usize::from(self.lower[at]);
+        self.lower.get(at + 1..at + 1 + len).unwrap_or_default()
+    }
+    /// The `i`th label counted from the zone (0: the one just before it).
+    fn right(&self, i: usize) -> &'a [u8] {
+        self.kept(self.kept - 1 - i)
     }
 }
 
@@ -111,37 +135,34 @@ pub(crate) struct Parsed<'a> {
 
 /// CoreDNS's `parseRequest` without `zonal` and `multicluster`.
 pub(crate) fn parse_request<'a>(q: &QName<'a>) -> Result<Parsed<'a>, NameError> {
-    let (segs, count) = q.labels::<6>();
     let mut r = Parsed::default();
+    let count = q.count;
     // The apex, `svc.ZONE` and `pod.ZONE` exist and are empty.
-    if count == 0 || (count == 1 && matches!(segs[0], b"svc" | b"pod")) {
+    if count == 0 || (count == 1 && matches!(q.right(0), b"svc" | b"pod")) {
         return Ok(r);
     }
     if count > 5 {
         return Err(NameError);
     }
-    let mut last = segs.len() - 1;
-    r.space = Some(match segs[last] {
+    r.space = Some(match q.right(0) {
         b"svc" => Space::Svc,
         b"pod" => Space::Pod,
         _ => return Err(NameError),
     });
-    if last == 0 {
+    if count == 1 {
         return Ok(r);
     }
-    last -= 1;
-    r.namespace = segs[last];
-    if last == 0 {
+    r.namespace = q.right(1);
+    if count == 2 {
         return Ok(r);
     }
-    last -= 1;
-    r.service = segs[last];
-    match last {
-        0 => {}
-        1 => r.endpoint = segs[0],
+    r.service = q.right(2);
+    match count {
+        3 => {}
+        4 => r.endpoint = q.right(3),
         _ => {
-            r.protocol = strip_underscore(segs[1]);
-            r.port = strip_underscore(segs[0]);
+            r.protocol = strip_underscore(q.right(3));
+            r.port = strip_underscore(q.right(4));
         }
     }
     Ok(r)
@@ -159,8 +180,9 @@ pub(crate) enum Host<'s> {
 }
 
 /// The name CoreDNS gives a found record (its `msg.Domain(key)`): an SRV
-/// target and the owner of its address record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// target and the owner of its address record. Keys are equal when the
+/// names are.
+#[derive(Debug, Clone, Copy, Eq, Hash)]
 pub(crate) enum Key<'s> {
     /// `name.ns.svc.ZONE`.
     Service { name: &'s [u8], ns: &'s [u8] },
@@ -177,10 +199,51 @@ pub(crate) enum Key<'s> {
 }
 
 /// An endpoint's label: its name, or its dashed address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Eq, Hash)]
 pub(crate) enum EpLabel<'s> {
     Name(&'s [u8]),
     Ip(IpAddr),
+}
+
+/// Byte strings equal; most keys compared come from one store entry, so
+/// the same bytes are checked first by address.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || a == b)
+}
+
+impl PartialEq for EpLabel<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Name(a), Self::Name(b)) => same(a, b),
+            (Self::Ip(a), Self::Ip(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Service { name: a, ns: x }, Self::Service { name: b, ns: y }) => {
+                same(a, b) && same(x, y)
+            }
+            (
+                Self::Endpoint {
+                    label: l,
+                    name: a,
+                    ns: x,
+                },
+                Self::Endpoint {
+                    label: m,
+                    name: b,
+                    ns: y,
+                },
+            ) => l == m && same(a, b) && same(x, y),
+            (Self::Pod { pod: a, ns: x }, Self::Pod { pod: b, ns: y }) => same(a, b) && same(x, y),
+            (Self::NsDns, Self::NsDns) => true,
+            _ => false,
+        }
+    }
 }
 
 impl<'s> EpLabel<'s> {
@@ -193,16 +256,60 @@ impl<'s> EpLabel<'s> {
             Self::Ip(ip) => Label::Dashed(ip),
         }
     }
-    /// Whether a query label names this endpoint (CoreDNS's `match`).
-    fn is(self, query: &[u8]) -> bool {
-        match self {
-            Self::Name(n) => n == query,
-            Self::Ip(ip) => {
-                let mut d = super::reply::Dashed::default();
-                d.write(ip);
-                d.as_bytes() == query
-            }
+}
+
+/// The endpoint label of a query, read once: a name, or the address its
+/// dashed form spells (in the canonical spelling only, as CoreDNS compares
+/// the strings).
+#[derive(Debug, Clone, Copy)]
+struct EndpointQuery<'a> {
+    label: &'a [u8],
+    ip: Option<IpAddr>,
+}
+
+impl<'a> EndpointQuery<'a> {
+    fn new(label: &'a [u8]) -> Self {
+        let ip = undash(label).filter(|ip| {
+            let mut d = super::reply::Dashed::default();
+            d.write(*ip);
+            d.as_bytes() == label
+        });
+        Self { label, ip }
+    }
+    /// Whether it names `ep` (CoreDNS's `match` on `endpointHostname`).
+    fn names(&self, ep: EpLabel<'_>) -> bool {
+        match ep {
+            EpLabel::Name(n) => n == self.label,
+            EpLabel::Ip(ip) => self.ip == Some(ip),
         }
+    }
+}
+
+/// Reads a dashed address: `10-0-0-1` (three dashes, none doubled) is
+/// IPv4, anything else is tried as IPv6 with `-` for `:`.
+fn undash(label: &[u8]) -> Option<IpAddr> {
+    if label.is_empty()
+        || label.len() > 45
+        || !label.iter().all(|b| b.is_ascii_hexdigit() || *b == b'-')
+    {
+        return None;
+    }
+    let dashes = label.iter().filter(|b| **b == b'-').count();
+    let v4 = dashes == 3 && !label.windows(2).any(|w| w == b"--");
+    let mut text = [0u8; 45];
+    let text = &mut text[..label.len()];
+    for (d, s) in text.iter_mut().zip(label) {
+        *d = match (*s, v4) {
+            (b'-', true) => b'.',
+            (b'-', false) => b':',
+            (c, _) => c,
+        };
+    }
+    let text = std::str::from_utf8(text).ok()?;
+    if v4 {
+        text.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    } else {
+        text.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
     }
 }
 
@@ -231,7 +338,7 @@ type Hits<'s> = SmallVec<[Hit<'s>; 8]>;
 
 /// A set that stays a small vector until it grows (dedup of answers).
 struct Dedup<T> {
-    small: SmallVec<[T; 16]>,
+    small: SmallVec<[T; 8]>,
     big: Option<std::collections::HashSet<T>>,
 }
 
@@ -258,6 +365,108 @@ impl<T: Hash + Eq + Copy> Dedup<T> {
             self.small.push(v);
         }
         true
+    }
+}
+
+/// For each key, the index of the first equal one among those before it
+/// (equal keys are one name).
+fn key_ids<'s>(keys: impl Iterator<Item = Key<'s>>) -> SmallVec<[u16; 8]> {
+    let mut ids = SmallVec::new();
+    let mut firsts: SmallVec<[(Key<'s>, u16); 8]> = SmallVec::new();
+    let mut big: Option<std::collections::HashMap<Key<'s>, u16>> = None;
+    for (i, key) in keys.enumerate() {
+        let i = u16::try_from(i).unwrap_or(u16::MAX);
+        let id = if let Some(map) = &mut big {
+            *map.entry(key).or_insert(i)
+        } else if let Some((_, id)) = firsts.iter().find(|(k, _)| *k == key) {
+            *id
+        } else {
+            firsts.push((key, i));
+            if firsts.len() > 32 {
+                big = Some(firsts.drain(..).collect());
+            }
+            i
+        };
+        ids.push(id);
+    }
+    ids
+}
+
+/// Spells keys as names in wire form on the stack, reusing the part after
+/// the first label while the keys share it (they come from one service).
+struct Spelling {
+    buf: [u8; 255],
+    /// Where the shared part starts (it ends at `len`).
+    tail_at: usize,
+    len: usize,
+    /// What the shared part was made from.
+    tail_of: Option<(u8, usize, usize, usize, usize)>,
+}
+
+impl Default for Spelling {
+    fn default() -> Self {
+        Self {
+            buf: [0; 255],
+            tail_at: 0,
+            len: 0,
+            tail_of: None,
+        }
+    }
+}
+
+impl Spelling {
+    /// The name of `key` under `zone` (wire form), or `None` when it would
+    /// be longer than 255 bytes.
+    fn spell(&mut self, key: Key<'_>, zone: &[u8]) -> Option<&[u8]> {
+        let (first, rest, kind): (Option<Label<'_>>, [&[u8]; 3], u8) = match key {
+            Key::Service { name, ns } => (None, [name, ns, b"svc"], 0),
+            Key::Endpoint { label, name, ns } => (Some(label.label()), [name, ns, b"svc"], 1),
+            Key::Pod { pod, ns } => (None, [pod, ns, b"pod"], 2),
+            Key::NsDns => (None, [b"ns", b"dns", b""], 3),
+        };
+        let id = (
+            kind,
+            rest[0].as_ptr() as usize,
+            rest[0].len(),
+            rest[1].as_ptr() as usize,
+            rest[1].len(),
+        );
+        // The shared part, at the end of the buffer.
+        if self.tail_of != Some(id) {
+            let labels = rest.iter().filter(|l| !l.is_empty());
+            let n = labels.clone().map(|l| 1 + l.len()).sum::<usize>() + zone.len();
+            if n > self.buf.len() || labels.clone().any(|l| l.len() > 63) {
+                return None;
+            }
+            let mut at = self.buf.len() - n;
+            self.tail_at = at;
+            for l in labels {
+                self.buf[at] = l.len() as u8;
+                self.buf[at + 1..at + 1 + l.len()].copy_from_slice(l);
+                at += 1 + l.len();
+            }
+            self.buf[at..].copy_from_slice(zone);
+            self.len = self.buf.len();
+            self.tail_of = Some(id);
+        }
+        let mut start = self.tail_at;
+        if let Some(first) = first {
+            let mut d = super::reply::Dashed::default();
+            let bytes: &[u8] = match first {
+                Label::Text(t) => t,
+                Label::Dashed(ip) => {
+                    d.write(ip);
+                    d.as_bytes()
+                }
+            };
+            if bytes.is_empty() || bytes.len() > 63 || 1 + bytes.len() > start {
+                return None;
+            }
+            start -= 1 + bytes.len();
+            self.buf[start] = bytes.len() as u8;
+            self.buf[start + 1..start + 1 + bytes.len()].copy_from_slice(bytes);
+        }
+        Some(&self.buf[start..self.len])
     }
 }
 
@@ -431,10 +640,7 @@ impl Kubernetes {
         }
         let before = w.answers();
         chase.targets.push(t.wire.to_vec());
-        let sub = QName {
-            lower: &t.lower,
-            zone_len: q.zone_len,
-        };
+        let sub = QName::new(&t.lower, q.zone_len);
         let r = self.addresses(w, &sub, Name::Wire(&t.wire), v6, chase);
         chase.targets.pop();
         if chase.upstream.is_none() && (r.is_err() || w.answers() == before) {
@@ -443,8 +649,9 @@ impl Kubernetes {
     }
 
     /// CoreDNS's `Kubernetes.Services` for every type but TXT and NS:
-    /// `ns.dns.ZONE` gives the server's own addresses, SRV leaves
-    /// ExternalName services out, anything else is [`Kubernetes::records`].
+    /// `ns.dns.ZONE` gives the server's own addresses, anything else is
+    /// [`Kubernetes::records`]. (CoreDNS's SRV case, which leaves
+    /// ExternalName services out, is in [`Kubernetes::srv`].)
     fn services<R>(
         &self,
         q: &QName<'_>,
@@ -469,17 +676,7 @@ impl Kubernetes {
                 .collect();
             return f(Ok(&hits));
         }
-        self.records(q, |r| match r {
-            Ok(hits) if qtype == rtype::SRV => {
-                let ips: Hits<'_> = hits
-                    .iter()
-                    .filter(|h| matches!(h.host, Host::Ip(_)))
-                    .copied()
-                    .collect();
-                f(Ok(&ips))
-            }
-            other => f(other),
-        })
+        self.records(q, f)
     }
 
     /// CoreDNS's `Kubernetes.Records`.
@@ -568,10 +765,11 @@ impl Kubernetes {
         }
         let mut found = false;
         if headless || !r.endpoint.is_empty() {
+            let wanted = (!r.endpoint.is_empty()).then(|| EndpointQuery::new(r.endpoint));
             for slice in &e.slices {
                 for ep in slice.endpoints.iter() {
                     let label = EpLabel::of(ep);
-                    if !r.endpoint.is_empty() && !label.is(r.endpoint) {
+                    if wanted.is_some_and(|w| !w.names(label)) {
                         continue;
                     }
                     for p in slice.ports.iter().filter(|p| matches_port(r, p)) {
@@ -659,8 +857,7 @@ impl Kubernetes {
     /// CoreDNS's `plugin.TXT` with its TXT case of `Services`: only
     /// `dns-version.ZONE` has one; another existing name is NODATA.
     fn txt(&self, w: &mut Wire<'_>, q: &QName<'_>) -> Result<(), NameError> {
-        let (segs, count) = q.labels::<1>();
-        if count == 1 && segs[0] == b"dns-version" {
+        if q.count == 1 && q.right(0) == b"dns-version" {
             w.record(Name::Qname, rtype::TXT, SCHEMA_TTL, |w| {
                 w.text(DNS_SCHEMA_VERSION);
                 true
@@ -674,7 +871,8 @@ impl Kubernetes {
     }
 
     /// CoreDNS's `plugin.SRV`: a record per (target, port), weights shared
-    /// evenly, and the targets' addresses in the additional section.
+    /// evenly, and the targets' addresses in the additional section (their
+    /// owners point at the targets).
     fn srv(
         &self,
         w: &mut Wire<'_>,
@@ -682,37 +880,53 @@ impl Kubernetes {
         zone_spelled_lower: bool,
     ) -> Result<(), NameError> {
         self.services(q, rtype::SRV, zone_spelled_lower, |hits| {
-            let hits = hits?;
+            // ExternalName services are left out (CoreDNS's Services
+            // drops them for SRV).
+            let hits: SmallVec<[(Key<'_>, IpAddr, i32); 8]> = hits?
+                .iter()
+                .filter_map(|h| match h.host {
+                    Host::Ip(ip) => Some((h.key, ip, h.port)),
+                    Host::Name(_) => None,
+                })
+                .collect();
             if hits.is_empty() {
                 return Ok(());
             }
-            // All priorities are 0 and weights 100: each gets 100/n.
+            // All priorities are 0 and weights 100: each record gets 100/n.
             let n = hits.len() as f64;
             let weight = ((100.0 / (100.0 * n)) * 100.0).floor();
             let weight = if weight < 1.0 { 1 } else { weight as u16 };
+            // Equal keys are one target: number them once.
+            let ids = key_ids(hits.iter().map(|h| h.0));
+            let mut at: SmallVec<[u16; 8]> = SmallVec::from_elem(0, hits.len());
+            let mut target = Spelling::default();
             let mut seen = Dedup::new();
-            for h in hits.iter().filter(|h| h.port != -1) {
-                let port = h.port as u16;
-                if !seen.insert((h.key, port)) {
+            for (i, (key, _, port)) in hits.iter().enumerate() {
+                let id = ids[i];
+                if *port == -1 || !seen.insert((id, *port as u16)) {
                     continue;
                 }
-                let (labels, n) = h.key.labels();
-                w.record(Name::Qname, rtype::SRV, self.ttl, |w| {
-                    w.u16(0);
-                    w.u16(weight);
-                    w.u16(port);
-                    w.name(Name::Under(&labels[..n], Tail::Zone), false)
-                });
+                let Some(name) = target.spell(*key, w.zone_wire()) else {
+                    continue;
+                };
+                if let Some(pos) = w.srv(self.ttl, weight, *port as u16, name)
+                    && at[usize::from(id)] == 0
+                {
+                    at[usize::from(id)] = u16::try_from(pos).unwrap_or(0);
+                }
             }
             w.section(Section::Additional);
             let mut seen = Dedup::new();
-            for h in hits.iter().filter(|h| h.port != -1) {
-                let Host::Ip(ip) = h.host else { continue };
-                if !seen.insert((h.key, ip)) {
+            for (i, (key, ip, port)) in hits.iter().enumerate() {
+                let id = ids[i];
+                if *port == -1 || !seen.insert((id, *ip)) {
                     continue;
                 }
-                let (labels, n) = h.key.labels();
-                w.addr(Name::Under(&labels[..n], Tail::Zone), self.ttl, ip);
+                if at[usize::from(id)] != 0 {
+                    w.addr(Name::At(at[usize::from(id)]), self.ttl, *ip);
+                } else if let Some(name) = target.spell(*key, w.zone_wire()) {
+                    w.addr(Name::Wire(name), self.ttl, *ip);
+                }
             }
             Ok(())
         })
@@ -834,8 +1048,7 @@ impl Kubernetes {
 
 /// Whether `q` is `ns.dns.ZONE`.
 fn is_default_ns(q: &QName<'_>) -> bool {
-    let (segs, count) = q.labels::<2>();
-    count == 2 && segs[0] == b"ns" && segs[1] == b"dns"
+    q.count == 2 && q.right(1) == b"ns" && q.right(0) == b"dns"
 }
 
 /// CoreDNS's `dnsutil.IsReverse`: a name below `in-addr.arpa.` or

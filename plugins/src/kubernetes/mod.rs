@@ -216,10 +216,7 @@ impl Kubernetes {
         let Some(zone) = zones::matches(&self.zones, qname) else {
             return Decision::Next;
         };
-        let q = QName {
-            lower: qname,
-            zone_len: zone.len(),
-        };
+        let q = QName::new(qname, zone.len());
         let spelled = req.qname_wire();
         let mut chase = Chase {
             zone_spelled_lower: spelled.get(spelled.len() - zone.len()..) == Some(zone),

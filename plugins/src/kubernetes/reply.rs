@@ -34,6 +34,8 @@ pub(crate) mod rtype {
 
 const HEADER: usize = 12;
 const MAX_MESSAGE: usize = 65535;
+/// Room kept for the OPT record [`Wire::finish`] may add.
+const OPT_LEN: usize = 11;
 const MAX_NAME: usize = 255;
 const FLAG_QR: u16 = 0x8000;
 const FLAG_AA: u16 = 0x0400;
@@ -69,6 +71,9 @@ pub(crate) enum Name<'a> {
     Under(&'a [Label<'a>], Tail<'a>),
     /// A whole name in wire form (an ExternalName target).
     Wire(&'a [u8]),
+    /// The name written at this offset of the message, as a pointer: only
+    /// where compression is allowed (owner names).
+    At(u16),
 }
 
 /// Sections, in order.
@@ -133,6 +138,12 @@ impl<'b> Wire<'b> {
         self.buf.truncate(end);
         self.counts = [0; 3];
         self.section = Section::Answer;
+        self.truncated = false;
+    }
+
+    /// The zone the question matched, in wire form as the client spelled it.
+    pub(crate) fn zone_wire(&self) -> &'b [u8] {
+        &self.qname[self.zone_at..]
     }
 
     /// Records in the answer section so far.
@@ -196,7 +207,7 @@ impl<'b> Wire<'b> {
         }
         let rdlen = self.buf.len() - len_at - 2;
         let i = self.section as usize;
-        if self.buf.len() > MAX_MESSAGE
+        if self.buf.len() > MAX_MESSAGE - OPT_LEN
             || rdlen > usize::from(u16::MAX)
             || self.counts[i] == u16::MAX
         {
@@ -211,6 +222,65 @@ impl<'b> Wire<'b> {
 
     /// An address record for `ip` (A or AAAA by its family).
     pub(crate) fn addr(&mut self, owner: Name<'_>, ttl: u32, ip: IpAddr) -> bool {
+        let owner = match owner {
+            Name::Qname => HEADER as u16,
+            Name::At(at) if usize::from(at) < self.buf.len() && at < 0x4000 => at,
+            _ => return self.addr_slow(owner, ttl, ip),
+        };
+        // The common case in one write: a pointer owner, the fixed fields
+        // and the address.
+        let i = self.section as usize;
+        let mut rec = [0u8; 28];
+        rec[0..2].copy_from_slice(&(0xc000 | owner).to_be_bytes());
+        let (rtype, len) = match ip {
+            IpAddr::V4(v4) => {
+                rec[12..16].copy_from_slice(&v4.octets());
+                (rtype::A, 16)
+            }
+            IpAddr::V6(v6) => {
+                rec[12..28].copy_from_slice(&v6.octets());
+                (rtype::AAAA, 28)
+            }
+        };
+        rec[2..4].copy_from_slice(&rtype.to_be_bytes());
+        rec[4..6].copy_from_slice(&rtype::IN.to_be_bytes());
+        rec[6..10].copy_from_slice(&ttl.to_be_bytes());
+        rec[10..12].copy_from_slice(&(len as u16 - 12).to_be_bytes());
+        if self.buf.len() + len > MAX_MESSAGE - OPT_LEN || self.counts[i] == u16::MAX {
+            self.truncated = true;
+            return false;
+        }
+        self.buf.extend_from_slice(&rec[..len]);
+        self.counts[i] += 1;
+        true
+    }
+
+    /// An SRV record owned by the question's name, its target a whole
+    /// name in wire form (RFC 2782: never compressed). Returns where the
+    /// target was written, or `None` when the record does not fit.
+    pub(crate) fn srv(&mut self, ttl: u32, weight: u16, port: u16, target: &[u8]) -> Option<usize> {
+        let i = self.section as usize;
+        if self.buf.len() + 18 + target.len() > MAX_MESSAGE - OPT_LEN || self.counts[i] == u16::MAX
+        {
+            self.truncated = true;
+            return None;
+        }
+        let mut rec = [0u8; 18];
+        rec[0..2].copy_from_slice(&(0xc000 | HEADER as u16).to_be_bytes());
+        rec[2..4].copy_from_slice(&rtype::SRV.to_be_bytes());
+        rec[4..6].copy_from_slice(&rtype::IN.to_be_bytes());
+        rec[6..10].copy_from_slice(&ttl.to_be_bytes());
+        rec[10..12].copy_from_slice(&((6 + target.len()) as u16).to_be_bytes());
+        rec[14..16].copy_from_slice(&weight.to_be_bytes());
+        rec[16..18].copy_from_slice(&port.to_be_bytes());
+        self.buf.extend_from_slice(&rec);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(target);
+        self.counts[i] += 1;
+        Some(at)
+    }
+
+    fn addr_slow(&mut self, owner: Name<'_>, ttl: u32, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(v4) => self.record(owner, rtype::A, ttl, |w| {
                 w.buf.extend_from_slice(&v4.octets());
@@ -221,11 +291,6 @@ impl<'b> Wire<'b> {
                 true
             }),
         }
-    }
-
-    /// Appends a 16-bit value (in RDATA).
-    pub(crate) fn u16(&mut self, v: u16) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
     /// Appends a 32-bit value (in RDATA).
@@ -255,6 +320,13 @@ impl<'b> Wire<'b> {
             }
             Name::Wire(w) => {
                 self.buf.extend_from_slice(w);
+                true
+            }
+            Name::At(at) => {
+                if !compress || usize::from(at) >= self.buf.len() || at >= 0x4000 {
+                    return false;
+                }
+                self.pointer(usize::from(at));
                 true
             }
             Name::Under(labels, tail) => {
@@ -312,6 +384,24 @@ impl<'b> Wire<'b> {
     }
 }
 
+/// Each byte in decimal, padded to four bytes, and how many are digits.
+static DECIMAL: [([u8; 4], u8); 256] = {
+    let mut t = [([0u8; 4], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let v = i as u8;
+        t[i] = if v >= 100 {
+            ([b'0' + v / 100, b'0' + v / 10 % 10, b'0' + v % 10, 0], 3)
+        } else if v >= 10 {
+            ([b'0' + v / 10, b'0' + v % 10, 0, 0], 2)
+        } else {
+            ([b'0' + v, 0, 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
+
 /// An address in dashed form, on the stack.
 pub(crate) struct Dashed {
     buf: [u8; 48],
@@ -331,7 +421,25 @@ impl Dashed {
     /// `ip` as CoreDNS's `endpointHostname` spells it.
     pub(crate) fn write(&mut self, ip: IpAddr) {
         self.len = 0;
-        let _ = write!(self, "{ip}");
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut at = 0;
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    let (digits, n) = DECIMAL[usize::from(o)];
+                    self.buf[at..at + 4].copy_from_slice(&digits);
+                    at += usize::from(n);
+                    if i < 3 {
+                        self.buf[at] = b'-';
+                        at += 1;
+                    }
+                }
+                self.len = at;
+                return;
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(self, "{v6}");
+            }
+        }
         for b in &mut self.buf[..self.len] {
             if *b == b'.' || *b == b':' {
                 *b = b'-';

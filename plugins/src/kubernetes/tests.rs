@@ -1387,6 +1387,14 @@ fn endpoint_names_under_cluster_ip_services() {
             ),
             // Too long.
             ("a.b.c.svc1.testns.svc.cluster.local.", A, nxdomain()),
+            // An address spelled other than canonically names no endpoint
+            // (CoreDNS compares the strings).
+            (
+                "5678-abcd-0-0-0-0-0-1.hdls1.testns.svc.cluster.local.",
+                AAAA,
+                nxdomain(),
+            ),
+            ("172-000-0-2.hdls1.testns.svc.cluster.local.", A, nxdomain()),
             // Neither svc nor pod.
             ("svc1.testns.pood.cluster.local.", A, nxdomain()),
             // Other types: NODATA for what exists.
@@ -1830,20 +1838,21 @@ fn huge_answers_are_bounded() {
             .collect();
         b.apply_slice(slice("testns", "big-1", "big", HTTP, eps));
     }
-    let out = run(
-        &k,
-        &query("big.testns.svc.cluster.local.", AAAA),
-        Transport::Tcp,
-        Stub::Rcode(ResponseCode::Refused),
-    );
-    let m = out.msg.expect("answered");
+    // With EDNS, so the OPT record must fit too.
+    let raw = query_edns("big.testns.svc.cluster.local.", AAAA, 4096, false);
+    let wire = crate::pkg::test::with_context(&raw, Transport::Tcp, |cx| {
+        assert!(matches!(k.query(cx), Flow::Answered));
+        cx.reply.finish().unwrap().to_vec()
+    });
+    assert!(wire.len() <= 65535, "{}", wire.len());
+    let m = Message::from_vec(&wire).unwrap();
     assert!(m.metadata.truncation);
+    assert!(m.edns.is_some());
     assert!(
         m.answers.len() > 1000 && m.answers.len() < 5000,
         "{}",
         m.answers.len()
     );
-    assert!(m.to_vec().unwrap().len() <= 65535);
 }
 
 // === ExternalName ===
@@ -2240,10 +2249,7 @@ fn parse_requests() {
     let zl = name_to_wire(zone).unwrap().len();
     let show = |name: &str| -> Result<String, ()> {
         let lower = name_to_wire(name).unwrap();
-        let q = QName {
-            lower: &lower,
-            zone_len: zl,
-        };
+        let q = QName::new(&lower, zl);
         let r = parse_request(&q).map_err(|_| ())?;
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let space = match r.space {
@@ -2301,4 +2307,46 @@ fn reverse_names() {
     assert_eq!(ip("in-addr.arpa."), None);
     assert_eq!(ip("1.2.3.4.example.org."), None);
     assert_eq!(ip("x.0.0.10.in-addr.arpa."), None);
+}
+
+/// The README's `~~~ corefile` examples parse (the e2e README test loads
+/// them whole once the plugin is registered).
+#[test]
+fn readme_examples_parse() {
+    let text = include_str!("README.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match &mut current {
+            None if line.starts_with("~~~ corefile") => current = Some(String::new()),
+            Some(b) if line.starts_with("~~~") => blocks.push(current.take().unwrap_or_default()),
+            Some(b) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            None => {}
+        }
+    }
+    assert_eq!(blocks.len(), 3);
+    let file: Arc<str> = Arc::from("Corefile");
+    for b in blocks {
+        let tokens = lex(&file, &b).unwrap();
+        let start = tokens.iter().position(|t| t.text == "kubernetes").unwrap();
+        // The directive's tokens: to the end of its block.
+        let mut end = start + 1;
+        let mut depth = 0;
+        while end < tokens.len() {
+            match tokens[end].text.as_str() {
+                "{" => depth += 1,
+                "}" => depth -= 1,
+                _ => {}
+            }
+            end += 1;
+            if depth == 0 && tokens[end - 1].text == "}" {
+                break;
+            }
+        }
+        let mut d = Dispenser::new("kubernetes", &tokens[start..end]);
+        parse(&mut d, &block(&["cluster.local."])).unwrap_or_else(|e| panic!("{b}: {e}"));
+    }
 }

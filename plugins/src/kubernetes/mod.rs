@@ -7,7 +7,8 @@
 //! - `store.rs`: the DNS-shaped view of the cluster, read without a lock,
 //!   fed by the watch side through [`Batch`];
 //! - `answer.rs`: what is answered, record by record;
-//! - `reply.rs`: replies written in wire form straight into the buffer.
+//! - `reply.rs`: replies written in wire form straight into the buffer;
+//! - `watch.rs`: kube-rs watchers that keep the store current.
 //!
 //! The `query` step is synchronous and, for every name the store can
 //! answer, allocation-free. One case needs the network: an ExternalName
@@ -23,6 +24,7 @@ mod setup;
 mod store;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 pub use labels::{Expression, Selector, SetOp};
 pub use setup::{

@@ -122,14 +122,16 @@ impl KubernetesConfig {
     }
 }
 
-/// Parses `kubernetes` and adds the handler and its readiness.
-///
-/// Not registered in the agent yet: the watch side that fills the store
-/// is not there, and a plugin whose store never syncs answers SERVFAIL.
+/// Parses `kubernetes`, adds the handler and its readiness, and the task
+/// that watches the API server while the configuration serves.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let config = parse(&mut c.d, c.block)?;
     let k = Kubernetes::new(&config, Some(std::sync::Arc::clone(&c.block.bound)));
     c.services.readiness.push(k.readiness());
+    c.spawn_on_start(super::watch::run(
+        std::sync::Arc::clone(k.config()),
+        std::sync::Arc::downgrade(k.store()),
+    ));
     c.add_plugin(Box::new(k));
     Ok(())
 }

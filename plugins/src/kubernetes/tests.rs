@@ -390,7 +390,11 @@ fn setup_adds_plugin_and_readiness() {
     let (out, services) = run_setup("kubernetes", setup, "kubernetes cluster.local").unwrap();
     assert_eq!(out.plugins.len(), 1);
     assert_eq!(out.plugins[0].name(), "kubernetes");
-    assert!(out.tasks.is_empty(), "no watch is started yet");
+    assert_eq!(
+        out.tasks.len(),
+        1,
+        "the watch task, started with the config"
+    );
     assert_eq!(services.readiness.len(), 1);
     assert_eq!(services.readiness[0].name(), "kubernetes");
     assert!(!services.readiness[0].ready(), "not ready before a sync");

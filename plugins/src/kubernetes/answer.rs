@@ -35,6 +35,9 @@ const SCHEMA_TTL: u32 = 28800;
 const MAX_CNAME_CHAIN: usize = 10;
 /// Largest SOA TTL (CoreDNS's `plugin.SOA`).
 const MAX_SOA_TTL: u32 = 300;
+/// Records found for one name at most: twice what a 64 KiB message holds
+/// (4,094 A records), so a service with more endpoints costs no more.
+const MAX_HITS: usize = 8192;
 
 /// The name does not exist (CoreDNS's `errNoItems`, `errNsNotExposed`,
 /// `errInvalidRequest`: all are name errors).
@@ -774,6 +777,9 @@ impl Kubernetes {
                     }
                     for p in slice.ports.iter().filter(|p| matches_port(r, p)) {
                         found = true;
+                        if out.len() == MAX_HITS {
+                            return Ok(());
+                        }
                         out.push(Hit {
                             host: Host::Ip(ep.ip),
                             port: p.port,
@@ -786,6 +792,9 @@ impl Kubernetes {
             for p in svc.ports.iter().filter(|p| matches_port(r, p)) {
                 found = true;
                 for ip in ips.iter() {
+                    if out.len() == MAX_HITS {
+                        return Ok(());
+                    }
                     out.push(Hit {
                         host: Host::Ip(*ip),
                         port: p.port,
@@ -892,7 +901,8 @@ impl Kubernetes {
             if hits.is_empty() {
                 return Ok(());
             }
-            // All priorities are 0 and weights 100: each record gets 100/n.
+            // All priorities are 0 and weights 100: each record gets 100/n
+            // (1 once n passes 100, so a capped list changes nothing).
             let n = hits.len() as f64;
             let weight = ((100.0 / (100.0 * n)) * 100.0).floor();
             let weight = if weight < 1.0 { 1 } else { weight as u16 };

@@ -1837,7 +1837,8 @@ fn huge_answers_are_bounded() {
     {
         let mut b = k.store().batch();
         b.apply_service(svc("testns", "big", ServiceKind::Headless, HTTP));
-        let eps = (0..5000u32)
+        // More than the plugin looks at for one name (8192).
+        let eps = (0..9000u32)
             .map(|i| ep(&format!("2001:db8::{:x}", i + 1), "", ""))
             .collect();
         b.apply_slice(slice("testns", "big-1", "big", HTTP, eps));
@@ -1856,6 +1857,21 @@ fn huge_answers_are_bounded() {
         m.answers.len() > 1000 && m.answers.len() < 5000,
         "{}",
         m.answers.len()
+    );
+    // SRV too: weight 1 each, the targets' addresses after them.
+    let raw = query("big.testns.svc.cluster.local.", SRV);
+    let wire = crate::pkg::test::with_context(&raw, Transport::Tcp, |cx| {
+        assert!(matches!(k.query(cx), Flow::Answered));
+        cx.reply.finish().unwrap().to_vec()
+    });
+    assert!(wire.len() <= 65535, "{}", wire.len());
+    let m = Message::from_vec(&wire).unwrap();
+    assert!(m.metadata.truncation);
+    assert!(m.answers.len() > 500, "{}", m.answers.len());
+    assert!(
+        m.answers[0].to_string().contains(" SRV 0 1 80 "),
+        "{}",
+        m.answers[0]
     );
 }
 

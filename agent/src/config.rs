@@ -509,10 +509,10 @@ mod tests {
     fn unknown_and_missing_directives() {
         let err = load_str(".:1053 {\n whoami\n nonesuch\n}\n").unwrap_err();
         assert_eq!(err.to_string(), "Corefile:3: unknown directive 'nonesuch'");
-        let err = load_str(". {\n    kubernetes cluster.local\n}\n").unwrap_err();
+        let err = load_str(". {\n    rewrite name a b\n}\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Corefile:2: kubernetes: plugin not supported yet by nodedns"
+            "Corefile:2: rewrite: plugin not supported yet by nodedns"
         );
     }
 

@@ -49,7 +49,7 @@ pub const ORDER: &[(&str, Option<SetupFn>)] = &[
     ("azure", None),
     ("clouddns", None),
     ("k8s_external", None),
-    ("kubernetes", None),
+    ("kubernetes", Some(p::kubernetes::setup)),
     ("file", None),
     ("auto", None),
     ("secondary", None),
@@ -103,10 +103,14 @@ mod tests {
             "minimal",
             "chaos",
             "prometheus",
+            "kubernetes",
         ] {
             assert!(have.contains(&want), "{want} missing");
         }
-        assert!(lookup("kubernetes") == Some(None));
+        assert!(
+            lookup("rewrite") == Some(None),
+            "known to CoreDNS, not built yet"
+        );
         assert!(lookup("nonesuch").is_none());
     }
 }

@@ -22,6 +22,7 @@ pub mod errors;
 pub mod forward;
 pub mod health;
 pub mod hosts;
+pub mod kubernetes;
 pub mod loadbalance;
 pub mod log;
 pub mod r#loop;

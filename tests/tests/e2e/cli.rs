@@ -42,6 +42,7 @@ fn plugins_lists_the_chain_order() {
             "cache",
             "minimal",
             "hosts",
+            "kubernetes",
             "loop",
             "forward",
             "whoami"
@@ -84,8 +85,8 @@ async fn bad_corefiles_exit_non_zero_naming_the_line() {
             "Corefile:3: hosts:",
         ),
         (
-            ".:0 {\n    kubernetes cluster.local\n}\n",
-            "Corefile:2: kubernetes: plugin not supported yet",
+            ".:0 {\n    rewrite name a b\n}\n",
+            "Corefile:2: rewrite: plugin not supported yet",
         ),
         (
             ".:0 {\n    whoami\n}\n.:0 {\n    whoami\n}\n",

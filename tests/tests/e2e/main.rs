@@ -9,6 +9,7 @@ mod flights;
 mod forward;
 mod forward_reload;
 mod harness;
+mod kubernetes;
 mod operational;
 mod plugins;
 mod prometheus;

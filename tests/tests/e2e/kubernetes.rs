@@ -1,0 +1,97 @@
+//! The kubernetes plugin against the fake API server: a cluster name
+//! answered from the watch, and a service created, changed and deleted
+//! showing in answers within 2 s.
+
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use nodedns_tests::kubeapi::{Endpoint, EndpointSlice, FakeKubeApi, Namespace, Resource, Service};
+use nodedns_tests::{Agent, Client, http_status, wait_until};
+
+/// The A records of `name`, or the rcode when there are none.
+async fn a_records(c: &Client, name: &str) -> Result<Vec<String>, ResponseCode> {
+    let m = c.udp(name, RecordType::A).await;
+    let ips: Vec<String> = m
+        .answers
+        .iter()
+        .filter(|r| r.record_type() == RecordType::A)
+        .map(|r| r.data.to_string())
+        .collect();
+    if ips.is_empty() {
+        Err(m.metadata.response_code)
+    } else {
+        Ok(ips)
+    }
+}
+
+#[tokio::test]
+async fn services_follow_the_watch_within_two_seconds() {
+    let api = FakeKubeApi::start().await;
+    api.apply(Namespace::new("default"));
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.10").port("http", "TCP", 80));
+    let ready_port = nodedns_tests::free_port();
+    let agent = Agent::corefile(format!(
+        "cluster.local:0 {{\n    bind 127.0.0.1\n    ready 127.0.0.1:{ready_port}\n    kubernetes cluster.local {{\n        endpoint {}\n    }}\n}}\n",
+        api.endpoint_url()
+    ))
+    .start()
+    .await;
+    let ready = std::net::SocketAddr::from(([127, 0, 0, 1], ready_port));
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            http_status(ready, "/ready").await == Some(200)
+        })
+        .await,
+        "ready once synced: {:?}",
+        agent.stderr()
+    );
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        a_records(&c, "web.default.svc.cluster.local.").await,
+        Ok(vec!["10.96.0.10".to_string()])
+    );
+    // Created: a headless service with one ready endpoint.
+    api.apply(Service::headless("default", "db"));
+    api.apply(
+        EndpointSlice::new("default", "db", "db-abc")
+            .endpoint(Endpoint::new("10.1.0.5").hostname("db-0"))
+            .port("pg", "TCP", 5432),
+    );
+    let within = Duration::from_secs(2);
+    assert!(
+        wait_until(within, || async {
+            a_records(&c, "db.default.svc.cluster.local.").await == Ok(vec!["10.1.0.5".into()])
+        })
+        .await,
+        "a new headless service answers within 2 s"
+    );
+    // Changed.
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.11").port("http", "TCP", 80));
+    assert!(
+        wait_until(within, || async {
+            a_records(&c, "web.default.svc.cluster.local.").await == Ok(vec!["10.96.0.11".into()])
+        })
+        .await,
+        "a changed service answers within 2 s"
+    );
+    // Deleted.
+    api.delete(Resource::Services, "default", "web");
+    assert!(
+        wait_until(within, || async {
+            a_records(&c, "web.default.svc.cluster.local.").await == Err(ResponseCode::NXDomain)
+        })
+        .await,
+        "a deleted service is NXDOMAIN within 2 s"
+    );
+    // A dropped watch recovers with nothing lost.
+    api.drop_watches();
+    api.apply(Service::cluster_ip("default", "late", "10.96.0.12"));
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            a_records(&c, "late.default.svc.cluster.local.").await == Ok(vec!["10.96.0.12".into()])
+        })
+        .await,
+        "a change made while the watch was down arrives"
+    );
+}

@@ -95,3 +95,64 @@ async fn services_follow_the_watch_within_two_seconds() {
         "a change made while the watch was down arrives"
     );
 }
+
+#[tokio::test]
+async fn not_ready_until_synced_and_a_410_relists_without_losing_a_change() {
+    let api = FakeKubeApi::start().await;
+    api.apply(Namespace::new("default"));
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.10"));
+    // Lists hang: the first sync cannot finish.
+    api.stall_lists(true);
+    let ready_port = nodedns_tests::free_port();
+    let agent = Agent::corefile(format!(
+        "cluster.local:0 {{\n    bind 127.0.0.1\n    ready 127.0.0.1:{ready_port}\n    kubernetes cluster.local {{\n        endpoint {}\n    }}\n}}\n",
+        api.endpoint_url()
+    ))
+    .start()
+    .await;
+    let ready = std::net::SocketAddr::from(([127, 0, 0, 1], ready_port));
+    let c = Client::new(agent.udp());
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            http_status(ready, "/ready").await == Some(503)
+        })
+        .await,
+        "not ready while the lists hang"
+    );
+    // CoreDNS answers SERVFAIL before the first sync.
+    assert_eq!(
+        a_records(&c, "web.default.svc.cluster.local.").await,
+        Err(ResponseCode::ServFail)
+    );
+    api.stall_lists(false);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            http_status(ready, "/ready").await == Some(200)
+        })
+        .await,
+        "ready once synced"
+    );
+    assert_eq!(
+        a_records(&c, "web.default.svc.cluster.local.").await,
+        Ok(vec!["10.96.0.10".to_string()])
+    );
+    // History compacted and every watch told 410 Gone: the watcher must
+    // relist, and a change made meanwhile must not be lost.
+    api.expire_watches();
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.20"));
+    api.apply(Service::cluster_ip("default", "api", "10.96.0.30"));
+    for (name, ip) in [("web", "10.96.0.20"), ("api", "10.96.0.30")] {
+        let fqdn = format!("{name}.default.svc.cluster.local.");
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                a_records(&c, &fqdn).await == Ok(vec![ip.to_string()])
+            })
+            .await,
+            "{fqdn} after the relist"
+        );
+    }
+    assert!(
+        api.list_count(Resource::Services) >= 2,
+        "the 410 made the watcher list again"
+    );
+}

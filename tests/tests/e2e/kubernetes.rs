@@ -156,3 +156,79 @@ async fn not_ready_until_synced_and_a_410_relists_without_losing_a_change() {
         "the 410 made the watcher list again"
     );
 }
+
+/// A golden Corefile made to run here: its port, health, ready and
+/// prometheus addresses on loopback port 0, its upstreams the fake
+/// upstream, its kubernetes block pointed at the fake API server.
+fn localized(text: &str, upstream: &str, api: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let opens = line.trim_end().ends_with('{');
+        let brace = if opens { " {" } else { "" };
+        match words.first().copied() {
+            Some(".:53") => out.push_str(".:0 {\n    bind 127.0.0.1\n"),
+            Some(w @ ("health" | "ready" | "prometheus")) if indent.len() == 4 => {
+                out.push_str(&format!("{indent}{w} 127.0.0.1:0{brace}\n"));
+            }
+            Some("forward") if indent.len() == 4 => {
+                out.push_str(&format!("{indent}forward {} {upstream}{brace}\n", words[1]));
+            }
+            Some("kubernetes") if indent.len() == 4 => {
+                assert!(opens, "{line}");
+                out.push_str(&format!("{line}\n{indent}    endpoint {api}\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_golden_corefile_with_kubernetes_loads_and_serves() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corefiles");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("kubernetes ")))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 7, "{files:?}");
+    let api = FakeKubeApi::start().await;
+    api.apply(Namespace::new("default"));
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.10").port("http", "TCP", 80));
+    let up = nodedns_tests::FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    for file in files {
+        let text = localized(
+            &std::fs::read_to_string(&file).unwrap(),
+            &up.to_string(),
+            &api.endpoint_url(),
+        );
+        let agent = Agent::corefile(text.clone()).start().await;
+        let c = Client::new(agent.udp());
+        let cluster = || async {
+            a_records(&c, "web.default.svc.cluster.local.").await
+                == Ok(vec!["10.96.0.10".to_string()])
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), cluster).await,
+            "{}: a cluster name\n{text}\n{:?}",
+            file.display(),
+            agent.stderr()
+        );
+        assert_eq!(
+            a_records(&c, "www.example.org.").await,
+            Ok(vec!["192.0.2.1".to_string()]),
+            "{}: an external name",
+            file.display()
+        );
+    }
+}

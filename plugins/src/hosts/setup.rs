@@ -6,7 +6,6 @@
 //! The file is read once here and then re-read by a background task when
 //! its modification time or size changes.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -28,9 +27,6 @@ pub(crate) const DEFAULT_PATH: &str = "/etc/hosts";
 pub(crate) const DEFAULT_TTL: u32 = 3600;
 /// CoreDNS's default reload period.
 pub(crate) const DEFAULT_RELOAD: Duration = Duration::from_secs(5);
-/// Classless reverse zones expand into at most this many zones
-/// (an IPv4 prefix one bit past a byte boundary gives 128).
-const MAX_REVERSE_ZONES: usize = 128;
 
 /// The plugin's configuration, as the Corefile says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +93,8 @@ pub(crate) fn parse(d: &mut Dispenser<'_>, block: &BlockInfo) -> Result<HostsCon
         if !zone_args.is_empty() {
             cfg.origins.clear();
             for z in &zone_args {
-                let expanded =
-                    normalize_zone(z).ok_or_else(|| d.err(format_args!("invalid zone '{z}'")))?;
+                let expanded = zones::normalize_exact(z)
+                    .ok_or_else(|| d.err(format_args!("invalid zone '{z}'")))?;
                 cfg.origins.extend(expanded);
             }
         }
@@ -178,76 +174,6 @@ fn check_file(d: &Dispenser<'_>, cfg: &HostsConfig) -> Result<(), SetupError> {
             "unable to access hosts file '{}': {e}",
             cfg.path.display()
         ))),
-    }
-}
-
-/// Normalises a ZONES argument as CoreDNS's `plugin.Host.NormalizeExact`:
-/// an optional `SCHEME://` and `:PORT` are dropped, and a CIDR becomes its
-/// reverse zones (`10.0.0.0/15` → `0.10.in-addr.arpa.`, `1.10.in-addr.arpa.`).
-fn normalize_zone(arg: &str) -> Option<Vec<String>> {
-    let s = arg.split_once("://").map_or(arg, |(_, rest)| rest);
-    let s = match s.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty()
-                && !host.ends_with(':')
-                && !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            host
-        }
-        _ => s,
-    };
-    if let Some((ip, bits)) = s.split_once('/') {
-        let ip: IpAddr = ip.parse().ok()?;
-        let bits: u32 = bits.parse().ok()?;
-        return reverse_zones(ip, bits);
-    }
-    zones::normalize(s).map(|z| vec![z])
-}
-
-/// The reverse zones of a prefix, rounded out to the next label boundary.
-fn reverse_zones(ip: IpAddr, bits: u32) -> Option<Vec<String>> {
-    // (address bits, bits per label, suffix)
-    let (value, width, step, suffix) = match ip {
-        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u32, 8u32, "in-addr.arpa."),
-        IpAddr::V6(v6) => (u128::from(v6), 128, 4, "ip6.arpa."),
-    };
-    if bits > width {
-        return None;
-    }
-    if bits == 0 {
-        return Some(vec![suffix.to_string()]);
-    }
-    let rounded = bits.div_ceil(step) * step;
-    let count = 1usize << (rounded - bits);
-    if count > MAX_REVERSE_ZONES {
-        return None;
-    }
-    let base = value & (u128::MAX << (width - bits)) & mask(width);
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count as u128 {
-        let net = base | (i << (width - rounded));
-        let mut zone = String::new();
-        for label in (0..rounded / step).rev() {
-            let shift = width - step * (label + 1);
-            let v = (net >> shift) & ((1u128 << step) - 1);
-            match ip {
-                IpAddr::V4(_) => zone.push_str(&v.to_string()),
-                IpAddr::V6(_) => zone.push(char::from_digit(v as u32, 16)?),
-            }
-            zone.push('.');
-        }
-        zone.push_str(suffix);
-        out.push(zone);
-    }
-    Some(out)
-}
-
-fn mask(width: u32) -> u128 {
-    if width == 128 {
-        u128::MAX
-    } else {
-        (1u128 << width) - 1
     }
 }
 

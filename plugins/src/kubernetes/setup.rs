@@ -9,7 +9,6 @@
 //! refused as not supported (see the README).
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::dispenser::{Dispenser, SetupError};
@@ -25,9 +24,6 @@ use super::{Kubernetes, PodMode};
 pub const DEFAULT_TTL: u32 = 5;
 /// The largest `ttl` CoreDNS accepts.
 pub const MAX_TTL: u32 = 3600;
-/// A classless reverse zone expands into at most this many zones.
-const MAX_REVERSE_ZONES: usize = 128;
-
 /// Client TLS files for `endpoint` (`tls CERT KEY CACERT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -155,7 +151,10 @@ fn stanza(d: &mut Dispenser<'_>, block: &BlockInfo) -> Result<KubernetesConfig, 
     } else {
         let mut out = Vec::new();
         for a in &args {
-            out.extend(normalize_zone(a).ok_or_else(|| d.err(format_args!("invalid zone '{a}'")))?);
+            out.extend(
+                zones::normalize_exact(a)
+                    .ok_or_else(|| d.err(format_args!("invalid zone '{a}'")))?,
+            );
         }
         out
     };
@@ -368,70 +367,4 @@ fn check_file(d: &Dispenser<'_>, option: &str, path: &str) -> Result<(), SetupEr
         Ok(_) => Err(d.err(format_args!("{option}: '{path}' is not a file"))),
         Err(e) => Err(d.err(format_args!("{option}: cannot read '{path}': {e}"))),
     }
-}
-
-/// A ZONES argument as CoreDNS's `plugin.Host.NormalizeExact` reads it:
-/// an optional `SCHEME://` and `:PORT` are dropped, and a CIDR becomes its
-/// reverse zones (`10.0.0.0/15` → `0.10.in-addr.arpa.`, `1.10.in-addr.arpa.`).
-fn normalize_zone(arg: &str) -> Option<Vec<String>> {
-    let s = arg.split_once("://").map_or(arg, |(_, rest)| rest);
-    let s = match s.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty()
-                && !host.ends_with(':')
-                && !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            host
-        }
-        _ => s,
-    };
-    if let Some((ip, bits)) = s.split_once('/') {
-        let ip: IpAddr = ip.parse().ok()?;
-        let bits: u32 = bits.parse().ok()?;
-        return reverse_zones(ip, bits);
-    }
-    zones::normalize(s).map(|z| vec![z])
-}
-
-/// The reverse zones of a prefix, rounded out to the next label boundary.
-fn reverse_zones(ip: IpAddr, bits: u32) -> Option<Vec<String>> {
-    let (value, width, step, suffix) = match ip {
-        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u32, 8u32, "in-addr.arpa."),
-        IpAddr::V6(v6) => (u128::from(v6), 128, 4, "ip6.arpa."),
-    };
-    if bits > width {
-        return None;
-    }
-    if bits == 0 {
-        return Some(vec![suffix.to_string()]);
-    }
-    let rounded = bits.div_ceil(step) * step;
-    let count = 1usize << (rounded - bits);
-    if count > MAX_REVERSE_ZONES {
-        return None;
-    }
-    let mask = if width == 128 {
-        u128::MAX
-    } else {
-        (1u128 << width) - 1
-    };
-    let base = value & (u128::MAX << (width - bits)) & mask;
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count as u128 {
-        let net = base | (i << (width - rounded));
-        let mut zone = String::new();
-        for label in (0..rounded / step).rev() {
-            let shift = width - step * (label + 1);
-            let v = (net >> shift) & ((1u128 << step) - 1);
-            match ip {
-                IpAddr::V4(_) => zone.push_str(&v.to_string()),
-                IpAddr::V6(_) => zone.push(char::from_digit(v as u32, 16)?),
-            }
-            zone.push('.');
-        }
-        zone.push_str(suffix);
-        out.push(zone);
-    }
-    Some(out)
 }

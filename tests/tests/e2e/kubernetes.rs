@@ -1,6 +1,8 @@
 //! The kubernetes plugin against the fake API server: a cluster name
-//! answered from the watch, and a service created, changed and deleted
-//! showing in answers within 2 s.
+//! answered from the watch, a service created, changed and deleted
+//! showing in answers within 2 s, and every golden Corefile that uses
+//! kubernetes serving (a test each). Record by record answers are in
+//! `kubernetes_records.rs`.
 
 use std::time::Duration;
 
@@ -188,17 +190,13 @@ fn localized(text: &str, upstream: &str, api: &str) -> String {
     out
 }
 
-#[tokio::test]
-async fn every_golden_corefile_with_kubernetes_loads_and_serves() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corefiles");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("kubernetes ")))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 7, "{files:?}");
+/// Loads the golden Corefile `file` (from `tests/corefiles/`) against a
+/// fake API server and a fake upstream, and checks that it serves one
+/// cluster name (from the API) and one external name (through forward).
+async fn golden(file: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corefiles")
+        .join(file);
     let api = FakeKubeApi::start().await;
     api.apply(Namespace::new("default"));
     api.apply(Service::cluster_ip("default", "web", "10.96.0.10").port("http", "TCP", 80));
@@ -206,29 +204,65 @@ async fn every_golden_corefile_with_kubernetes_loads_and_serves() {
         .a("www.example.org.", "192.0.2.1")
         .start()
         .await;
-    for file in files {
-        let text = localized(
-            &std::fs::read_to_string(&file).unwrap(),
-            &up.to_string(),
-            &api.endpoint_url(),
-        );
-        let agent = Agent::corefile(text.clone()).start().await;
-        let c = Client::new(agent.udp());
-        let cluster = || async {
-            a_records(&c, "web.default.svc.cluster.local.").await
-                == Ok(vec!["10.96.0.10".to_string()])
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), cluster).await,
-            "{}: a cluster name\n{text}\n{:?}",
-            file.display(),
-            agent.stderr()
-        );
-        assert_eq!(
-            a_records(&c, "www.example.org.").await,
-            Ok(vec!["192.0.2.1".to_string()]),
-            "{}: an external name",
-            file.display()
-        );
-    }
+    let text = localized(
+        &std::fs::read_to_string(&path).unwrap(),
+        &up.to_string(),
+        &api.endpoint_url(),
+    );
+    let agent = Agent::corefile(text.clone()).start().await;
+    let c = Client::new(agent.udp());
+    let cluster = || async {
+        a_records(&c, "web.default.svc.cluster.local.").await == Ok(vec!["10.96.0.10".to_string()])
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), cluster).await,
+        "{file}: a cluster name\n{text}\n{:?}",
+        agent.stderr()
+    );
+    assert_eq!(
+        a_records(&c, "www.example.org.").await,
+        Ok(vec!["192.0.2.1".to_string()]),
+        "{file}: an external name"
+    );
+}
+
+/// A test per golden Corefile that uses kubernetes, named after it, and
+/// the list of them.
+macro_rules! golden {
+    ($($test:ident => $file:literal,)*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                golden($file).await;
+            }
+        )*
+        const GOLDEN: &[&str] = &[$($file),*];
+    };
+}
+
+golden! {
+    golden_kubernetes_default => "kubernetes-default.Corefile",
+    golden_seed_financeflow => "seed-financeflow.Corefile",
+    golden_seed_gamestream => "seed-gamestream.Corefile",
+    golden_seed_healthtech => "seed-healthtech.Corefile",
+    golden_seed_phase2 => "seed-phase2.Corefile",
+    golden_seed_week2 => "seed-week2.Corefile",
+    golden_seed_week4 => "seed-week4.Corefile",
+}
+
+#[test]
+fn every_golden_corefile_with_kubernetes_has_a_test() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corefiles");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("kubernetes ")))
+        .filter_map(|p| p.file_name()?.to_str().map(String::from))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files, GOLDEN,
+        "a golden Corefile with kubernetes and no test of its own"
+    );
 }

@@ -457,6 +457,12 @@ impl Endpoint {
         );
         self
     }
+    /// No conditions known (`conditions: {}`): the API's "unknown", which
+    /// consumers take as ready.
+    pub fn conditions_unknown(mut self) -> Self {
+        set_map_entry(&mut self.0, &[], "conditions", json!({}));
+        self
+    }
     /// Terminating: not ready, still serving.
     pub fn terminating(mut self) -> Self {
         set_map_entry(

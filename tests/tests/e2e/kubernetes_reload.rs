@@ -1,0 +1,205 @@
+//! kubernetes across a start and a reload: the server waits for the
+//! first sync (up to `startup_timeout`) before it answers, a reload that
+//! keeps the plugin's settings keeps its synced view and its watch, and a
+//! reload that changes them lets the new view sync while the old one
+//! answers. No query gets SERVFAIL for a name the cluster has.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use nodedns_tests::kubeapi::{FakeKubeApi, Namespace, Resource, Service};
+use nodedns_tests::{Agent, Client, http_request, wait_until};
+
+const NAME: &str = "web.default.svc.cluster.local.";
+
+fn corefile(api: &FakeKubeApi, extra: &str) -> String {
+    format!(
+        "cluster.local:0 {{\n    bind 127.0.0.1\n    kubernetes cluster.local {{\n        endpoint {}\n{extra}    }}\n}}\n",
+        api.endpoint_url()
+    )
+}
+
+async fn cluster() -> FakeKubeApi {
+    let api = FakeKubeApi::start().await;
+    api.apply(Namespace::new("default"));
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.10"));
+    api
+}
+
+/// The rcode and the TTL of the first answer.
+async fn ask(c: &Client) -> (ResponseCode, Option<u32>) {
+    let m = c.udp(NAME, RecordType::A).await;
+    (m.metadata.response_code, m.answers.first().map(|r| r.ttl))
+}
+
+async fn put_config(agent: &Agent, text: &str) -> u16 {
+    http_request(agent.admin(), "PUT", "/v1/config", &[], text.as_bytes())
+        .await
+        .expect("PUT /v1/config: no reply")
+        .status
+}
+
+/// Asks `NAME` over and over until `stop`, counting answers that are not
+/// NOERROR with an address.
+fn asker(
+    c: Arc<Client>,
+    stop: Arc<AtomicBool>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+) {
+    let bad = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (b, a) = (Arc::clone(&bad), Arc::clone(&asked));
+    let task = tokio::spawn(async move {
+        // Bounded: at most 20,000 queries (far more than a test needs).
+        for _ in 0..20_000 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let m = c.udp(NAME, RecordType::A).await;
+            a.fetch_add(1, Ordering::Relaxed);
+            if m.metadata.response_code != ResponseCode::NoError || m.answers.is_empty() {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    (task, bad, asked)
+}
+
+#[tokio::test]
+async fn the_first_answer_after_start_is_already_synced() {
+    let api = cluster().await;
+    let agent = Agent::corefile(corefile(&api, "")).start().await;
+    // No wait loop: the server answers only once the view is synced.
+    let c = Client::new(agent.udp());
+    assert_eq!(
+        ask(&c).await,
+        (ResponseCode::NoError, Some(5)),
+        "{:?}",
+        agent.stderr()
+    );
+}
+
+#[tokio::test]
+async fn start_waits_for_startup_timeout_then_serves_unsynced() {
+    let api = cluster().await;
+    api.stall_lists(true);
+    let started = std::time::Instant::now();
+    let agent = Agent::corefile(corefile(&api, "        startup_timeout 1500ms\n"))
+        .start()
+        .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "served after {took:?}");
+    let log = agent.stderr().join("\n");
+    assert!(
+        log.contains("plugin/kubernetes: waiting for Kubernetes API before starting server"),
+        "{log}"
+    );
+    assert!(
+        log.contains("plugin/kubernetes: starting server with unsynced Kubernetes API"),
+        "{log}"
+    );
+    let c = Client::new(agent.udp());
+    assert_eq!(ask(&c).await, (ResponseCode::ServFail, None));
+    api.stall_lists(false);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            ask(&c).await == (ResponseCode::NoError, Some(5))
+        })
+        .await,
+        "answered once synced"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_keeps_the_settings_keeps_the_view_and_the_watch() {
+    let api = cluster().await;
+    let text = corefile(&api, "");
+    let agent = Agent::corefile(text.clone()).start().await;
+    let c = Arc::new(Client::new(agent.udp()));
+    assert_eq!(ask(&c).await.0, ResponseCode::NoError);
+    let lists = api.list_count(Resource::Services);
+    let watches = api.watch_count(Resource::Services);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (task, bad, asked) = asker(Arc::clone(&c), Arc::clone(&stop));
+    // Another plugin changes; kubernetes' settings do not.
+    for extra in ["errors", "any", "minimal"] {
+        let changed = text.replace(
+            "    bind 127.0.0.1\n",
+            &format!("    bind 127.0.0.1\n    {extra}\n"),
+        );
+        assert_eq!(put_config(&agent, &changed).await, 200);
+    }
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert!(asked.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "every query answered across the reloads"
+    );
+    // A change in the cluster still arrives: the carried watch runs.
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.20"));
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            let m = c.udp(NAME, RecordType::A).await;
+            m.answers.first().map(|r| r.data.to_string()).as_deref() == Some("10.96.0.20")
+        })
+        .await,
+        "a change after the reloads shows within 2 s"
+    );
+    assert_eq!(api.list_count(Resource::Services), lists, "no relist");
+    assert_eq!(api.watch_count(Resource::Services), watches, "no new watch");
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_settings_syncs_while_the_old_view_answers() {
+    let api = cluster().await;
+    let agent = Agent::corefile(corefile(&api, "")).start().await;
+    let c = Arc::new(Client::new(agent.udp()));
+    assert_eq!(ask(&c).await, (ResponseCode::NoError, Some(5)));
+    // The new view cannot sync until the lists are released.
+    api.stall_lists(true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (task, bad, asked) = asker(Arc::clone(&c), Arc::clone(&stop));
+    let admin = agent.admin();
+    let new_text = corefile(&api, "        ttl 30\n        startup_timeout 20s\n");
+    let put = tokio::spawn(async move {
+        http_request(admin, "PUT", "/v1/config", &[], new_text.as_bytes())
+            .await
+            .map(|r| r.status)
+    });
+    // While the new view waits, the old one answers (TTL 5).
+    let before = asked.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            asked.load(Ordering::Relaxed) >= before + 50
+        })
+        .await
+    );
+    assert!(
+        !put.is_finished(),
+        "the reload waits for the new view's sync"
+    );
+    assert_eq!(ask(&c).await, (ResponseCode::NoError, Some(5)));
+    api.stall_lists(false);
+    assert_eq!(put.await.unwrap(), Some(200));
+    assert_eq!(
+        ask(&c).await,
+        (ResponseCode::NoError, Some(30)),
+        "the new view, synced"
+    );
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "no SERVFAIL across the reload"
+    );
+}

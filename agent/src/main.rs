@@ -199,7 +199,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         };
         // As CoreDNS's blocking OnStartup: kubernetes gets up to its
         // startup_timeout to sync before the server answers.
-        wait_for_startup(std::mem::take(&mut config.services.startup)).await;
+        tokio::select! {
+            () = wait_for_startup(std::mem::take(&mut config.services.startup)) => {}
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                return Ok(());
+            }
+        }
         let server = Server::start(&config, &opts)?;
         nodedns_plugins::prometheus::set_enabled(&config.enabled);
         nodedns_plugins::reload::set_version(&config.corefile);

@@ -203,3 +203,24 @@ async fn a_reload_that_changes_the_settings_syncs_while_the_old_view_answers() {
         "no SERVFAIL across the reload"
     );
 }
+
+#[tokio::test]
+async fn sigterm_while_waiting_for_the_first_sync_exits_at_once() {
+    let api = cluster().await;
+    api.stall_lists(true);
+    let agent = Agent::corefile(corefile(&api, "        startup_timeout 10m\n"));
+    let started = std::time::Instant::now();
+    let (status, log) = agent
+        .signalled_when(
+            "waiting for Kubernetes API before starting server",
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .await;
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        took < Duration::from_secs(8),
+        "exited after {took:?}\n{log}"
+    );
+    assert!(log.contains("SIGTERM: shutting down"), "{log}");
+}

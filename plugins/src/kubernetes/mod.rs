@@ -14,8 +14,8 @@
 //! answer, allocation-free. One case needs the network: an ExternalName
 //! service whose target is outside the plugin's zones. As CoreDNS resolves
 //! that target through itself, the plugin returns [`Flow::Upstream`] and
-//! its network step runs the rest of the block's chain (forward, usually)
-//! for the target, then answers the CNAME and what came back.
+//! its network step asks the whole server for the target (CoreDNS's
+//! `upstream.Lookup`: the block the target routes to, from its first plugin), then answers the CNAME and what came back.
 
 mod answer;
 mod labels;
@@ -284,7 +284,7 @@ impl Kubernetes {
     }
 
     /// The network step: the CNAME chain to a target outside the zones,
-    /// then the rest of the block's chain asked for the target.
+    /// then the whole server asked for the target.
     async fn exchange_cname(&self, cx: &mut Context<'_>) -> Flow {
         let req = cx.req;
         let mut buf = Vec::with_capacity(512);
@@ -295,7 +295,7 @@ impl Kubernetes {
         };
         let query = target_query(req, &target, req.qtype());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        cx.next.spawn(
+        cx.next.spawn_server(
             query,
             req.client(),
             req.transport(),

@@ -2075,6 +2075,16 @@ impl Chain for Canned {
     fn spawn_after(
         &self,
         _after: usize,
+        _query: Vec<u8>,
+        _client: SocketAddr,
+        _transport: Transport,
+        _done: RefreshDone,
+    ) {
+        panic!("an ExternalName target is asked of the whole server, not the rest of the block");
+    }
+
+    fn spawn_server(
+        &self,
         query: Vec<u8>,
         _client: SocketAddr,
         _transport: Transport,

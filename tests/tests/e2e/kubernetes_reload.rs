@@ -224,3 +224,86 @@ async fn sigterm_while_waiting_for_the_first_sync_exits_at_once() {
     );
     assert!(log.contains("SIGTERM: shutting down"), "{log}");
 }
+
+/// The records of the answer section, as `TYPE data`.
+async fn answers(c: &Client, name: &str) -> (ResponseCode, Vec<String>) {
+    let m = c.udp(name, RecordType::A).await;
+    let v = m
+        .answers
+        .iter()
+        .map(|r| format!("{} {}", r.record_type(), r.data))
+        .collect();
+    (m.metadata.response_code, v)
+}
+
+#[tokio::test]
+async fn an_external_name_target_is_asked_of_the_whole_server_as_coredns_does() {
+    let api = cluster().await;
+    api.apply(Service::external_name("default", "ext", "www.stub.test"));
+    // The stub domain's block has its own upstream; the default block's
+    // upstream would answer the target differently.
+    let stub = nodedns_tests::FakeUpstream::builder()
+        .a("www.stub.test.", "192.0.2.99")
+        .start()
+        .await;
+    let default = nodedns_tests::FakeUpstream::builder()
+        .a("www.stub.test.", "192.0.2.1")
+        .start()
+        .await;
+    let text = format!(
+        ".:0 {{\n    bind 127.0.0.1\n    kubernetes cluster.local {{\n        endpoint {}\n    }}\n    forward . {default}\n}}\nstub.test:0 {{\n    bind 127.0.0.1\n    cache 30\n    forward . {stub}\n}}\n",
+        api.endpoint_url()
+    );
+    let agent = Agent::corefile(text).start().await;
+    let c = Client::new(agent.udp());
+    let want = (
+        ResponseCode::NoError,
+        vec![
+            "CNAME www.stub.test.".to_string(),
+            "A 192.0.2.99".to_string(),
+        ],
+    );
+    assert_eq!(answers(&c, "ext.default.svc.cluster.local.").await, want);
+    // Through the stub block's cache: asked of its upstream once.
+    assert_eq!(answers(&c, "ext.default.svc.cluster.local.").await, want);
+    assert_eq!(stub.count("www.stub.test.", RecordType::A), 1);
+    assert_eq!(default.count("www.stub.test.", RecordType::A), 0);
+}
+
+#[tokio::test]
+async fn external_names_pointing_at_each_other_across_blocks_do_not_loop() {
+    let api = cluster().await;
+    // a (cluster.local) -> b in other.local -> a in cluster.local -> ...
+    api.apply(Service::external_name(
+        "default",
+        "a",
+        "b.default.svc.other.local",
+    ));
+    api.apply(Service::external_name(
+        "default",
+        "b",
+        "a.default.svc.cluster.local",
+    ));
+    let url = api.endpoint_url();
+    let text = format!(
+        "cluster.local:0 {{\n    bind 127.0.0.1\n    kubernetes cluster.local {{\n        endpoint {url}\n    }}\n}}\nother.local:0 {{\n    bind 127.0.0.1\n    kubernetes other.local {{\n        endpoint {url}\n    }}\n}}\n"
+    );
+    let agent = Agent::corefile(text).start().await;
+    let c = Client::new(agent.udp());
+    let started = std::time::Instant::now();
+    let (rcode, records) = answers(&c, "a.default.svc.cluster.local.").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(rcode, ResponseCode::NoError);
+    assert!(
+        !records.is_empty()
+            && records.len() <= 20
+            && records.iter().all(|r| r.starts_with("CNAME ")),
+        "{records:?}"
+    );
+    // Nothing is left holding the server's in-flight slots.
+    assert_eq!(ask(&c).await, (ResponseCode::NoError, Some(5)));
+}

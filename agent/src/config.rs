@@ -31,6 +31,11 @@ pub struct Block {
     pub bound: Arc<BoundAddrs>,
     /// Itself, so a plugin holding `&Block` can start a background re-run.
     pub(crate) me: Weak<Self>,
+    /// The router of the server it is part of (the first, when `bind`
+    /// puts it behind several addresses), for a query a plugin asks the
+    /// whole server again (CoreDNS's `upstream.Lookup`). Set once the
+    /// configuration's routers are built.
+    pub(crate) server: std::sync::OnceLock<Weak<Router>>,
 }
 
 /// Routes a query to the block with the longest matching zone.
@@ -71,6 +76,7 @@ impl Router {
             chain: chain.into_boxed_slice(),
             bound: Arc::default(),
             me: me.clone(),
+            server: std::sync::OnceLock::new(),
         });
         let mut router = Self {
             zones: HashMap::new(),
@@ -280,6 +286,7 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
                 chain,
                 bound,
                 me: me.clone(),
+                server: std::sync::OnceLock::new(),
             });
             for addr in addrs {
                 let key = ListenKey { addr, port };
@@ -327,7 +334,13 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
         blocks: blocks.to_vec(),
         listeners: routers
             .into_iter()
-            .map(|(k, (r, _))| (k, Arc::new(r)))
+            .map(|(k, (r, _))| {
+                let r = Arc::new(r);
+                for b in r.blocks() {
+                    let _ = b.server.set(Arc::downgrade(&r));
+                }
+                (k, r)
+            })
             .collect(),
         services,
         tasks,

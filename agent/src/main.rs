@@ -16,6 +16,7 @@ use nodedns::server::{Limits, Options, Server, TcpOptions};
 use nodedns_admin::{Applied, ApplyError};
 use nodedns_plugins::pkg::lifecycle::Lifecycle;
 use nodedns_plugins::pkg::output;
+use nodedns_plugins::setup::StartupWait;
 use tokio::net::TcpListener;
 
 /// Served when no Corefile is given or found: a caching forwarder to the
@@ -196,6 +197,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        // As CoreDNS's blocking OnStartup: kubernetes gets up to its
+        // startup_timeout to sync before the server answers.
+        tokio::select! {
+            () = wait_for_startup(std::mem::take(&mut config.services.startup)) => {}
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                return Ok(());
+            }
+        }
         let server = Server::start(&config, &opts)?;
         nodedns_plugins::prometheus::set_enabled(&config.enabled);
         nodedns_plugins::reload::set_version(&config.corefile);
@@ -474,6 +484,8 @@ impl Agent<'_> {
                         message: format!("{e:#}"),
                         line: None,
                     })?;
+            // The running configuration serves while the new one syncs.
+            wait_for_startup(std::mem::take(&mut new.services.startup)).await;
             let added = self.server.reload(&new).map_err(|e| ApplyError::Invalid {
                 message: format!("{e:#}"),
                 line: None,
@@ -689,6 +701,46 @@ impl HttpEndpoints {
 }
 
 /// Binds an HTTP endpoint: `:8080` means every address.
+/// Starts what a configuration waits for ([`StartupWait`]) and waits until
+/// each is ready or its timeout has passed, logging as CoreDNS does: every
+/// 500 ms while waiting, a warning for each that timed out.
+async fn wait_for_startup(waits: Vec<StartupWait>) {
+    if waits.is_empty() {
+        return;
+    }
+    let started = tokio::time::Instant::now();
+    let mut pending = Vec::with_capacity(waits.len());
+    for w in waits {
+        (w.start)();
+        pending.push((w.ready, w.timeout, w.waiting, w.gave_up));
+    }
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    let mut next_log = started + Duration::from_millis(500);
+    loop {
+        check.tick().await;
+        let now = tokio::time::Instant::now();
+        pending.retain(|(ready, timeout, _, gave_up)| {
+            if ready.ready() {
+                return false;
+            }
+            if now.duration_since(started) >= *timeout {
+                tracing::warn!("{gave_up}");
+                return false;
+            }
+            true
+        });
+        if pending.is_empty() {
+            return;
+        }
+        if now >= next_log {
+            next_log += Duration::from_millis(500);
+            for (_, _, waiting, _) in &pending {
+                tracing::info!("{waiting}");
+            }
+        }
+    }
+}
+
 async fn bind_http(addr: &str) -> std::io::Result<TcpListener> {
     if let Some(port) = addr.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|_| {

@@ -176,6 +176,23 @@ pub trait Chain: Send + Sync {
         transport: Transport,
         done: RefreshDone,
     );
+
+    /// Asks the whole server the block is part of `query` on a background
+    /// task, from the first plugin of the block its name routes to, as
+    /// CoreDNS's `upstream.Lookup` does (the *kubernetes* plugin's
+    /// ExternalName targets), and tells `done` how it went, exactly once.
+    /// Asks nested this way stop at a fixed depth ([`Rerun::NotRun`]), so
+    /// names that send each other around blocks cannot loop. The default:
+    /// no server, [`Rerun::NotRun`] at once.
+    fn spawn_server(
+        &self,
+        _query: Vec<u8>,
+        _client: std::net::SocketAddr,
+        _transport: Transport,
+        done: RefreshDone,
+    ) {
+        done(Rerun::NotRun);
+    }
 }
 
 /// What a background re-run does with its outcome.
@@ -214,6 +231,18 @@ impl Next<'_> {
     ) {
         self.chain
             .spawn_after(self.at, query, client, transport, done);
+    }
+
+    /// Asks the whole server `query` in the background (see
+    /// [`Chain::spawn_server`]).
+    pub fn spawn_server(
+        &self,
+        query: Vec<u8>,
+        client: std::net::SocketAddr,
+        transport: Transport,
+        done: RefreshDone,
+    ) {
+        self.chain.spawn_server(query, client, transport, done);
     }
 }
 

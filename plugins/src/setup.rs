@@ -77,6 +77,35 @@ pub struct PrometheusConfig {
 /// aborts it when the config is replaced or the process stops.
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
+/// Something a new configuration waits for before it serves (CoreDNS's
+/// blocking `OnStartup`, as kubernetes waits for its first sync): the
+/// agent calls `start`, then waits until `ready` says so or `timeout` has
+/// passed, whichever is first, before it serves the configuration (at
+/// start) or swaps it in (on a reload, while the old one keeps serving).
+/// Never run for a configuration that is only validated.
+pub struct StartupWait {
+    /// What is waited for; its name is logged while waiting.
+    pub ready: Arc<dyn Readiness>,
+    /// The longest wait.
+    pub timeout: std::time::Duration,
+    /// Starts what `ready` waits on (spawns the watch); called once, on
+    /// the runtime.
+    pub start: Box<dyn FnOnce() + Send>,
+    /// Logged every 500 ms while waiting.
+    pub waiting: &'static str,
+    /// Logged when `timeout` passes first.
+    pub gave_up: &'static str,
+}
+
+impl std::fmt::Debug for StartupWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartupWait")
+            .field("plugin", &self.ready.name())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// What setup of one server block produced.
 #[derive(Default)]
 pub struct BlockSetup {
@@ -182,6 +211,8 @@ pub struct Services {
     pub caches: Vec<Arc<dyn crate::pkg::inspect::CacheInspect>>,
     /// Forwarding plugins whose upstreams the admin plane shows.
     pub upstreams: Vec<Arc<dyn crate::pkg::inspect::UpstreamInspect>>,
+    /// What the configuration waits for before it serves.
+    pub startup: Vec<StartupWait>,
 }
 
 impl std::fmt::Debug for Services {
@@ -193,6 +224,7 @@ impl std::fmt::Debug for Services {
             .field("readiness", &self.readiness.len())
             .field("caches", &self.caches.len())
             .field("upstreams", &self.upstreams.len())
+            .field("startup", &self.startup)
             .finish()
     }
 }

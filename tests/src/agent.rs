@@ -181,6 +181,21 @@ impl AgentBuilder {
 
     /// Starts the agent expecting it to fail: returns its exit status and stderr.
     pub async fn start_fails(self) -> (ExitStatus, String) {
+        self.exits(None).await
+    }
+
+    /// Starts the agent, sends it `sig` once its stderr has a line with
+    /// `text` (before it has started serving, say), and returns its exit
+    /// status and stderr. Panics when `text` does not show within 10 s.
+    pub async fn signalled_when(
+        self,
+        text: &str,
+        sig: nix::sys::signal::Signal,
+    ) -> (ExitStatus, String) {
+        self.exits(Some((text, sig))).await
+    }
+
+    async fn exits(self, signal: Option<(&str, nix::sys::signal::Signal)>) -> (ExitStatus, String) {
         let dir = self.prepare();
         let mut child = Command::new(binary())
             .arg("-conf")
@@ -197,6 +212,27 @@ impl AgentBuilder {
             .expect("spawn nodedns");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         pump(child.stderr.take().expect("stderr"), Arc::clone(&stderr));
+        if let Some((text, sig)) = signal {
+            let seen = crate::wait_until(Duration::from_secs(10), || {
+                let found = stderr
+                    .lock()
+                    .expect("stderr lock")
+                    .iter()
+                    .any(|l| l.contains(text));
+                async move { found }
+            })
+            .await;
+            if !seen {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no line with {text:?} within 10 s: {:?}",
+                    stderr.lock().expect("stderr lock")
+                );
+            }
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
         let deadline = Instant::now() + START_DEADLINE;
         let status = loop {
             if let Some(s) = child.try_wait().expect("try_wait") {

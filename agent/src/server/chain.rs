@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -553,14 +553,15 @@ fn run_hooks(chain: &[Box<dyn Plugin>], cx: &mut Context<'_>, from: usize, to: u
     }
 }
 
-/// Runs the plugins after `after` for `raw` as a background re-run
-/// (prefetch, stale refresh): the rest of the chain, network steps
-/// included, and their response steps; the reply untruncated. The query
-/// keeps the transport it came over, so forward asks upstream the way it
-/// would for the client (UDP first for a UDP query), as CoreDNS does.
-async fn run_after(
+/// Runs the plugins from index `from` for `raw` as a background re-run
+/// (prefetch, stale refresh: the rest of the chain; a whole-server ask:
+/// all of it), network steps included, and their response steps; the
+/// reply untruncated. The query keeps the transport it came over, so
+/// forward asks upstream the way it would for the client (UDP first for a
+/// UDP query), as CoreDNS does.
+async fn run_from(
     block: Arc<Block>,
-    after: usize,
+    from: usize,
     raw: Vec<u8>,
     client: SocketAddr,
     transport: Transport,
@@ -578,10 +579,10 @@ async fn run_after(
         start,
         next: Next {
             chain: &*block,
-            at: after + 1,
+            at: from,
         },
     };
-    let walked = catch_unwind(AssertUnwindSafe(|| walk(chain, &mut cx, after + 1)));
+    let walked = catch_unwind(AssertUnwindSafe(|| walk(chain, &mut cx, from)));
     let driven = match walked {
         Ok((decided, at)) => {
             let driving = pin!(drive(chain, &mut cx, decided, at));
@@ -594,7 +595,7 @@ async fn run_after(
             if matches!(decided, Decided::Drop | Decided::Upstream) {
                 return false;
             }
-            run_hooks(chain, &mut cx, after + 1, at);
+            run_hooks(chain, &mut cx, from, at);
             cx.reply.is_written()
         }))
     });
@@ -645,6 +646,39 @@ impl Drop for DoneOnce {
     }
 }
 
+tokio::task_local! {
+    /// How many whole-server asks the running task is nested in.
+    static SERVER_DEPTH: u8;
+}
+
+/// The deepest a whole-server ask may nest (an ExternalName whose target
+/// is another block's ExternalName, and so on).
+const MAX_SERVER_DEPTH: u8 = 8;
+
+/// A background re-run's slot: the runtime, and an in-flight permit and
+/// shutdown guard (when the server runs).
+type Slot = (
+    tokio::runtime::Handle,
+    Option<(tokio::sync::OwnedSemaphorePermit, super::TrackerGuard)>,
+);
+
+/// Takes a slot for a background re-run: an in-flight permit like a
+/// client's miss, tracked for shutdown. `None` over the bound.
+fn background_slot() -> Option<Slot> {
+    match BACKGROUND.get() {
+        Some((rt, up)) => {
+            let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
+                tracing::debug!("too many queries waiting on upstreams; skipping a re-run");
+                return None;
+            };
+            Some((rt.clone(), Some((permit, up.tracker.enter()))))
+        }
+        None => tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| (rt, None)),
+    }
+}
+
 impl Chain for Block {
     fn spawn_after(
         &self,
@@ -658,26 +692,48 @@ impl Chain for Block {
         let Some(block) = self.me.upgrade() else {
             return;
         };
-        // A re-run takes an in-flight permit like a client's miss, and is
-        // tracked for shutdown: over the bound it is not started.
-        let (rt, slot) = match BACKGROUND.get() {
-            Some((rt, up)) => {
-                let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
-                    tracing::debug!("too many queries waiting on upstreams; skipping a refresh");
-                    return;
-                };
-                (rt.clone(), Some((permit, up.tracker.enter())))
-            }
-            None => match tokio::runtime::Handle::try_current() {
-                Ok(rt) => (rt, None),
-                Err(_) => return,
-            },
+        let Some((rt, slot)) = background_slot() else {
+            return;
         };
-        rt.spawn(async move {
-            let reply = run_after(block, after, query, client, transport).await;
+        let depth = SERVER_DEPTH.try_with(|d| *d).unwrap_or(0);
+        rt.spawn(SERVER_DEPTH.scope(depth, async move {
+            let reply = run_from(block, after + 1, query, client, transport).await;
             done.call(reply);
             drop(slot);
-        });
+        }));
+    }
+
+    fn spawn_server(
+        &self,
+        query: Vec<u8>,
+        client: SocketAddr,
+        transport: Transport,
+        done: RefreshDone,
+    ) {
+        let done = DoneOnce(Some(done));
+        let depth = SERVER_DEPTH.try_with(|d| *d).unwrap_or(0);
+        if depth >= MAX_SERVER_DEPTH {
+            tracing::debug!(depth, "whole-server asks nested too deep; not asking");
+            return;
+        }
+        let Some(router) = self.server.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Ok(req) = Request::parse(&query, client, transport) else {
+            return;
+        };
+        let Some((block, _)) = router.route(req.qname_lower(), req.qtype()) else {
+            return;
+        };
+        let block = Arc::clone(block);
+        let Some((rt, slot)) = background_slot() else {
+            return;
+        };
+        rt.spawn(SERVER_DEPTH.scope(depth + 1, async move {
+            let reply = run_from(block, 0, query, client, transport).await;
+            done.call(reply);
+            drop(slot);
+        }));
     }
 }
 

@@ -14,8 +14,8 @@
 //! answer, allocation-free. One case needs the network: an ExternalName
 //! service whose target is outside the plugin's zones. As CoreDNS resolves
 //! that target through itself, the plugin returns [`Flow::Upstream`] and
-//! its network step runs the rest of the block's chain (forward, usually)
-//! for the target, then answers the CNAME and what came back.
+//! its network step asks the whole server for the target (CoreDNS's
+//! `upstream.Lookup`: the block the target routes to, from its first plugin), then answers the CNAME and what came back.
 
 mod answer;
 mod labels;
@@ -25,10 +25,12 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod watch;
+mod watched;
 
 pub use labels::{Expression, Selector, SetOp};
 pub use setup::{
-    Connection, DEFAULT_TTL, KubeconfigFile, KubernetesConfig, MAX_TTL, TlsFiles, parse, setup,
+    Connection, DEFAULT_STARTUP_TIMEOUT, DEFAULT_TTL, KubeconfigFile, KubernetesConfig,
+    MAX_STARTUP_TIMEOUT, MAX_TTL, TlsFiles, parse, setup,
 };
 pub use store::{
     Batch, EndpointRecord, Kind, PodRecord, PortRecord, ServiceKind, ServiceRecord, SliceRecord,
@@ -80,6 +82,9 @@ pub struct Kubernetes {
     fall: Fall,
     ignore_empty_service: bool,
     store: Arc<Store>,
+    /// The store with its watch, held so the watch runs while this
+    /// configuration does (`None` when built without one, in tests).
+    watched: Option<Arc<watched::Watched>>,
     local: LocalIps,
     config: Arc<KubernetesConfig>,
 }
@@ -91,7 +96,17 @@ impl std::fmt::Debug for Kubernetes {
             .field("pods", &self.pods)
             .field("ttl", &self.ttl)
             .field("store", &self.store)
+            .field("watched", &self.watched.is_some())
             .finish()
+    }
+}
+
+/// What the store keeps, from the settings.
+fn store_options(cfg: &KubernetesConfig) -> StoreOptions {
+    StoreOptions {
+        endpoints: cfg.endpoints,
+        pods: cfg.pods == PodMode::Verified,
+        endpoint_pod_names: cfg.endpoint_pod_names,
     }
 }
 
@@ -161,11 +176,15 @@ impl Kubernetes {
     /// Builds the handler and its empty store (no I/O, no task). `bound`
     /// is where the block listens, for `ns.dns.ZONE`.
     pub fn new(cfg: &KubernetesConfig, bound: Option<Arc<BoundAddrs>>) -> Self {
-        let store = Store::new(StoreOptions {
-            endpoints: cfg.endpoints,
-            pods: cfg.pods == PodMode::Verified,
-            endpoint_pod_names: cfg.endpoint_pod_names,
-        });
+        Self::with_store(cfg, bound, Store::new(store_options(cfg)), None)
+    }
+
+    fn with_store(
+        cfg: &KubernetesConfig,
+        bound: Option<Arc<BoundAddrs>>,
+        store: Arc<Store>,
+        watched: Option<Arc<watched::Watched>>,
+    ) -> Self {
         Self {
             zones: cfg.zones.iter().filter_map(|z| zones::to_wire(z)).collect(),
             primary_zone: zones::to_wire(&cfg.primary_zone).unwrap_or_else(|| vec![0]),
@@ -175,6 +194,7 @@ impl Kubernetes {
             fall: cfg.fall.clone(),
             ignore_empty_service: cfg.ignore_empty_service,
             store,
+            watched,
             local: LocalIps {
                 bound,
                 known: OnceLock::new(),
@@ -264,7 +284,7 @@ impl Kubernetes {
     }
 
     /// The network step: the CNAME chain to a target outside the zones,
-    /// then the rest of the block's chain asked for the target.
+    /// then the whole server asked for the target.
     async fn exchange_cname(&self, cx: &mut Context<'_>) -> Flow {
         let req = cx.req;
         let mut buf = Vec::with_capacity(512);
@@ -275,7 +295,7 @@ impl Kubernetes {
         };
         let query = target_query(req, &target, req.qtype());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        cx.next.spawn(
+        cx.next.spawn_server(
             query,
             req.client(),
             req.transport(),

@@ -5,25 +5,33 @@
 //! here; those that shape the connection to the API server (`endpoint`,
 //! `tls`, `kubeconfig`, `apiserver_*`, `namespaces`, `labels`,
 //! `namespace_labels`) are validated and kept in [`KubernetesConfig`] for
-//! the watch side. `multicluster`, `zonal` and `startup_timeout` are
-//! refused as not supported (see the README).
+//! the watch side. `multicluster` and `zonal` are refused as not
+//! supported (see the README).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::dispenser::{Dispenser, SetupError};
 use crate::pkg::fall::Fall;
 use crate::pkg::zones;
-use crate::setup::{BlockInfo, Controller};
+use crate::setup::{BlockInfo, Controller, StartupWait};
 
 use super::answer::is_reverse;
 use super::labels::Selector;
+use super::watched::{Watched, carry_key};
 use super::{Kubernetes, PodMode};
 
 /// CoreDNS's `defaultTTL`.
 pub const DEFAULT_TTL: u32 = 5;
 /// The largest `ttl` CoreDNS accepts.
 pub const MAX_TTL: u32 = 3600;
+/// CoreDNS's default `startup_timeout`.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `startup_timeout` accepted: a start or a reload waits this
+/// long at most.
+pub const MAX_STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Client TLS files for `endpoint` (`tls CERT KEY CACERT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -94,6 +102,9 @@ pub struct KubernetesConfig {
     pub fall: Fall,
     /// `ignore empty_service`.
     pub ignore_empty_service: bool,
+    /// `startup_timeout`: how long a start or a reload waits for the first
+    /// sync before it serves without it.
+    pub startup_timeout: Duration,
 }
 
 impl KubernetesConfig {
@@ -114,6 +125,7 @@ impl KubernetesConfig {
             endpoints: true,
             fall: Fall::default(),
             ignore_empty_service: false,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         }
     }
 }
@@ -122,12 +134,36 @@ impl KubernetesConfig {
 /// that watches the API server while the configuration serves.
 pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let config = parse(&mut c.d, c.block)?;
-    let k = Kubernetes::new(&config, Some(std::sync::Arc::clone(&c.block.bound)));
+    // The same settings in two blocks share one view; a reload that keeps
+    // them carries it over, synced, with its watch running.
+    let key = carry_key(&config);
+    let watched = match c.services.carry_out.get::<Watched>(&key) {
+        Some(w) => w,
+        None => {
+            let w = c
+                .services
+                .carry_in
+                .take::<Watched>(&key)
+                .unwrap_or_else(|| Arc::new(Watched::new(super::store_options(&config))));
+            c.services.carry_out.keep(key, Arc::clone(&w));
+            w
+        }
+    };
+    let k = Kubernetes::with_store(
+        &config,
+        Some(Arc::clone(&c.block.bound)),
+        Arc::clone(watched.store()),
+        Some(Arc::clone(&watched)),
+    );
     c.services.readiness.push(k.readiness());
-    c.spawn_on_start(super::watch::run(
-        std::sync::Arc::clone(k.config()),
-        std::sync::Arc::downgrade(k.store()),
-    ));
+    let cfg = Arc::clone(k.config());
+    c.services.startup.push(StartupWait {
+        ready: k.readiness(),
+        timeout: config.startup_timeout,
+        start: Box::new(move || watched.ensure_running(&cfg)),
+        waiting: "plugin/kubernetes: waiting for Kubernetes API before starting server",
+        gave_up: "plugin/kubernetes: starting server with unsynced Kubernetes API",
+    });
     c.add_plugin(Box::new(k));
     Ok(())
 }
@@ -314,7 +350,20 @@ fn stanza(d: &mut Dispenser<'_>, block: &BlockInfo) -> Result<KubernetesConfig, 
                     cfg.api_max_inflight = n;
                 }
             }
-            "multicluster" | "zonal" | "startup_timeout" => return Err(d.unsupported()),
+            "startup_timeout" => {
+                let Some(v) = d.remaining_args().into_iter().next() else {
+                    return Err(d.arg_err());
+                };
+                let t = crate::dispenser::parse_duration(&v)
+                    .filter(|t| !t.is_zero() && *t <= MAX_STARTUP_TIMEOUT)
+                    .ok_or_else(|| {
+                        d.err(format_args!(
+                            "failed to parse startup_timeout: {v}: a duration above 0 and at most 10m"
+                        ))
+                    })?;
+                cfg.startup_timeout = t;
+            }
+            "multicluster" | "zonal" => return Err(d.unsupported()),
             other => return Err(d.err(format_args!("unknown property '{other}'"))),
         }
     }

@@ -56,7 +56,18 @@ fn config(zones: &[&str]) -> KubernetesConfig {
         endpoints: true,
         fall: Fall::default(),
         ignore_empty_service: false,
+        startup_timeout: DEFAULT_STARTUP_TIMEOUT,
     }
+}
+
+#[test]
+fn startup_timeout_is_a_go_duration_and_defaults_to_five_seconds() {
+    let cfg = parse_text("kubernetes cluster.local {\n startup_timeout 1m30s\n}").unwrap();
+    assert_eq!(cfg.startup_timeout, Duration::from_secs(90));
+    let cfg = parse_text("kubernetes cluster.local {\n startup_timeout 250ms\n}").unwrap();
+    assert_eq!(cfg.startup_timeout, Duration::from_millis(250));
+    let cfg = parse_text("kubernetes cluster.local").unwrap();
+    assert_eq!(cfg.startup_timeout, Duration::from_secs(5));
 }
 
 fn fall(text: &str) -> Fall {
@@ -368,8 +379,20 @@ fn setup_table() {
             Err("Corefile:2: kubernetes: option 'zonal' not supported".into()),
         ),
         (
-            "kubernetes cluster.local {\n startup_timeout 1s\n}".into(),
-            Err("Corefile:2: kubernetes: option 'startup_timeout' not supported".into()),
+            "kubernetes cluster.local {\n startup_timeout\n}".into(),
+            Err("Corefile:2: kubernetes: wrong argument count or unexpected line ending after 'startup_timeout'".into()),
+        ),
+        (
+            "kubernetes cluster.local {\n startup_timeout 5\n}".into(),
+            Err("Corefile:2: kubernetes: failed to parse startup_timeout: 5: a duration above 0 and at most 10m".into()),
+        ),
+        (
+            "kubernetes cluster.local {\n startup_timeout 0s\n}".into(),
+            Err("Corefile:2: kubernetes: failed to parse startup_timeout: 0s: a duration above 0 and at most 10m".into()),
+        ),
+        (
+            "kubernetes cluster.local {\n startup_timeout 11m\n}".into(),
+            Err("Corefile:2: kubernetes: failed to parse startup_timeout: 11m: a duration above 0 and at most 10m".into()),
         ),
         (
             "kubernetes cluster.local {\n giant_seed\n}".into(),
@@ -390,14 +413,106 @@ fn setup_adds_plugin_and_readiness() {
     let (out, services) = run_setup("kubernetes", setup, "kubernetes cluster.local").unwrap();
     assert_eq!(out.plugins.len(), 1);
     assert_eq!(out.plugins[0].name(), "kubernetes");
-    assert_eq!(
-        out.tasks.len(),
-        1,
-        "the watch task, started with the config"
+    assert!(
+        out.tasks.is_empty(),
+        "the watch belongs to the view, not the config"
     );
+    assert_eq!(services.startup.len(), 1, "waited for before serving");
+    assert_eq!(services.startup[0].timeout, DEFAULT_STARTUP_TIMEOUT);
     assert_eq!(services.readiness.len(), 1);
     assert_eq!(services.readiness[0].name(), "kubernetes");
     assert!(!services.readiness[0].ready(), "not ready before a sync");
+    assert_eq!(services.carry_out.len(), 1, "the view is kept for a reload");
+}
+
+/// Runs setup for `text` in a block of zone `.`, carrying in `carry`.
+fn setup_carrying(text: &str, carry: crate::setup::Carry) -> crate::setup::Services {
+    let file: Arc<str> = Arc::from("Corefile");
+    let tokens = lex(&file, text).unwrap();
+    let block = block(&["cluster.local."]);
+    let mut out = crate::setup::BlockSetup::default();
+    let mut services = crate::setup::Services {
+        carry_in: carry,
+        ..Default::default()
+    };
+    let mut c = crate::setup::Controller {
+        d: Dispenser::new("kubernetes", &tokens),
+        block: &block,
+        out: &mut out,
+        services: &mut services,
+    };
+    setup(&mut c).unwrap();
+    services
+}
+
+fn carried_view(s: &crate::setup::Services, text: &str) -> Arc<watched::Watched> {
+    let cfg = parse_text(text).unwrap();
+    s.carry_out
+        .get::<watched::Watched>(&watched::carry_key(&cfg))
+        .expect("kept")
+}
+
+#[tokio::test]
+async fn a_reload_with_the_same_settings_carries_the_view_and_its_watch() {
+    let text = "kubernetes cluster.local {\n endpoint http://127.0.0.1:9\n}";
+    let mut first = setup_carrying(text, Default::default());
+    let view = carried_view(&first, text);
+    assert!(!view.running(), "setup starts nothing");
+    (first.startup.pop().unwrap().start)();
+    assert!(view.running(), "started before serving");
+
+    // Same settings: the same view, its watch left running.
+    let mut again = setup_carrying(text, first.carry_out.clone());
+    assert!(Arc::ptr_eq(&carried_view(&again, text), &view));
+    (again.startup.pop().unwrap().start)();
+    assert!(view.running());
+
+    // Other settings: a view of their own.
+    let other = "kubernetes cluster.local {\n endpoint http://127.0.0.1:9\n namespaces a\n}";
+    let changed = setup_carrying(other, again.carry_out.clone());
+    assert!(!Arc::ptr_eq(&carried_view(&changed, other), &view));
+
+    // The last configuration holding a view drops it, and its watch stops.
+    let weak = Arc::downgrade(&view);
+    drop((view, first, again, changed));
+    assert!(weak.upgrade().is_none(), "dropped with the configurations");
+}
+
+#[test]
+fn two_blocks_with_the_same_settings_share_one_view() {
+    let text = "kubernetes cluster.local {\n endpoint http://127.0.0.1:9\n}";
+    let file: Arc<str> = Arc::from("Corefile");
+    let tokens = lex(&file, text).unwrap();
+    let mut services = crate::setup::Services::default();
+    for port in [53, 5353] {
+        let mut block = block(&["cluster.local."]);
+        block.port = port;
+        let mut out = crate::setup::BlockSetup::default();
+        let mut c = crate::setup::Controller {
+            d: Dispenser::new("kubernetes", &tokens),
+            block: &block,
+            out: &mut out,
+            services: &mut services,
+        };
+        setup(&mut c).unwrap();
+    }
+    assert_eq!(services.carry_out.len(), 1, "one view, kept once");
+    assert_eq!(services.startup.len(), 2);
+}
+
+#[tokio::test]
+async fn a_dropped_view_aborts_its_watch() {
+    let text = "kubernetes cluster.local {\n endpoint http://127.0.0.1:9\n}";
+    let w = watched::Watched::new(store_options(&parse_text(text).unwrap()));
+    let cfg = Arc::new(parse_text(text).unwrap());
+    w.ensure_running(&cfg);
+    let handle = w.abort_handle().expect("running");
+    drop(w);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !handle.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the watch still runs");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 // === The store ===
@@ -1960,6 +2075,16 @@ impl Chain for Canned {
     fn spawn_after(
         &self,
         _after: usize,
+        _query: Vec<u8>,
+        _client: SocketAddr,
+        _transport: Transport,
+        _done: RefreshDone,
+    ) {
+        panic!("an ExternalName target is asked of the whole server, not the rest of the block");
+    }
+
+    fn spawn_server(
+        &self,
         query: Vec<u8>,
         _client: SocketAddr,
         _transport: Transport,

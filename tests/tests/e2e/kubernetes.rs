@@ -103,11 +103,12 @@ async fn not_ready_until_synced_and_a_410_relists_without_losing_a_change() {
     let api = FakeKubeApi::start().await;
     api.apply(Namespace::new("default"));
     api.apply(Service::cluster_ip("default", "web", "10.96.0.10"));
-    // Lists hang: the first sync cannot finish.
+    // Lists hang: the first sync cannot finish (the server starts after
+    // startup_timeout).
     api.stall_lists(true);
     let ready_port = nodedns_tests::free_port();
     let agent = Agent::corefile(format!(
-        "cluster.local:0 {{\n    bind 127.0.0.1\n    ready 127.0.0.1:{ready_port}\n    kubernetes cluster.local {{\n        endpoint {}\n    }}\n}}\n",
+        "cluster.local:0 {{\n    bind 127.0.0.1\n    ready 127.0.0.1:{ready_port}\n    kubernetes cluster.local {{\n        endpoint {}\n        startup_timeout 1s\n    }}\n}}\n",
         api.endpoint_url()
     ))
     .start()
@@ -210,8 +211,9 @@ async fn golden(file: &str) {
         &api.endpoint_url(),
     );
     let agent = Agent::corefile(text.clone()).start().await;
-    // Synced first: asked before, a name would fall through to forward
-    // (most of these files have `fallthrough`) and its NXDOMAIN be cached.
+    // Synced first: were the server to start unsynced (after
+    // startup_timeout), a name asked would fall through to forward (most
+    // of these files have `fallthrough`) and its NXDOMAIN be cached.
     assert!(
         wait_until(Duration::from_secs(10), || async {
             http_status(agent.admin(), "/readyz").await == Some(200)

@@ -11,6 +11,7 @@ mod forward_reload;
 mod harness;
 mod kubernetes;
 mod kubernetes_records;
+mod kubernetes_reload;
 mod operational;
 mod plugins;
 mod prometheus;

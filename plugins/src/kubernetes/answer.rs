@@ -37,7 +37,7 @@ const MAX_CNAME_CHAIN: usize = 10;
 const MAX_SOA_TTL: u32 = 300;
 /// Records found for one name at most: twice what a 64 KiB message holds
 /// (4,094 A records), so a service with more endpoints costs no more.
-const MAX_HITS: usize = 8192;
+pub(crate) const MAX_HITS: usize = 8192;
 
 /// The name does not exist (CoreDNS's `errNoItems`, `errNsNotExposed`,
 /// `errInvalidRequest`: all are name errors).
@@ -100,7 +100,7 @@ impl<'a> QName<'a> {
         }
         q
     }
-    fn zone(&self) -> &'a [u8] {
+    pub(crate) fn zone(&self) -> &'a [u8] {
         &self.lower[self.lower.len() - self.zone_len..]
     }
     fn is_apex(&self) -> bool {
@@ -112,8 +112,12 @@ impl<'a> QName<'a> {
         let len = usize::from(self.lower[at]);
         self.lower.get(at + 1..at + 1 + len).unwrap_or_default()
     }
+    /// Labels before the zone.
+    pub(crate) fn labels(&self) -> usize {
+        self.count
+    }
     /// The `i`th label counted from the zone (0: the one just before it).
-    fn right(&self, i: usize) -> &'a [u8] {
+    pub(crate) fn right(&self, i: usize) -> &'a [u8] {
         self.kept(self.kept - 1 - i)
     }
 }
@@ -136,7 +140,9 @@ pub(crate) struct Parsed<'a> {
     pub(crate) space: Option<Space>,
 }
 
-/// CoreDNS's `parseRequest` without `zonal` and `multicluster`.
+/// CoreDNS's `parseRequest` without `zonal` and `multicluster` (in a
+/// multicluster zone, `multicluster::cluster_endpoint` reads the
+/// `endpoint.cluster` shape).
 pub(crate) fn parse_request<'a>(q: &QName<'a>) -> Result<Parsed<'a>, NameError> {
     let mut r = Parsed::default();
     let count = q.count;
@@ -195,6 +201,14 @@ pub(crate) enum Key<'s> {
         name: &'s [u8],
         ns: &'s [u8],
     },
+    /// `label.cluster.name.ns.svc.ZONE`: an endpoint of a ServiceImport
+    /// in a `multicluster` zone (`cluster` empty: `label.name.ns.svc.ZONE`).
+    ClusterEndpoint {
+        label: EpLabel<'s>,
+        cluster: &'s [u8],
+        name: &'s [u8],
+        ns: &'s [u8],
+    },
     /// `pod.ns.pod.ZONE`.
     Pod { pod: &'s [u8], ns: &'s [u8] },
     /// `ns.dns.ZONE`.
@@ -242,6 +256,20 @@ impl PartialEq for Key<'_> {
                     ns: y,
                 },
             ) => l == m && same(a, b) && same(x, y),
+            (
+                Self::ClusterEndpoint {
+                    label: l,
+                    cluster: c,
+                    name: a,
+                    ns: x,
+                },
+                Self::ClusterEndpoint {
+                    label: m,
+                    cluster: d,
+                    name: b,
+                    ns: y,
+                },
+            ) => l == m && same(c, d) && same(a, b) && same(x, y),
             (Self::Pod { pod: a, ns: x }, Self::Pod { pod: b, ns: y }) => same(a, b) && same(x, y),
             (Self::NsDns, Self::NsDns) => true,
             _ => false,
@@ -250,7 +278,7 @@ impl PartialEq for Key<'_> {
 }
 
 impl<'s> EpLabel<'s> {
-    fn of(ep: &'s super::store::Endpoint) -> Self {
+    pub(crate) fn of(ep: &'s super::store::Endpoint) -> Self {
         ep.name.as_deref().map_or(Self::Ip(ep.ip), Self::Name)
     }
     fn label(self) -> Label<'s> {
@@ -265,13 +293,13 @@ impl<'s> EpLabel<'s> {
 /// dashed form spells (in the canonical spelling only, as CoreDNS compares
 /// the strings).
 #[derive(Debug, Clone, Copy)]
-struct EndpointQuery<'a> {
+pub(crate) struct EndpointQuery<'a> {
     label: &'a [u8],
     ip: Option<IpAddr>,
 }
 
 impl<'a> EndpointQuery<'a> {
-    fn new(label: &'a [u8]) -> Self {
+    pub(crate) fn new(label: &'a [u8]) -> Self {
         let ip = undash(label).filter(|ip| {
             let mut d = super::reply::Dashed::default();
             d.write(*ip);
@@ -280,7 +308,7 @@ impl<'a> EndpointQuery<'a> {
         Self { label, ip }
     }
     /// Whether it names `ep` (CoreDNS's `match` on `endpointHostname`).
-    fn names(&self, ep: EpLabel<'_>) -> bool {
+    pub(crate) fn names(&self, ep: EpLabel<'_>) -> bool {
         match ep {
             EpLabel::Name(n) => n == self.label,
             EpLabel::Ip(ip) => self.ip == Some(ip),
@@ -318,13 +346,28 @@ fn undash(label: &[u8]) -> Option<IpAddr> {
 
 impl<'s> Key<'s> {
     /// The labels before the zone.
-    fn labels(self) -> ([Label<'s>; 4], usize) {
+    fn labels(self) -> ([Label<'s>; 5], usize) {
         let t = Label::Text;
+        let e = t(b"");
         match self {
-            Self::Service { name, ns } => ([t(name), t(ns), t(b"svc"), t(b"")], 3),
-            Self::Endpoint { label, name, ns } => ([label.label(), t(name), t(ns), t(b"svc")], 4),
-            Self::Pod { pod, ns } => ([t(pod), t(ns), t(b"pod"), t(b"")], 3),
-            Self::NsDns => ([t(b"ns"), t(b"dns"), t(b""), t(b"")], 2),
+            Self::Service { name, ns } => ([t(name), t(ns), t(b"svc"), e, e], 3),
+            Self::Endpoint { label, name, ns } => {
+                ([label.label(), t(name), t(ns), t(b"svc"), e], 4)
+            }
+            Self::ClusterEndpoint {
+                label,
+                cluster: b"",
+                name,
+                ns,
+            } => ([label.label(), t(name), t(ns), t(b"svc"), e], 4),
+            Self::ClusterEndpoint {
+                label,
+                cluster,
+                name,
+                ns,
+            } => ([label.label(), t(cluster), t(name), t(ns), t(b"svc")], 5),
+            Self::Pod { pod, ns } => ([t(pod), t(ns), t(b"pod"), e, e], 3),
+            Self::NsDns => ([t(b"ns"), t(b"dns"), e, e, e], 2),
         }
     }
 }
@@ -421,11 +464,18 @@ impl Spelling {
     /// The name of `key` under `zone` (wire form), or `None` when it would
     /// be longer than 255 bytes.
     fn spell(&mut self, key: Key<'_>, zone: &[u8]) -> Option<&[u8]> {
-        let (first, rest, kind): (Option<Label<'_>>, [&[u8]; 3], u8) = match key {
-            Key::Service { name, ns } => (None, [name, ns, b"svc"], 0),
-            Key::Endpoint { label, name, ns } => (Some(label.label()), [name, ns, b"svc"], 1),
-            Key::Pod { pod, ns } => (None, [pod, ns, b"pod"], 2),
-            Key::NsDns => (None, [b"ns", b"dns", b""], 3),
+        // Empty labels in `rest` are left out.
+        let (first, rest, kind): (Option<Label<'_>>, [&[u8]; 4], u8) = match key {
+            Key::Service { name, ns } => (None, [name, ns, b"svc", b""], 0),
+            Key::Endpoint { label, name, ns } => (Some(label.label()), [name, ns, b"svc", b""], 1),
+            Key::Pod { pod, ns } => (None, [pod, ns, b"pod", b""], 2),
+            Key::NsDns => (None, [b"ns", b"dns", b"", b""], 3),
+            Key::ClusterEndpoint {
+                label,
+                cluster,
+                name,
+                ns,
+            } => (Some(label.label()), [cluster, name, ns, b"svc"], 4),
         };
         let id = (
             kind,
@@ -552,7 +602,7 @@ impl Kubernetes {
     /// The SOA record of the zone.
     pub(crate) fn soa(&self, w: &mut Wire<'_>, section: Section) {
         w.section(section);
-        let serial = self.store.serial();
+        let serial = self.serial(w.zone_wire());
         let ttl = self.ttl.min(MAX_SOA_TTL);
         let ns = [Label::Text(b"ns"), Label::Text(b"dns")];
         let hostmaster = [Label::Text(b"hostmaster")];
@@ -707,6 +757,9 @@ impl Kubernetes {
             Space::Svc => {
                 if r.service.is_empty() {
                     return f(Ok(&[]));
+                }
+                if let Some(mc) = self.multicluster_zone(q) {
+                    return self.find_imports(mc, q, &r, f);
                 }
                 let mut buf = [0u8; 128];
                 let key = key_into(&mut buf, r.service, r.namespace);

@@ -8,7 +8,9 @@
 //!   fed by the watch side through [`Batch`];
 //! - `answer.rs`: what is answered, record by record;
 //! - `reply.rs`: replies written in wire form straight into the buffer;
-//! - `watch.rs`: kube-rs watchers that keep the store current.
+//! - `watch.rs`: kube-rs watchers that keep the store current;
+//! - `multicluster/`: `multicluster ZONES...`, ServiceImports and their
+//!   EndpointSlices (store, answers, watches).
 //!
 //! The `query` step is synchronous and, for every name the store can
 //! answer, allocation-free. One case needs the network: an ExternalName
@@ -19,6 +21,7 @@
 
 mod answer;
 mod labels;
+mod multicluster;
 mod reply;
 mod setup;
 mod store;
@@ -28,6 +31,9 @@ mod watch;
 mod watched;
 
 pub use labels::{Expression, Selector, SetOp};
+pub use multicluster::{
+    ImportKind, ImportRecord, McBatch, McKind, McSliceRecord, McStats, McStore,
+};
 pub use setup::{
     Connection, DEFAULT_STARTUP_TIMEOUT, DEFAULT_TTL, KubeconfigFile, KubernetesConfig,
     MAX_STARTUP_TIMEOUT, MAX_TTL, TlsFiles, parse, setup,
@@ -85,6 +91,8 @@ pub struct Kubernetes {
     /// The store with its watch, held so the watch runs while this
     /// configuration does (`None` when built without one, in tests).
     watched: Option<Arc<watched::Watched>>,
+    /// `multicluster`: its zones and ServiceImports.
+    multicluster: Option<multicluster::Multicluster>,
     local: LocalIps,
     config: Arc<KubernetesConfig>,
 }
@@ -110,16 +118,17 @@ fn store_options(cfg: &KubernetesConfig) -> StoreOptions {
     }
 }
 
-/// What the plugin reports to `ready`.
+/// What the plugin reports to `ready`: the cluster store and, with
+/// `multicluster`, the ServiceImports.
 #[derive(Debug)]
-struct Synced(Arc<Store>);
+struct Synced(Arc<Store>, Option<Arc<McStore>>);
 
 impl Readiness for Synced {
     fn name(&self) -> &'static str {
         "kubernetes"
     }
     fn ready(&self) -> bool {
-        self.0.synced()
+        self.0.synced() && self.1.as_ref().is_none_or(|m| m.synced())
     }
 }
 
@@ -193,6 +202,11 @@ impl Kubernetes {
             ttl: cfg.ttl,
             fall: cfg.fall.clone(),
             ignore_empty_service: cfg.ignore_empty_service,
+            multicluster: multicluster::Multicluster::new(
+                &cfg.multicluster,
+                watched.as_ref().and_then(|w| w.multicluster().cloned()),
+                &store,
+            ),
             store,
             watched,
             local: LocalIps {
@@ -213,10 +227,23 @@ impl Kubernetes {
         &self.config
     }
 
+    /// The multicluster store (with `multicluster`), which its watches feed.
+    pub fn multicluster_store(&self) -> Option<&Arc<McStore>> {
+        self.multicluster.as_ref().map(|m| &m.store)
+    }
+
     /// What reports this plugin's readiness to `ready` and `/readyz`: not
     /// ready until the store's first full sync.
     pub fn readiness(&self) -> Arc<dyn Readiness> {
-        Arc::new(Synced(Arc::clone(&self.store)))
+        Arc::new(Synced(
+            Arc::clone(&self.store),
+            self.multicluster_store().cloned(),
+        ))
+    }
+
+    /// Whether every watch finished its first list (CoreDNS's `HasSynced`).
+    fn synced(&self) -> bool {
+        self.store.synced() && self.multicluster_store().is_none_or(|m| m.synced())
     }
 
     /// Fixes the server's own addresses (tests; otherwise they come from
@@ -261,7 +288,7 @@ impl Kubernetes {
                 self.soa(&mut w, Section::Authority);
                 // Before the first sync a missing name may just not be
                 // known yet: SERVFAIL, as CoreDNS.
-                let rcode = if self.store.synced() {
+                let rcode = if self.synced() {
                     ResponseCode::NXDomain
                 } else {
                     ResponseCode::ServFail

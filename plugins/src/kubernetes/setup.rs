@@ -5,8 +5,7 @@
 //! here; those that shape the connection to the API server (`endpoint`,
 //! `tls`, `kubeconfig`, `apiserver_*`, `namespaces`, `labels`,
 //! `namespace_labels`) are validated and kept in [`KubernetesConfig`] for
-//! the watch side. `multicluster` and `zonal` are refused as not
-//! supported (see the README).
+//! the watch side. `zonal` is refused as not supported (see the README).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -105,6 +104,9 @@ pub struct KubernetesConfig {
     /// `startup_timeout`: how long a start or a reload waits for the first
     /// sync before it serves without it.
     pub startup_timeout: Duration,
+    /// `multicluster`: zones (normalised, among `zones`) answered from
+    /// ServiceImports (empty: none).
+    pub multicluster: Vec<String>,
 }
 
 impl KubernetesConfig {
@@ -126,6 +128,7 @@ impl KubernetesConfig {
             fall: Fall::default(),
             ignore_empty_service: false,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            multicluster: Vec::new(),
         }
     }
 }
@@ -144,7 +147,12 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
                 .services
                 .carry_in
                 .take::<Watched>(&key)
-                .unwrap_or_else(|| Arc::new(Watched::new(super::store_options(&config))));
+                .unwrap_or_else(|| {
+                    Arc::new(Watched::new(
+                        super::store_options(&config),
+                        !config.multicluster.is_empty(),
+                    ))
+                });
             c.services.carry_out.keep(key, Arc::clone(&w));
             w
         }
@@ -363,7 +371,27 @@ fn stanza(d: &mut Dispenser<'_>, block: &BlockInfo) -> Result<KubernetesConfig, 
                     })?;
                 cfg.startup_timeout = t;
             }
-            "multicluster" | "zonal" => return Err(d.unsupported()),
+            "multicluster" => {
+                // CoreDNS's OriginsFromArgsOrServerBlock with no server
+                // block: no zones, no multicluster. The check that each is
+                // one of the plugin's zones is CoreDNS's, made here so the
+                // error names this line.
+                let mut mc = Vec::new();
+                for a in d.remaining_args() {
+                    mc.extend(
+                        zones::normalize_exact(&a)
+                            .ok_or_else(|| d.err(format_args!("invalid zone '{a}'")))?,
+                    );
+                }
+                if let Some(z) = mc.iter().find(|z| !cfg.zones.contains(z)) {
+                    return Err(d.err(format_args!(
+                        "is not authoritative for the multicluster zone {z} (authoritative zones: [{}])",
+                        cfg.zones.join(" ")
+                    )));
+                }
+                cfg.multicluster = mc;
+            }
+            "zonal" => return Err(d.unsupported()),
             other => return Err(d.err(format_args!("unknown property '{other}'"))),
         }
     }

@@ -56,8 +56,8 @@ pub(crate) const PUBLISH_EVERY: usize = 4096;
 /// The longest DNS label.
 const MAX_LABEL: usize = 63;
 
-type Hasher = foldhash::fast::RandomState;
-type Map<K, V> = HashMap<K, V, Hasher>;
+pub(crate) type Hasher = foldhash::fast::RandomState;
+pub(crate) type Map<K, V> = HashMap<K, V, Hasher>;
 
 // === Input: what the watch side hands over ===
 
@@ -284,7 +284,7 @@ impl Proto {
     }
 }
 
-fn read_ports(ports: &[PortRecord]) -> Box<[Port]> {
+pub(crate) fn read_ports(ports: &[PortRecord]) -> Box<[Port]> {
     if ports.is_empty() {
         // CoreDNS's sentinel: a service or slice without ports still answers A.
         return Box::new([Port {
@@ -410,7 +410,7 @@ impl SvcEntry {
 
 /// The key of a service: `"name.namespace"`, lower-cased, or `None` when
 /// either is not a DNS label.
-fn service_key(name: &str, namespace: &str) -> Option<(Arc<[u8]>, usize)> {
+pub(crate) fn service_key(name: &str, namespace: &str) -> Option<(Arc<[u8]>, usize)> {
     if !is_label(name) || !is_label(namespace) {
         return None;
     }
@@ -436,19 +436,19 @@ fn is_label(s: &str) -> bool {
     (1..=MAX_LABEL).contains(&s.len()) && !s.contains('.')
 }
 
-fn label_bytes(s: &str) -> Option<Box<[u8]>> {
+pub(crate) fn label_bytes(s: &str) -> Option<Box<[u8]>> {
     is_label(s).then(|| s.to_ascii_lowercase().into_bytes().into())
 }
 
 // === Sharded maps ===
 
-struct Sharded<K, V> {
-    shards: Box<[ArcSwap<Map<K, V>>]>,
+pub(crate) struct Sharded<K, V> {
+    pub(crate) shards: Box<[ArcSwap<Map<K, V>>]>,
     pick: Hasher,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let map_hasher = Hasher::default();
         Self {
             shards: (0..SHARDS)
@@ -464,7 +464,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
     }
 
     /// Reads `key` under a guard (no lock, no allocation).
-    fn with<Q, R>(&self, key: &Q, f: impl FnOnce(Option<&V>) -> R) -> R
+    pub(crate) fn with<Q, R>(&self, key: &Q, f: impl FnOnce(Option<&V>) -> R) -> R
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -479,7 +479,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
 }
 
 /// A sharded map's copies being edited by the writer.
-struct Staged<K, V> {
+pub(crate) struct Staged<K, V> {
     maps: Vec<Option<Map<K, V>>>,
 }
 
@@ -493,14 +493,18 @@ impl<K, V> Default for Staged<K, V> {
 
 impl<K: Hash + Eq + Clone, V: Clone> Staged<K, V> {
     /// The writer's copy of the shard holding `key` (made on first use).
-    fn shard<'a, Q: Hash + ?Sized>(&'a mut self, m: &Sharded<K, V>, key: &Q) -> &'a mut Map<K, V> {
+    pub(crate) fn shard<'a, Q: Hash + ?Sized>(
+        &'a mut self,
+        m: &Sharded<K, V>,
+        key: &Q,
+    ) -> &'a mut Map<K, V> {
         let i = m.shard_of(key);
         self.maps[i].get_or_insert_with(|| (**m.shards[i].load()).clone())
     }
 
     /// What the writer sees for `key`: its copy if it made one, else the
     /// published shard.
-    fn get<Q, R>(&self, m: &Sharded<K, V>, key: &Q, f: impl FnOnce(Option<&V>) -> R) -> R
+    pub(crate) fn get<Q, R>(&self, m: &Sharded<K, V>, key: &Q, f: impl FnOnce(Option<&V>) -> R) -> R
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -513,7 +517,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Staged<K, V> {
     }
 
     /// Every key, as the writer sees them.
-    fn keys(&self, m: &Sharded<K, V>) -> Vec<K> {
+    pub(crate) fn keys(&self, m: &Sharded<K, V>) -> Vec<K> {
         let mut out = Vec::new();
         for (i, staged) in self.maps.iter().enumerate() {
             match staged {
@@ -524,7 +528,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Staged<K, V> {
         out
     }
 
-    fn publish(&mut self, m: &Sharded<K, V>) {
+    pub(crate) fn publish(&mut self, m: &Sharded<K, V>) {
         for (i, staged) in self.maps.iter_mut().enumerate() {
             if let Some(map) = staged.take() {
                 m.shards[i].store(Arc::new(map));
@@ -633,6 +637,14 @@ impl Store {
     /// answer (CoreDNS's `Modified`), 0 before any.
     pub fn serial(&self) -> u32 {
         self.serial.load(Ordering::Relaxed)
+    }
+
+    /// Bumps the SOA serial to now: a change made elsewhere that CoreDNS
+    /// counts as one of this store's (a multicluster object added or
+    /// deleted).
+    pub(crate) fn touch_serial(&self) {
+        let now = u32::try_from(crate::pkg::clock::unix_secs()).unwrap_or(u32::MAX);
+        self.serial.store(now.max(1), Ordering::Relaxed);
     }
 
     /// Counts of what it holds (walks every shard: not for the query path).

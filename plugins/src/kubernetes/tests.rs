@@ -31,14 +31,14 @@ fn block(zones: &[&str]) -> BlockInfo {
     }
 }
 
-fn parse_text(text: &str) -> Result<KubernetesConfig, String> {
+pub(super) fn parse_text(text: &str) -> Result<KubernetesConfig, String> {
     let file: Arc<str> = Arc::from("Corefile");
     let tokens = lex(&file, text).map_err(|e| e.to_string())?;
     let mut d = Dispenser::new("kubernetes", &tokens);
     parse(&mut d, &block(&["cluster.local."])).map_err(|e| e.to_string())
 }
 
-fn config(zones: &[&str]) -> KubernetesConfig {
+pub(super) fn config(zones: &[&str]) -> KubernetesConfig {
     let zones: Vec<String> = zones.iter().map(|z| z.to_string()).collect();
     KubernetesConfig {
         primary_zone: zones[0].clone(),
@@ -57,6 +57,7 @@ fn config(zones: &[&str]) -> KubernetesConfig {
         fall: Fall::default(),
         ignore_empty_service: false,
         startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+        multicluster: Vec::new(),
     }
 }
 
@@ -372,7 +373,7 @@ fn setup_table() {
         ),
         (
             "kubernetes cluster.local {\n multicluster clusterset.local\n}".into(),
-            Err("Corefile:2: kubernetes: option 'multicluster' not supported".into()),
+            Err("Corefile:2: kubernetes: is not authoritative for the multicluster zone clusterset.local. (authoritative zones: [cluster.local.])".into()),
         ),
         (
             "kubernetes cluster.local {\n zonal\n}".into(),
@@ -503,7 +504,7 @@ fn two_blocks_with_the_same_settings_share_one_view() {
 #[tokio::test]
 async fn a_dropped_view_aborts_its_watch() {
     let text = "kubernetes cluster.local {\n endpoint http://127.0.0.1:9\n}";
-    let w = watched::Watched::new(store_options(&parse_text(text).unwrap()));
+    let w = watched::Watched::new(store_options(&parse_text(text).unwrap()), false);
     let cfg = Arc::new(parse_text(text).unwrap());
     w.ensure_running(&cfg);
     let handle = w.abort_handle().expect("running");
@@ -542,7 +543,7 @@ fn ext(target: &str) -> ServiceKind {
 }
 
 /// An endpoint: address, hostname, pod name.
-fn ep(ip: &str, hostname: &str, pod: &str) -> EndpointRecord {
+pub(super) fn ep(ip: &str, hostname: &str, pod: &str) -> EndpointRecord {
     EndpointRecord {
         addresses: vec![ip.parse().unwrap()],
         ready: None,
@@ -575,7 +576,7 @@ fn slice(
 }
 
 /// Marks every kind listed: the store is synced.
-fn sync(store: &Store) {
+pub(super) fn sync(store: &Store) {
     let mut b = store.batch();
     for k in [
         Kind::Services,
@@ -587,10 +588,10 @@ fn sync(store: &Store) {
     }
 }
 
-const HTTP: &[(&str, &str, i32)] = &[("http", "tcp", 80)];
+pub(super) const HTTP: &[(&str, &str, i32)] = &[("http", "tcp", 80)];
 
 /// CoreDNS's `APIConnServeTest`: the objects of `handler_test.go`.
-fn serve_test_objects(store: &Store) {
+pub(super) fn serve_test_objects(store: &Store) {
     let mut b = store.batch();
     for ns in [
         "testns",
@@ -687,7 +688,7 @@ fn plugin(f: impl FnOnce(&mut KubernetesConfig)) -> Kubernetes {
 /// What a query gave, reduced to compare in tables (records sorted, SOA
 /// serials replaced by `SERIAL`).
 #[derive(Debug, PartialEq)]
-enum Got {
+pub(super) enum Got {
     Reply {
         rcode: ResponseCode,
         answer: Vec<String>,
@@ -699,7 +700,7 @@ enum Got {
     Upstream,
 }
 
-fn show(records: &[Record]) -> Vec<String> {
+pub(super) fn show(records: &[Record]) -> Vec<String> {
     let mut v: Vec<String> = records
         .iter()
         .map(|r| {
@@ -746,7 +747,7 @@ fn check_header(m: &Message, name: &str) {
     assert_eq!(m.metadata.id, 4242);
 }
 
-fn ask(k: &Kubernetes, name: &str, qtype: RecordType) -> Got {
+pub(super) fn ask(k: &Kubernetes, name: &str, qtype: RecordType) -> Got {
     let out = run(
         k,
         &query(name, qtype),
@@ -756,7 +757,7 @@ fn ask(k: &Kubernetes, name: &str, qtype: RecordType) -> Got {
     got(out, name)
 }
 
-fn reply(rcode: ResponseCode, answer: &[&str], ns: &[&str], extra: &[&str]) -> Got {
+pub(super) fn reply(rcode: ResponseCode, answer: &[&str], ns: &[&str], extra: &[&str]) -> Got {
     let v = |s: &[&str]| {
         let mut v: Vec<String> = s.iter().map(|s| s.to_string()).collect();
         v.sort();
@@ -770,27 +771,27 @@ fn reply(rcode: ResponseCode, answer: &[&str], ns: &[&str], extra: &[&str]) -> G
     }
 }
 
-fn answer(records: &[&str]) -> Got {
+pub(super) fn answer(records: &[&str]) -> Got {
     reply(ResponseCode::NoError, records, &[], &[])
 }
 
-fn with_extra(records: &[&str], extra: &[&str]) -> Got {
+pub(super) fn with_extra(records: &[&str], extra: &[&str]) -> Got {
     reply(ResponseCode::NoError, records, &[], extra)
 }
 
-const SOA: &str = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. SERIAL 7200 1800 86400 5";
+pub(super) const SOA: &str = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. SERIAL 7200 1800 86400 5";
 
-fn nodata() -> Got {
+pub(super) fn nodata() -> Got {
     reply(ResponseCode::NoError, &[], &[SOA], &[])
 }
 
-fn nxdomain() -> Got {
+pub(super) fn nxdomain() -> Got {
     reply(ResponseCode::NXDomain, &[], &[SOA], &[])
 }
 
-type Case = (&'static str, RecordType, Got);
+pub(super) type Case = (&'static str, RecordType, Got);
 
-fn check(k: &Kubernetes, cases: Vec<Case>) {
+pub(super) fn check(k: &Kubernetes, cases: Vec<Case>) {
     for (name, qtype, want) in cases {
         assert_eq!(ask(k, name, qtype), want, "{name} {qtype}");
     }
@@ -2472,7 +2473,7 @@ fn readme_examples_parse() {
             None => {}
         }
     }
-    assert_eq!(blocks.len(), 3);
+    assert_eq!(blocks.len(), 4);
     let file: Arc<str> = Arc::from("Corefile");
     for b in blocks {
         let tokens = lex(&file, &b).unwrap();

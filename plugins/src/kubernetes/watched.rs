@@ -11,26 +11,35 @@
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::multicluster::McStore;
 use super::setup::{Connection, KubernetesConfig};
 use super::store::{Store, StoreOptions};
 
-/// The store and its watch task.
+/// The store and its watch task (with `multicluster`, the ServiceImports'
+/// store too, and the task runs their watches as well).
 #[derive(Debug)]
 pub(crate) struct Watched {
     store: Arc<Store>,
+    multicluster: Option<Arc<McStore>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Watched {
-    pub(crate) fn new(opts: StoreOptions) -> Self {
+    pub(crate) fn new(opts: StoreOptions, multicluster: bool) -> Self {
+        let store = Store::new(opts);
         Self {
-            store: Store::new(opts),
+            multicluster: multicluster.then(|| McStore::new(Arc::clone(&store))),
+            store,
             task: Mutex::new(None),
         }
     }
 
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub(crate) fn multicluster(&self) -> Option<&Arc<McStore>> {
+        self.multicluster.as_ref()
     }
 
     /// Starts the watch unless it runs already (carried over a reload).
@@ -41,7 +50,13 @@ impl Watched {
             return;
         }
         let run = super::watch::run(Arc::clone(cfg), Arc::downgrade(&self.store));
-        *task = Some(tokio::spawn(run).abort_handle());
+        *task = Some(match &self.multicluster {
+            Some(mc) => {
+                let mc = super::multicluster::run(Arc::clone(cfg), Arc::downgrade(mc));
+                tokio::spawn(futures_util::future::join(run, mc)).abort_handle()
+            }
+            None => tokio::spawn(run).abort_handle(),
+        });
     }
 
     /// The watch task, if started.

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use nodedns_tests::kubeapi::{
-    Endpoint, EndpointSlice, FakeKubeApi, Namespace, Pod, Resource, Service, encode_query_value,
+    Endpoint, EndpointSlice, FakeKubeApi, Namespace, Pod, Resource, Service, ServiceImport,
+    encode_query_value,
 };
 use nodedns_tests::{http_request, wait_until};
 use serde_json::Value;
@@ -789,6 +790,143 @@ async fn the_rest_of_the_surface() {
     );
     api.stall_lists(false);
     assert_eq!(pending.await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn service_imports_are_served_as_a_custom_resource() {
+    let api = FakeKubeApi::start().await;
+    const ALL: &str = "/apis/multicluster.x-k8s.io/v1alpha1/serviceimports";
+    api.apply(
+        ServiceImport::cluster_set_ip("shop", "web", &["10.42.0.7", "fd00::7"])
+            .port("http", "TCP", 80)
+            .cluster("west")
+            .label("tier", "front"),
+    );
+    api.apply(ServiceImport::headless("shop", "db").port("pg", "TCP", 5432));
+    api.apply(ServiceImport::headless("other", "cache"));
+
+    // Discovery names the group and the resource.
+    let (code, groups) = get(api.addr(), "/apis").await;
+    assert_eq!(code, 200);
+    assert!(
+        groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "multicluster.x-k8s.io"
+                && g["preferredVersion"]["version"] == "v1alpha1"),
+        "{groups}"
+    );
+    let (code, l) = get(api.addr(), "/apis/multicluster.x-k8s.io/v1alpha1").await;
+    assert_eq!(code, 200);
+    assert_eq!(l["groupVersion"], "multicluster.x-k8s.io/v1alpha1");
+    assert_eq!(l["resources"][0]["name"], "serviceimports");
+    assert_eq!(l["resources"][0]["kind"], "ServiceImport");
+    assert_eq!(l["resources"][0]["namespaced"], true);
+
+    // Lists, everywhere and in one namespace; items of a custom resource
+    // keep their kind.
+    let (code, list) = get(api.addr(), ALL).await;
+    assert_eq!(code, 200);
+    assert_eq!(list["kind"], "ServiceImportList");
+    assert_eq!(list["apiVersion"], "multicluster.x-k8s.io/v1alpha1");
+    assert_eq!(names(&list), ["cache", "db", "web"]);
+    let web = &list["items"][2];
+    assert_eq!(web["kind"], "ServiceImport");
+    assert_eq!(web["apiVersion"], "multicluster.x-k8s.io/v1alpha1");
+    assert_eq!(web["spec"]["type"], "ClusterSetIP");
+    assert_eq!(web["spec"]["ips"][1], "fd00::7");
+    assert_eq!(web["spec"]["ports"][0]["port"], 80);
+    assert_eq!(web["status"]["clusters"][0]["cluster"], "west");
+    assert_eq!(list["items"][1]["spec"]["type"], "Headless");
+    let (code, list) = get(
+        api.addr(),
+        "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/shop/serviceimports",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(names(&list), ["db", "web"]);
+    let (code, list) = get(api.addr(), &format!("{ALL}?labelSelector=tier%3Dfront")).await;
+    assert_eq!(code, 200);
+    assert_eq!(names(&list), ["web"]);
+    let (code, one) = get(
+        api.addr(),
+        "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/shop/serviceimports/db",
+    )
+    .await;
+    assert_eq!(
+        (code, one["spec"]["ports"][0]["name"].as_str()),
+        (200, Some("pg"))
+    );
+
+    // A watch from the list's version sees every change.
+    let (_, list) = get(api.addr(), ALL).await;
+    let list_rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = watch(
+        api.addr(),
+        &format!("{ALL}?watch=true&resourceVersion={list_rv}&allowWatchBookmarks=true"),
+    )
+    .await;
+    let added = api.apply(ServiceImport::cluster_set_ip("shop", "api", &["10.42.0.8"]));
+    let changed = api.apply(ServiceImport::cluster_set_ip("shop", "web", &["10.42.0.9"]));
+    let deleted = api
+        .delete(Resource::ServiceImports, "other", "cache")
+        .unwrap();
+    let (t, o) = w.event().await;
+    assert_eq!((t.as_str(), name(&o), rv(&o)), ("ADDED", "api", added));
+    assert_eq!(o["kind"], "ServiceImport");
+    let (t, o) = w.event().await;
+    assert_eq!((t.as_str(), name(&o), rv(&o)), ("MODIFIED", "web", changed));
+    assert_eq!(o["spec"]["ips"][0], "10.42.0.9");
+    let (t, o) = w.event().await;
+    assert_eq!(
+        (t.as_str(), name(&o), rv(&o)),
+        ("DELETED", "cache", deleted)
+    );
+    // Other resources' changes are not its.
+    api.apply(Service::headless("shop", "web"));
+    assert!(matches!(
+        w.next_within(Duration::from_millis(200)).await,
+        Next::Idle
+    ));
+    // Compacted: a watch from the old version is told 410.
+    api.compact();
+    let mut old = watch(
+        api.addr(),
+        &format!("{ALL}?watch=true&resourceVersion={list_rv}"),
+    )
+    .await;
+    let (t, o) = old.event().await;
+    assert_eq!((t.as_str(), o["code"].as_i64()), ("ERROR", Some(410)));
+    assert_eq!(api.list_count(Resource::ServiceImports), 4);
+    assert_eq!(api.watch_count(Resource::ServiceImports), 2);
+
+    // Imported EndpointSlices carry the multicluster labels, and a
+    // selector on them finds them alone.
+    api.apply(
+        EndpointSlice::imported("shop", "db", "west", "db-west-1")
+            .endpoint(Endpoint::new("10.1.0.5").hostname("db-0"))
+            .port("pg", "TCP", 5432),
+    );
+    api.apply(
+        EndpointSlice::new("shop", "web", "web-abc")
+            .endpoint(Endpoint::new("10.1.0.9"))
+            .port("http", "TCP", 8080),
+    );
+    let (code, list) = get(
+        api.addr(),
+        "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=multicluster.kubernetes.io%2Fservice-name",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(names(&list), ["db-west-1"]);
+    let labels = &list["items"][0]["metadata"]["labels"];
+    assert_eq!(labels["multicluster.kubernetes.io/service-name"], "db");
+    assert_eq!(labels["multicluster.kubernetes.io/source-cluster"], "west");
+    assert!(labels.get("kubernetes.io/service-name").is_none());
 }
 
 #[tokio::test]

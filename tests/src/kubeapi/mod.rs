@@ -1,6 +1,7 @@
 //! A fake Kubernetes API server on loopback for the kubernetes plugin's
-//! tests: it serves list and watch of Services, EndpointSlices, Pods and
-//! Namespaces in the API's JSON wire format, over HTTP/1.1 (or HTTPS with
+//! tests: it serves list and watch of Services, EndpointSlices, Pods,
+//! Namespaces and ServiceImports (the Multi-Cluster Services API's custom
+//! resource) in the API's JSON wire format, over HTTP/1.1 (or HTTPS with
 //! a CA made for it), and lets a test change objects and break watches.
 //!
 //! What it speaks (see the API concepts page, "Efficient detection of
@@ -9,9 +10,11 @@
 //!
 //! - **list** `GET /api/v1/services`, `/api/v1/namespaces/NS/services`,
 //!   `/apis/discovery.k8s.io/v1/[namespaces/NS/]endpointslices`,
-//!   `/api/v1/[namespaces/NS/]pods`, `/api/v1/namespaces`: a `*List` with
-//!   `metadata.resourceVersion`, items without `kind`/`apiVersion` (as the
-//!   server sends them). `resourceVersion` and `resourceVersionMatch`
+//!   `/api/v1/[namespaces/NS/]pods`, `/api/v1/namespaces`,
+//!   `/apis/multicluster.x-k8s.io/v1alpha1/[namespaces/NS/]serviceimports`:
+//!   a `*List` with `metadata.resourceVersion`, items without
+//!   `kind`/`apiVersion` (as the server sends built-in types; a custom
+//!   resource's items keep theirs). `resourceVersion` and `resourceVersionMatch`
 //!   follow the documented table (unset: most recent; `0`: any; `N`: not
 //!   older than, or exact with `limit` or `Exact`; a compacted exact
 //!   version is `410 Expired`, a future one waits 3 s then `504`).
@@ -32,7 +35,8 @@
 //!   `<`) and `fieldSelector` (`metadata.name`, `metadata.namespace` and
 //!   the few fields each resource supports; others are `400`) on both.
 //! - `GET` of one object, `/version`, `/healthz`, discovery at `/api`,
-//!   `/apis`, `/api/v1`, `/apis/discovery.k8s.io/v1`; a `404` Status for
+//!   `/apis`, `/api/v1`, `/apis/discovery.k8s.io/v1`,
+//!   `/apis/multicluster.x-k8s.io/v1alpha1`; a `404` Status for
 //!   anything else, `405` for other methods, `401` without the bearer
 //!   token when one is set, `422` for invalid list options.
 //!
@@ -66,7 +70,9 @@ mod store;
 mod watch;
 mod wire;
 
-pub use objects::{Endpoint, EndpointSlice, Namespace, Object, Pod, Resource, Service};
+pub use objects::{
+    Endpoint, EndpointSlice, Namespace, Object, Pod, Resource, Service, ServiceImport,
+};
 pub use wire::encode_query_value;
 
 use std::collections::VecDeque;
@@ -156,7 +162,7 @@ struct Shared {
     /// The status code and how many more requests get it.
     fail: Mutex<(u16, usize)>,
     /// Per resource: lists, watches.
-    counts: Mutex<[[usize; 2]; 4]>,
+    counts: Mutex<[[usize; 2]; Resource::COUNT]>,
     requests: Mutex<VecDeque<KubeRequest>>,
     token: Option<String>,
     watch_queue: usize,
@@ -263,7 +269,7 @@ impl FakeKubeApiBuilder {
             stall: tokio::sync::watch::Sender::new(false),
             shutdown: shutdown.clone(),
             fail: Mutex::new((0, 0)),
-            counts: Mutex::new([[0; 2]; 4]),
+            counts: Mutex::new([[0; 2]; Resource::COUNT]),
             requests: Mutex::new(VecDeque::new()),
             token: self.token.clone(),
             watch_queue: self.watch_queue,
@@ -649,6 +655,9 @@ fn parse_path(path: &str) -> Option<Target> {
     let (gv, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("v1", rest),
         ["apis", "discovery.k8s.io", "v1", rest @ ..] => ("discovery.k8s.io/v1", rest),
+        ["apis", "multicluster.x-k8s.io", "v1alpha1", rest @ ..] => {
+            ("multicluster.x-k8s.io/v1alpha1", rest)
+        }
         _ => return None,
     };
     let (watch_path, rest) = match rest {
@@ -702,18 +711,26 @@ async fn route(shared: &Arc<Shared>, path: &str, query: &[(String, String)]) -> 
         }
         "/apis" | "/apis/" => {
             let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
+            let mcs =
+                json!({"groupVersion": "multicluster.x-k8s.io/v1alpha1", "version": "v1alpha1"});
             return json_response(
                 200,
                 &json!({
                     "kind": "APIGroupList",
                     "apiVersion": "v1",
-                    "groups": [{"name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv}],
+                    "groups": [
+                        {"name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv},
+                        {"name": "multicluster.x-k8s.io", "versions": [mcs], "preferredVersion": mcs},
+                    ],
                 }),
             );
         }
         "/api/v1" | "/api/v1/" => return json_response(200, &resource_list("v1")),
         "/apis/discovery.k8s.io/v1" | "/apis/discovery.k8s.io/v1/" => {
             return json_response(200, &resource_list("discovery.k8s.io/v1"));
+        }
+        "/apis/multicluster.x-k8s.io/v1alpha1" | "/apis/multicluster.x-k8s.io/v1alpha1/" => {
+            return json_response(200, &resource_list("multicluster.x-k8s.io/v1alpha1"));
         }
         _ => {}
     }
@@ -849,9 +866,13 @@ fn filter(target: &Target, param: &Params<'_>) -> Result<Filter, BadRequest> {
 }
 
 /// A list item: the object without `kind` and `apiVersion`, as the API
-/// server encodes the items of a typed list.
-fn item(o: &Value) -> Value {
+/// server encodes the items of a typed list (a custom resource's list is
+/// unstructured: its items keep them).
+fn item(r: Resource, o: &Value) -> Value {
     let mut o = o.clone();
+    if r.custom() {
+        return o;
+    }
     if let Some(m) = o.as_object_mut() {
         m.remove("kind");
         m.remove("apiVersion");
@@ -1043,7 +1064,7 @@ async fn list(shared: &Shared, target: &Target, param: &Params<'_>) -> Response<
             continue;
         }
         if f.matches(o) {
-            items.push(item(o));
+            items.push(item(target.resource, o));
             last_key = Some(k);
         }
     }
@@ -1235,5 +1256,15 @@ mod tests {
         assert!(parse_path("/apis/discovery.k8s.io/v1/services").is_none());
         assert!(parse_path("/api/v1/namespaces/ns/namespaces").is_none());
         assert!(parse_path("/foo").is_none());
+        let t = parse_path("/apis/multicluster.x-k8s.io/v1alpha1/serviceimports").unwrap();
+        assert_eq!((t.resource, t.namespace), (Resource::ServiceImports, None));
+        let t = parse_path("/apis/multicluster.x-k8s.io/v1alpha1/namespaces/ns/serviceimports/web")
+            .unwrap();
+        assert_eq!(
+            (t.resource, t.namespace.as_deref(), t.name.as_deref()),
+            (Resource::ServiceImports, Some("ns"), Some("web"))
+        );
+        assert!(parse_path("/apis/multicluster.x-k8s.io/v1alpha1/services").is_none());
+        assert!(parse_path("/api/v1/serviceimports").is_none());
     }
 }

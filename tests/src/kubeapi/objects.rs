@@ -16,16 +16,23 @@ pub enum Resource {
     Pods,
     /// `v1` `namespaces` (cluster-scoped).
     Namespaces,
+    /// `multicluster.x-k8s.io/v1alpha1` `serviceimports` (a custom
+    /// resource of the Multi-Cluster Services API).
+    ServiceImports,
 }
 
 impl Resource {
     /// Every resource, in a fixed order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Services,
         Self::EndpointSlices,
         Self::Pods,
         Self::Namespaces,
+        Self::ServiceImports,
     ];
+
+    /// How many there are.
+    pub(super) const COUNT: usize = Self::ALL.len();
 
     /// The plural name in URLs (`services`).
     pub fn plural(self) -> &'static str {
@@ -34,6 +41,7 @@ impl Resource {
             Self::EndpointSlices => "endpointslices",
             Self::Pods => "pods",
             Self::Namespaces => "namespaces",
+            Self::ServiceImports => "serviceimports",
         }
     }
 
@@ -41,8 +49,15 @@ impl Resource {
     pub fn api_version(self) -> &'static str {
         match self {
             Self::EndpointSlices => "discovery.k8s.io/v1",
+            Self::ServiceImports => "multicluster.x-k8s.io/v1alpha1",
             _ => "v1",
         }
+    }
+
+    /// Whether it is a custom resource (served from a CRD: list items
+    /// keep their `kind` and `apiVersion`).
+    pub fn custom(self) -> bool {
+        self == Self::ServiceImports
     }
 
     /// `kind` of its objects.
@@ -52,6 +67,7 @@ impl Resource {
             Self::EndpointSlices => "EndpointSlice",
             Self::Pods => "Pod",
             Self::Namespaces => "Namespace",
+            Self::ServiceImports => "ServiceImport",
         }
     }
 
@@ -76,10 +92,12 @@ impl Resource {
         }
     }
 
-    /// `/api/v1` or `/apis/discovery.k8s.io/v1`.
+    /// `/api/v1`, `/apis/discovery.k8s.io/v1` or
+    /// `/apis/multicluster.x-k8s.io/v1alpha1`.
     pub(super) fn prefix(self) -> &'static str {
         match self {
             Self::EndpointSlices => "/apis/discovery.k8s.io/v1",
+            Self::ServiceImports => "/apis/multicluster.x-k8s.io/v1alpha1",
             _ => "/api/v1",
         }
     }
@@ -90,6 +108,7 @@ impl Resource {
             Self::EndpointSlices => 1,
             Self::Pods => 2,
             Self::Namespaces => 3,
+            Self::ServiceImports => 4,
         }
     }
 
@@ -105,6 +124,7 @@ impl Resource {
             Self::EndpointSlices => "endpointslice",
             Self::Pods => "pod",
             Self::Namespaces => "namespace",
+            Self::ServiceImports => "serviceimport",
         }
     }
 }
@@ -408,6 +428,33 @@ impl EndpointSlice {
         );
         self
     }
+
+    /// An empty IPv4 slice `name` imported from `cluster` for the
+    /// ServiceImport `service`, as an MCS controller makes them: labelled
+    /// `multicluster.kubernetes.io/service-name` and
+    /// `multicluster.kubernetes.io/source-cluster` (not
+    /// `kubernetes.io/service-name`), owned by no Service.
+    pub fn imported(namespace: &str, service: &str, cluster: &str, name: &str) -> Self {
+        let mut meta = metadata(Some(namespace), name);
+        set_map_entry(
+            &mut meta,
+            &[],
+            "labels",
+            json!({
+                "multicluster.kubernetes.io/service-name": service,
+                "multicluster.kubernetes.io/source-cluster": cluster,
+                "endpointslice.kubernetes.io/managed-by": "mcs-controller.example.org",
+            }),
+        );
+        Self(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": meta,
+            "addressType": "IPv4",
+            "endpoints": [],
+            "ports": [],
+        }))
+    }
 }
 
 /// One endpoint of an [`EndpointSlice`]: ready and serving unless told.
@@ -470,6 +517,77 @@ impl Endpoint {
             &[],
             "conditions",
             json!({"ready": false, "serving": true, "terminating": true}),
+        );
+        self
+    }
+}
+
+// === ServiceImport ===
+
+/// A `multicluster.x-k8s.io/v1alpha1` ServiceImport (MCS API v0.3 and
+/// later: `spec.type`, `spec.ips`, `spec.ports`, `status.clusters`), as an
+/// MCS controller makes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceImport(Value);
+common!(ServiceImport, Resource::ServiceImports);
+
+impl ServiceImport {
+    fn base(namespace: &str, name: &str, spec: Value) -> Self {
+        Self(json!({
+            "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+            "kind": "ServiceImport",
+            "metadata": metadata(Some(namespace), name),
+            "spec": spec,
+            "status": {"clusters": []},
+        }))
+    }
+
+    /// A `ClusterSetIP` import with these IPs (one per family).
+    pub fn cluster_set_ip(namespace: &str, name: &str, ips: &[&str]) -> Self {
+        let families: Vec<&str> = ips.iter().map(|ip| family(ip)).collect();
+        Self::base(
+            namespace,
+            name,
+            json!({
+                "type": "ClusterSetIP",
+                "ips": ips,
+                "ipFamilies": families,
+                "sessionAffinity": "None",
+                "ports": [],
+            }),
+        )
+    }
+
+    /// A `Headless` import.
+    pub fn headless(namespace: &str, name: &str) -> Self {
+        Self::base(
+            namespace,
+            name,
+            json!({
+                "type": "Headless",
+                "ipFamilies": ["IPv4"],
+                "sessionAffinity": "None",
+                "ports": [],
+            }),
+        )
+    }
+
+    /// Adds a port; `protocol` is `TCP`, `UDP` or `SCTP`.
+    pub fn port(mut self, name: &str, protocol: &str, port: u16) -> Self {
+        let mut p = json!({"protocol": protocol, "port": port});
+        if !name.is_empty() {
+            set_map_entry(&mut p, &[], "name", name.into());
+        }
+        push(&mut self.0, &["spec", "ports"], p);
+        self
+    }
+
+    /// Lists `cluster` among the exporting clusters (`status.clusters`).
+    pub fn cluster(mut self, cluster: &str) -> Self {
+        push(
+            &mut self.0,
+            &["status", "clusters"],
+            json!({"cluster": cluster}),
         );
         self
     }

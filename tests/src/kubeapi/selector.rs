@@ -315,7 +315,7 @@ fn extra_fields(r: Resource) -> &'static [(&'static str, &'static str)] {
             ("spec.type", "/spec/type"),
         ],
         Resource::Namespaces => &[("status.phase", "/status/phase")],
-        Resource::EndpointSlices => &[],
+        Resource::EndpointSlices | Resource::ServiceImports => &[],
     }
 }
 

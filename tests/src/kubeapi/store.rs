@@ -65,9 +65,9 @@ pub(super) struct Store {
     /// Watches may resume from, and lists read exactly at, versions from
     /// here on; older ones are compacted away.
     floor: u64,
-    objects: [BTreeMap<String, Arc<Value>>; 4],
+    objects: [BTreeMap<String, Arc<Value>>; Resource::COUNT],
     /// Changes after `floor`, oldest first, per resource.
-    log: [VecDeque<Arc<Change>>; 4],
+    log: [VecDeque<Arc<Change>>; Resource::COUNT],
     log_len: usize,
     max_log: usize,
     watchers: Vec<Watcher>,

@@ -10,6 +10,7 @@ mod forward;
 mod forward_reload;
 mod harness;
 mod kubernetes;
+mod kubernetes_multicluster;
 mod kubernetes_records;
 mod kubernetes_reload;
 mod operational;

@@ -947,6 +947,30 @@ fn ignore_empty_service() {
     );
 }
 
+/// `noendpoints` leaves the cluster's EndpointSlices out, not the
+/// imports' (CoreDNS's multicluster informer does not depend on it).
+#[test]
+fn noendpoints_keeps_the_imports_slices() {
+    let k = plugin(
+        &["cluster.local.", "clusterset.local."],
+        &["clusterset.local."],
+        |c| {
+            c.endpoints = false;
+        },
+    );
+    check(
+        &k,
+        vec![
+            ("hdlsprtls.testns.svc.cluster.local.", A, nxdomain()),
+            (
+                "hdlsprtls.testns.svc.clusterset.local.",
+                A,
+                answer(&["hdlsprtls.testns.svc.clusterset.local. 5 IN A 172.0.0.20"]),
+            ),
+        ],
+    );
+}
+
 /// Until the imports are listed too, a missing name is SERVFAIL in every
 /// zone, and the plugin is not ready (CoreDNS's `HasSynced` waits for the
 /// multicluster informers).

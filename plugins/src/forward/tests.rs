@@ -26,7 +26,7 @@ fn defaults_as_coredns() {
         c.to,
         vec![To::Addr {
             addr: "192.0.2.1:53".parse().unwrap(),
-            tls: false,
+            scheme: Scheme::Dns,
             server_name: None
         }]
     );
@@ -69,7 +69,7 @@ fn every_option() {
         c.to[3],
         To::Addr {
             addr: "192.0.2.3:8853".parse().unwrap(),
-            tls: true,
+            scheme: Scheme::Tls,
             server_name: Some("dns.example.net".into())
         }
     );
@@ -77,7 +77,7 @@ fn every_option() {
         c.to[2],
         To::Addr {
             addr: "[2001:db8::2]:53".parse().unwrap(),
-            tls: false,
+            scheme: Scheme::Dns,
             server_name: None
         }
     );

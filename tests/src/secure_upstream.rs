@@ -475,12 +475,9 @@ async fn serve_h3(conn: quinn::Connection, state: Arc<State>) {
                 return;
             };
             let _w = Working::new(&state);
-            let resp = match http_action(answer(&state, &query).await) {
-                Ok(r) => r,
-                Err(_) => {
-                    stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-                    return;
-                }
+            let Ok(resp) = http_action(answer(&state, &query).await) else {
+                stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                return;
             };
             let (parts, body) = resp.into_parts();
             let data = body

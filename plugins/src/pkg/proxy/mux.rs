@@ -234,7 +234,7 @@ impl MuxPool {
     fn pick(&self, shared: &Shared, fresh: bool) -> Result<Lease, ProxyError> {
         let mut slots = lock(&self.shared.slots);
         slots.retain(|s| !s.is_dead());
-        let usable = |s: &Arc<Slot>| !shared.max_age.is_some_and(|age| s.born.elapsed() >= age);
+        let usable = |s: &Arc<Slot>| shared.max_age.is_none_or(|age| s.born.elapsed() < age);
         let lease = |slot: &Arc<Slot>, permit| Lease {
             reused: slot.carried.fetch_add(1, Ordering::Relaxed) > 0,
             replies: slot.replies.load(Ordering::Acquire),

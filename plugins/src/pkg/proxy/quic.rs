@@ -87,6 +87,8 @@ pub(super) async fn connect(
 pub(super) fn connection_error(e: quinn::ConnectionError) -> ProxyError {
     match e {
         quinn::ConnectionError::TimedOut => ProxyError::Timeout,
+        // Retired or idle out by this side while the query was on it.
+        quinn::ConnectionError::LocallyClosed => ProxyError::Closed,
         quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("TLS") => {
             ProxyError::Io(io::Error::new(
                 io::ErrorKind::InvalidData,

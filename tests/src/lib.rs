@@ -1,17 +1,20 @@
 //! The nodedns test harness: the real binary under test ([`Agent`]), a
 //! DNS client ([`Client`]), a fake upstream server with fault modes
-//! ([`FakeUpstream`]), a fake Kubernetes API server ([`FakeKubeApi`]) and
+//! ([`FakeUpstream`]), fake encrypted upstreams (DoH, DoQ, DoH3:
+//! [`SecureUpstream`]), a fake Kubernetes API server ([`FakeKubeApi`]) and
 //! [`wait_until`]. Everything stays on loopback,
 //! every wait has a deadline, and everything started is stopped on drop.
 
 pub mod agent;
 pub mod client;
 pub mod kubeapi;
+pub mod secure_upstream;
 pub mod upstream;
 
 pub use agent::Agent;
 pub use client::Client;
 pub use kubeapi::FakeKubeApi;
+pub use secure_upstream::{SecureFault, SecureKind, SecureUpstream};
 pub use upstream::{FakeUpstream, Fault};
 
 use std::future::Future;

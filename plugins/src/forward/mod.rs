@@ -1,5 +1,6 @@
-//! *forward* proxies queries to upstream resolvers over pooled UDP, TCP and
-//! DNS-over-TLS connections, with in-band health checks, policies for
+//! *forward* proxies queries to upstream resolvers over pooled UDP, TCP,
+//! DNS-over-TLS, DNS-over-HTTPS (HTTP/2 and HTTP/3) and DNS-over-QUIC
+//! connections, with in-band health checks, policies for
 //! choosing an upstream, failover and a bound on queries in flight.
 //!
 //! `query` only decides whether the name is forwarded (FROM, `except`);
@@ -19,7 +20,7 @@ mod setup;
 #[cfg(test)]
 mod tests;
 
-pub use setup::{ForwardConfig, Policy, To, parse, setup};
+pub use setup::{ForwardConfig, Policy, Scheme, To, parse, setup};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::pkg::inspect::{UpstreamInspect, UpstreamState};
 use crate::pkg::names::rcode_name;
-use crate::pkg::proxy::{Proto, Proxy, ProxyConfig, TlsSettings, tls_client_config};
+use crate::pkg::proxy::{Proto, Proxy, ProxyConfig, Secure, TlsSettings, tls_client_config};
 use crate::plugin::{Context, Flow, Plugin, PluginError, Upstream, UpstreamFuture};
 use crate::request::{Transport, is_subdomain, name_to_wire};
 use crate::setup::{Carry, Task};
@@ -68,14 +69,14 @@ struct UpMetrics {
     responses: [IntCounter; 6],
     duration: [prometheus::Histogram; 6],
     proxy_duration: [prometheus::Histogram; 6],
-    /// Connection cache hits and misses for udp, tcp, tcp-tls.
-    conn_hits: [IntCounter; 3],
-    conn_misses: [IntCounter; 3],
+    /// Connection cache hits and misses by [`PROTOS`].
+    conn_hits: [IntCounter; 6],
+    conn_misses: [IntCounter; 6],
 }
 
 impl UpMetrics {
     fn new(to: &str) -> Self {
-        let protos = ["udp", "tcp", "tcp-tls"];
+        let protos = PROTOS;
         Self {
             responses: RCODES.map(|rc| metrics::RESPONSES.with_label_values(&[to, rc])),
             duration: RCODES.map(|rc| metrics::DURATION.with_label_values(&[to, rc])),
@@ -110,11 +111,15 @@ impl UpMetrics {
     }
 }
 
+/// The `proto` label values: CoreDNS's (`udp`, `tcp`, `tcp-tls`,
+/// `https`), then DoQ's and DoH3's.
+const PROTOS: [&str; 6] = ["udp", "tcp", "tcp-tls", "https", "quic", "h3"];
+
 /// One upstream: its pool, health and RTT.
 struct Up {
     proxy: Proxy,
     to: String,
-    tls: bool,
+    scheme: Scheme,
     fails: AtomicU32,
     checking: AtomicBool,
     /// Smoothed RTT in microseconds (0: no sample yet).
@@ -142,8 +147,8 @@ impl Up {
         let stats = self.proxy.stats();
         let pooled = stats.udp_sockets + stats.open_streams;
         UpstreamState {
-            address: if self.tls {
-                format!("tls://{}", self.to)
+            address: if self.scheme.is_secure() {
+                format!("{}{}", self.scheme.prefix(), self.to)
             } else {
                 self.to.clone()
             },
@@ -155,7 +160,7 @@ impl Up {
     }
 
     /// An upstream reached through `proxy`, healthy, with no RTT yet.
-    fn new(proxy: Proxy, tls: bool) -> Arc<Self> {
+    fn new(proxy: Proxy, scheme: Scheme) -> Arc<Self> {
         let to = proxy.addr().to_string();
         Arc::new(Self {
             proxy,
@@ -163,7 +168,7 @@ impl Up {
             hc_failures: metrics::PROXY_HC_FAILURES.with_label_values(&["forward", &to, ""]),
             m: UpMetrics::new(&to),
             to,
-            tls,
+            scheme,
             fails: AtomicU32::new(0),
             checking: AtomicBool::new(false),
             srtt_us: AtomicU64::new(0),
@@ -181,12 +186,15 @@ impl Up {
         self.srtt_us.store(new.max(1), Ordering::Relaxed);
     }
 
-    /// Index of the `proto` label: udp, tcp, tcp-tls.
+    /// Index of the `proto` label in [`PROTOS`].
     fn proto_index(&self, proto: Proto) -> usize {
-        match (self.tls, proto) {
-            (true, _) => 2,
-            (false, Proto::Udp) => 0,
-            (false, Proto::Tcp) => 1,
+        match (self.scheme, proto) {
+            (Scheme::Dns, Proto::Udp) => 0,
+            (Scheme::Dns, Proto::Tcp) => 1,
+            (Scheme::Tls, _) => 2,
+            (Scheme::Https, _) => 3,
+            (Scheme::Quic, _) => 4,
+            (Scheme::H3, _) => 5,
         }
     }
 }
@@ -241,17 +249,23 @@ struct Builder {
 struct PoolKey(String);
 
 impl PoolKey {
-    fn new(b: &Builder, addr: SocketAddr, tls: bool, server_name: Option<&str>) -> Self {
+    fn new(b: &Builder, addr: SocketAddr, scheme: Scheme, server_name: Option<&str>) -> Self {
         let c = &b.cfg;
         let pool = format!(
             "expire={:?}|max_age={:?}|max_idle={}|source={:?}",
             c.expire, c.max_age, c.max_idle_conns, c.source_address
         );
-        Self(if tls {
+        let method = match scheme {
+            Scheme::Https | Scheme::H3 => format!("|method={:?}", c.doh_method),
+            _ => String::new(),
+        };
+        Self(if scheme.is_secure() {
             let name = server_name.or(c.tls_servername.as_deref());
             format!(
-                "forward|tls://{addr}|name={name:?}|files={:?}|digest={:x}|{pool}",
-                c.tls, b.tls_files
+                "forward|{}{addr}|name={name:?}|files={:?}|digest={:x}{method}|{pool}",
+                scheme.prefix(),
+                c.tls,
+                b.tls_files
             )
         } else {
             format!("forward|dns://{addr}|{pool}")
@@ -292,22 +306,22 @@ impl Pools<'_> {
 
 impl Builder {
     /// Expands files into addresses.
-    fn targets(&self) -> Result<Vec<(SocketAddr, bool, Option<String>)>, String> {
+    fn targets(&self) -> Result<Vec<(SocketAddr, Scheme, Option<String>)>, String> {
         let mut out = Vec::new();
         for t in &self.cfg.to {
             match t {
                 To::Addr {
                     addr,
-                    tls,
+                    scheme,
                     server_name,
-                } => out.push((*addr, *tls, server_name.clone())),
+                } => out.push((*addr, *scheme, server_name.clone())),
                 To::File(p) => {
                     let list =
                         resolv::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
                     if list.is_empty() {
                         return Err(format!("{} lists no nameserver", p.display()));
                     }
-                    out.extend(list.into_iter().map(|a| (a, false, None)));
+                    out.extend(list.into_iter().map(|a| (a, Scheme::Dns, None)));
                 }
             }
         }
@@ -317,10 +331,10 @@ impl Builder {
     fn up(
         &self,
         addr: SocketAddr,
-        tls: bool,
+        scheme: Scheme,
         server_name: Option<String>,
     ) -> Result<Arc<Up>, String> {
-        let tls_settings = if tls {
+        let tls_settings = if scheme.is_secure() {
             let config = self
                 .tls
                 .clone()
@@ -341,6 +355,12 @@ impl Builder {
         let proxy = Proxy::new(ProxyConfig {
             addr,
             tls: tls_settings,
+            secure: match scheme {
+                Scheme::Dns | Scheme::Tls => None,
+                Scheme::Https => Some(Secure::Https(self.cfg.doh_method)),
+                Scheme::Quic => Some(Secure::Quic),
+                Scheme::H3 => Some(Secure::H3(self.cfg.doh_method)),
+            },
             expire: self.cfg.expire,
             max_age: self.cfg.max_age,
             max_idle_conns: self.cfg.max_idle_conns,
@@ -349,15 +369,15 @@ impl Builder {
                 .map_or(UDP_SOCKETS, |n| n.get().max(UDP_SOCKETS)),
             max_in_flight: MAX_IN_FLIGHT,
         });
-        Ok(Up::new(proxy, tls))
+        Ok(Up::new(proxy, scheme))
     }
 
     /// The upstreams, each found in `pools` or made.
     fn build_pooled(&self, pools: &mut Pools<'_>) -> Result<Vec<Arc<Up>>, String> {
         let mut out = Vec::new();
-        for (addr, tls, name) in self.targets()? {
-            let key = PoolKey::new(self, addr, tls, name.as_deref());
-            out.push(pools.up(key, || self.up(addr, tls, name))?);
+        for (addr, scheme, name) in self.targets()? {
+            let key = PoolKey::new(self, addr, scheme, name.as_deref());
+            out.push(pools.up(key, || self.up(addr, scheme, name))?);
         }
         Ok(out)
     }
@@ -366,11 +386,14 @@ impl Builder {
     /// theirs (`keep`, the current list).
     fn build_all(&self, keep: &[Arc<Up>]) -> Result<Vec<Arc<Up>>, String> {
         let mut out = Vec::new();
-        for (addr, tls, name) in self.targets()? {
+        for (addr, scheme, name) in self.targets()? {
             // An upstream that stays keeps its pool and health.
-            match keep.iter().find(|u| u.proxy.addr() == addr && u.tls == tls) {
+            match keep
+                .iter()
+                .find(|u| u.proxy.addr() == addr && u.scheme == scheme)
+            {
                 Some(u) => out.push(Arc::clone(u)),
-                None => out.push(self.up(addr, tls, name)?),
+                None => out.push(self.up(addr, scheme, name)?),
             }
         }
         Ok(out)
@@ -406,7 +429,7 @@ impl Forward {
         let any_tls = cfg
             .to
             .iter()
-            .any(|t| matches!(t, To::Addr { tls: true, .. }));
+            .any(|t| matches!(t, To::Addr { scheme, .. } if scheme.is_secure()));
         let (tls, tls_files) = if any_tls {
             let files = cfg.tls.clone().unwrap_or_default();
             let ck = files
@@ -729,7 +752,7 @@ impl Forward {
             // A truncated UDP answer is asked again over TCP, for the full
             // answer. Boxed: rare, and the other attempt may be in flight.
             if proto == Proto::Udp
-                && !up.tls
+                && up.scheme == Scheme::Dns
                 && let Ok(x) = &result
                 && x.reply.get(2).is_some_and(|b| b & 0x02 != 0)
             {

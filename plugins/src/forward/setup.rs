@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::dispenser::{Dispenser, SetupError};
 use crate::pkg::names::rcode_from_name;
+use crate::pkg::proxy::DohMethod;
 use crate::pkg::zones;
 use crate::setup::Controller;
 
@@ -36,16 +37,58 @@ pub enum Policy {
     Sequential,
 }
 
+/// The transport a `TO` names by its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scheme {
+    /// `dns://` or none: UDP and TCP.
+    #[default]
+    Dns,
+    /// `tls://`: DNS over TLS.
+    Tls,
+    /// `https://`: DNS over HTTPS (HTTP/2).
+    Https,
+    /// `quic://`: DNS over QUIC.
+    Quic,
+    /// `h3://`: DNS over HTTPS on HTTP/3.
+    H3,
+}
+
+impl Scheme {
+    /// Whether the transport is encrypted (TLS settings apply).
+    pub fn is_secure(self) -> bool {
+        self != Self::Dns
+    }
+
+    /// The scheme as written, with `://`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Dns => "dns://",
+            Self::Tls => "tls://",
+            Self::Https => "https://",
+            Self::Quic => "quic://",
+            Self::H3 => "h3://",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Self::Dns => 53,
+            Self::Tls | Self::Quic => 853,
+            Self::Https | Self::H3 => 443,
+        }
+    }
+}
+
 /// One `TO` as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum To {
-    /// An address, plain DNS or DoT (with a server name from `%NAME`).
+    /// An address, with its transport (and a server name from `%NAME`).
     Addr {
         /// Where.
         addr: SocketAddr,
-        /// `tls://`.
-        tls: bool,
-        /// `tls://IP%NAME`.
+        /// How.
+        scheme: Scheme,
+        /// `tls://IP%NAME` (and the same for the other encrypted schemes).
         server_name: Option<String>,
     },
     /// A resolv.conf-style file whose nameservers are the upstreams.
@@ -90,6 +133,8 @@ pub struct ForwardConfig {
     pub tls: Option<TlsFiles>,
     /// `tls_servername`.
     pub tls_servername: Option<String>,
+    /// `doh_method`: how `https://` and `h3://` queries are sent.
+    pub doh_method: DohMethod,
     /// Upstream order.
     pub policy: Policy,
     /// Health check interval.
@@ -128,6 +173,7 @@ impl ForwardConfig {
             max_connect_attempts: 0,
             tls: None,
             tls_servername: None,
+            doh_method: DohMethod::Post,
             policy: Policy::Random,
             health_check: DEFAULT_HEALTH_CHECK,
             hc_recursion_desired: true,
@@ -226,21 +272,36 @@ fn from_zone(s: &str) -> Option<String> {
 
 /// Parses one `TO`.
 fn parse_to(t: &str) -> Result<To, String> {
-    let (tls, rest) = if let Some(r) = t.strip_prefix("tls://") {
-        (true, r)
-    } else if let Some(r) = t.strip_prefix("dns://") {
-        (false, r)
-    } else if let Some((scheme, _)) = t.split_once("://") {
-        return Err(format!(
-            "upstream '{t}': transport '{scheme}://' not supported (dns:// and tls:// are)"
-        ));
-    } else {
-        (false, t)
+    let schemes = [
+        Scheme::Dns,
+        Scheme::Tls,
+        Scheme::Https,
+        Scheme::Quic,
+        Scheme::H3,
+    ];
+    let (scheme, rest) = match schemes
+        .iter()
+        .find_map(|s| t.strip_prefix(s.prefix()).map(|r| (*s, r)))
+    {
+        Some(found) => found,
+        None => match t.split_once("://") {
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "upstream '{t}': transport '{scheme}://' not supported (dns://, tls://, https://, quic:// and h3:// are)"
+                ));
+            }
+            None => (Scheme::Dns, t),
+        },
     };
-    let default_port = if tls { 853 } else { 53 };
-    // tls://IP%SERVERNAME[:PORT]
+    if matches!(scheme, Scheme::Https | Scheme::H3) && rest.contains('/') {
+        return Err(format!(
+            "upstream '{t}': paths are not allowed in HTTPS upstream addresses (the {} path is used)",
+            crate::pkg::proxy::DOH_PATH
+        ));
+    }
+    // SCHEME://IP%SERVERNAME[:PORT]
     let (host_port, server_name) = match rest.split_once('%') {
-        Some((ip, tail)) if tls => {
+        Some((ip, tail)) if scheme.is_secure() => {
             let (name, port) = match tail.rsplit_once(':') {
                 Some((n, p)) if p.chars().all(|c| c.is_ascii_digit()) => (n, Some(p)),
                 _ => (tail, None),
@@ -253,14 +314,16 @@ fn parse_to(t: &str) -> Result<To, String> {
         }
         _ => (rest.to_string(), None),
     };
-    if let Some(addr) = parse_addr(&host_port, default_port) {
+    if let Some(addr) = parse_addr(&host_port, scheme.default_port()) {
         return Ok(To::Addr {
             addr,
-            tls,
+            scheme,
             server_name,
         });
     }
-    if !tls && (rest.starts_with('/') || rest.starts_with('.') || Path::new(rest).is_file()) {
+    if scheme == Scheme::Dns
+        && (rest.starts_with('/') || rest.starts_with('.') || Path::new(rest).is_file())
+    {
         return Ok(To::File(PathBuf::from(rest)));
     }
     Err(format!(
@@ -406,7 +469,20 @@ fn parse_option(d: &mut Dispenser<'_>, cfg: &mut ForwardConfig) -> Result<(), Se
             d.no_more_args()?;
             cfg.source_address = Some(ip);
         }
-        "doh_method" | "resolver" => return Err(d.unsupported()),
+        "doh_method" => {
+            let m = d.arg("GET|POST")?;
+            cfg.doh_method = match m {
+                "POST" => DohMethod::Post,
+                "GET" => DohMethod::Get,
+                other => {
+                    return Err(d.err(format_args!(
+                        "doh_method must be either POST or GET, not '{other}'"
+                    )));
+                }
+            };
+            d.no_more_args()?;
+        }
+        "resolver" => return Err(d.unsupported()),
         _ => return Err(d.unsupported()),
     }
     Ok(())

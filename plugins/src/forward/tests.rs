@@ -26,7 +26,7 @@ fn defaults_as_coredns() {
         c.to,
         vec![To::Addr {
             addr: "192.0.2.1:53".parse().unwrap(),
-            tls: false,
+            scheme: Scheme::Dns,
             server_name: None
         }]
     );
@@ -37,6 +37,37 @@ fn defaults_as_coredns() {
     assert_eq!(c.policy, Policy::Random);
     assert!(c.hc_recursion_desired);
     assert_eq!(c.hc_domain, ".");
+}
+
+#[test]
+fn encrypted_schemes_default_ports_and_server_names() {
+    let c = one(
+        "forward . https://192.0.2.1 h3://192.0.2.2%dns.example.net quic://192.0.2.3 quic://[2001:db8::1]:8853 https://192.0.2.4%dns.example.net:8443 {
+            doh_method GET
+        }",
+    );
+    let want = [
+        ("192.0.2.1:443", Scheme::Https, None),
+        ("192.0.2.2:443", Scheme::H3, Some("dns.example.net")),
+        ("192.0.2.3:853", Scheme::Quic, None),
+        ("[2001:db8::1]:8853", Scheme::Quic, None),
+        ("192.0.2.4:8443", Scheme::Https, Some("dns.example.net")),
+    ];
+    for (to, (addr, scheme, name)) in c.to.iter().zip(want) {
+        assert_eq!(
+            *to,
+            To::Addr {
+                addr: addr.parse().unwrap(),
+                scheme,
+                server_name: name.map(String::from),
+            }
+        );
+    }
+    assert_eq!(c.doh_method, crate::pkg::proxy::DohMethod::Get);
+    assert_eq!(
+        one("forward . https://192.0.2.1").doh_method,
+        crate::pkg::proxy::DohMethod::Post
+    );
 }
 
 #[test]
@@ -69,7 +100,7 @@ fn every_option() {
         c.to[3],
         To::Addr {
             addr: "192.0.2.3:8853".parse().unwrap(),
-            tls: true,
+            scheme: Scheme::Tls,
             server_name: Some("dns.example.net".into())
         }
     );
@@ -77,7 +108,7 @@ fn every_option() {
         c.to[2],
         To::Addr {
             addr: "[2001:db8::2]:53".parse().unwrap(),
-            tls: false,
+            scheme: Scheme::Dns,
             server_name: None
         }
     );
@@ -139,16 +170,20 @@ fn errors_name_the_line() {
             "Corefile:1: forward: upstream 'example.com' is not an IP address, [IPv6]:port or file (host names are not supported)",
         ),
         (
-            "forward . https://192.0.2.1",
-            "Corefile:1: forward: upstream 'https://192.0.2.1': transport 'https://' not supported (dns:// and tls:// are)",
+            "forward . grpc://192.0.2.1",
+            "Corefile:1: forward: upstream 'grpc://192.0.2.1': transport 'grpc://' not supported (dns://, tls://, https://, quic:// and h3:// are)",
+        ),
+        (
+            "forward . https://192.0.2.1/custom",
+            "Corefile:1: forward: upstream 'https://192.0.2.1/custom': paths are not allowed in HTTPS upstream addresses (the /dns-query path is used)",
         ),
         (
             "forward . 192.0.2.1 {\n  bogus\n}",
             "Corefile:2: forward: option 'bogus' not supported",
         ),
         (
-            "forward . 192.0.2.1 {\n  doh_method GET\n}",
-            "Corefile:2: forward: option 'doh_method' not supported",
+            "forward . 192.0.2.1 {\n  doh_method PUT\n}",
+            "Corefile:2: forward: doh_method must be either POST or GET, not 'PUT'",
         ),
         (
             "forward . 192.0.2.1 {\n  policy fastest\n}",
@@ -443,7 +478,7 @@ async fn a_full_pool_does_not_count_against_the_upstream() {
     let (f, _) = Forward::build(one(&format!("forward . {addr} {{\n max_fails 1\n}}"))).unwrap();
     let mut cfg = ProxyConfig::new(addr);
     cfg.max_in_flight = 1;
-    let up = Up::new(Proxy::new(cfg), false);
+    let up = Up::new(Proxy::new(cfg), Scheme::Dns);
     f.upstreams.store(Arc::new(vec![Arc::clone(&up)]));
     let f = Arc::new(f);
     let held = {
@@ -649,7 +684,7 @@ fn plain_and_tls_to_one_address_are_different_upstreams() {
             tls_files: 0,
         },
         "192.0.2.1:853".parse().unwrap(),
-        false,
+        Scheme::Dns,
         None,
     );
     let b = Builder {
@@ -658,15 +693,15 @@ fn plain_and_tls_to_one_address_are_different_upstreams() {
         tls_files: 0,
     };
     let addr = "192.0.2.1:853".parse().unwrap();
-    let tls = PoolKey::new(&b, addr, true, None);
-    let named = PoolKey::new(&b, addr, true, Some("dns.example.org"));
+    let tls = PoolKey::new(&b, addr, Scheme::Tls, None);
+    let named = PoolKey::new(&b, addr, Scheme::Tls, Some("dns.example.org"));
     let other_files = PoolKey::new(
         &Builder {
             tls_files: 1,
             ..b.clone()
         },
         addr,
-        true,
+        Scheme::Tls,
         None,
     );
     let keys = [&plain.0, &tls.0, &named.0, &other_files.0];

@@ -820,7 +820,7 @@ current-context: fake
             ),
             _ => {
                 let mut r = Response::new(Body::from("not found"));
-                *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
                 r
             }
         }

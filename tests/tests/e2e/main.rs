@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod flights;
 mod forward;
+mod forward_encrypted;
 mod forward_reload;
 mod harness;
 mod kubernetes;

@@ -29,6 +29,26 @@
 //!   on it are retried on a fresh one ([`ProxyStats::streams_retired`]).
 //!   A query dropped before its deadline does not count.
 //!
+//! - **DoH, DoQ and DoH3** (`https://`, `quic://`, `h3://`; see
+//!   [`Secure`]): multiplexed connections (HTTP/2 streams, QUIC streams),
+//!   at most [`MUX_CONNS`] per proxy, each carrying up to
+//!   [`MUX_STREAMS`] queries at once, one query per stream. A query goes
+//!   to the oldest connection with a free stream; a new connection opens
+//!   only when every open one is full, and past [`MUX_CONNS`] full ones
+//!   the exchange is `Busy`. Queries go out with message ID 0 (RFC 8484
+//!   §4.1, RFC 9250 §4.2.1) and a reply must carry ID 0 and the query's
+//!   question. A connection that breaks before the reply is replaced and
+//!   the query sent again once, as for TCP; a malformed reply (bad length,
+//!   wrong ID or question, an HTTP status other than 200, a content type
+//!   other than `application/dns-message`, a body over 65535 bytes, a
+//!   stream reset) fails that exchange ([`ProxyError::BadReply`]). Idle
+//!   connections close after [`ProxyConfig::expire`]; a connection that
+//!   read nothing while a query timed out on it is retired, as for TCP.
+//!   A query's stream is given back on every path (reply, error, timeout,
+//!   cancellation); on DoQ an abandoned stream is reset with
+//!   `DOQ_REQUEST_CANCELLED`, and a malformed DoQ reply closes its
+//!   connection with `DOQ_PROTOCOL_ERROR` (RFC 9250 §4.3).
+//!
 //! Limits (all per proxy):
 //!
 //! - [`ProxyConfig::max_in_flight`] exchanges at a time; past it
@@ -67,6 +87,10 @@
 //! Replies are not parsed: the 12-byte header and the question are read in
 //! place. The client's ID is put back into the reply before it is returned.
 
+mod h3;
+mod https;
+mod mux;
+mod quic;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -85,6 +109,7 @@ use tokio::time::Instant;
 
 pub use tls::{TlsConfigError, TlsSettings, tls_client_config};
 
+use self::mux::MuxPool;
 use self::stream::StreamPool;
 use self::udp::UdpPool;
 use crate::request::Header;
@@ -104,6 +129,37 @@ pub const STREAM_PIPELINE_SOFT: usize = 8;
 pub const STREAM_PIPELINE_MAX: usize = 256;
 /// Largest DNS message: TCP's two-byte length prefix.
 pub const MAX_MESSAGE: usize = 65535;
+/// Most multiplexed (DoH, DoQ, DoH3) connections per proxy.
+pub const MUX_CONNS: usize = 4;
+/// Most queries (streams) at once on one multiplexed connection: QUIC's
+/// and most HTTP/2 servers' default stream limit.
+pub const MUX_STREAMS: usize = 100;
+/// The path DoH and DoH3 queries are sent to (RFC 8484's example, and
+/// CoreDNS's only one).
+pub const DOH_PATH: &str = "/dns-query";
+
+/// How a DoH or DoH3 query is sent (RFC 8484 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DohMethod {
+    /// The query is the body (`application/dns-message`), CoreDNS's default.
+    #[default]
+    Post,
+    /// The query is the `dns` parameter of the URL, base64url without
+    /// padding.
+    Get,
+}
+
+/// An encrypted, multiplexed transport (set with [`ProxyConfig::secure`],
+/// always with [`ProxyConfig::tls`] for the certificate checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secure {
+    /// DNS over HTTPS (RFC 8484) on HTTP/2 over TLS (ALPN `h2`).
+    Https(DohMethod),
+    /// DNS over QUIC (RFC 9250, ALPN `doq`).
+    Quic,
+    /// DNS over HTTPS on HTTP/3 (ALPN `h3`).
+    H3(DohMethod),
+}
 
 /// Which wire an exchange uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +175,14 @@ pub enum Proto {
 pub struct ProxyConfig {
     /// The upstream's address.
     pub addr: SocketAddr,
-    /// `Some`: every exchange is DNS over TLS on TCP, whatever `Proto` says.
+    /// `Some`: every exchange is DNS over TLS on TCP, whatever `Proto` says
+    /// (or, with [`ProxyConfig::secure`], the TLS settings of that
+    /// transport).
     pub tls: Option<TlsSettings>,
+    /// `Some`: every exchange is DoH, DoQ or DoH3, whatever `Proto` says;
+    /// needs [`ProxyConfig::tls`] (without it, connecting fails with an
+    /// [`ProxyError::Io`] error of kind `InvalidInput`).
+    pub secure: Option<Secure>,
     /// Close pooled TCP/TLS connections idle this long; move each UDP
     /// socket to a fresh source port this often (at least every second).
     pub expire: Duration,
@@ -146,6 +208,7 @@ impl ProxyConfig {
         Self {
             addr,
             tls: None,
+            secure: None,
             expire: DEFAULT_EXPIRE,
             max_age: None,
             max_idle_conns: 0,
@@ -175,8 +238,11 @@ pub struct Exchanged {
 pub struct ProxyStats {
     /// Exchanges under way.
     pub in_flight: usize,
-    /// Open stream (TCP or TLS) connections.
+    /// Open stream (TCP or TLS) and multiplexed (DoH, DoQ, DoH3)
+    /// connections.
     pub open_streams: usize,
+    /// Streams in use on multiplexed connections (one per query).
+    pub mux_streams: usize,
     /// Replies dropped because their ID or question matched no query.
     pub mismatched: u64,
     /// Stream connections opened since the proxy was made.
@@ -216,6 +282,11 @@ pub enum ProxyError {
     /// retry on a fresh connection).
     #[error("connection closed by the upstream before the reply")]
     Closed,
+    /// The upstream's reply broke the protocol: a bad length, a wrong ID
+    /// or question, an HTTP status other than 200, a wrong content type, a
+    /// body too big, a stream reset. Counts against the upstream.
+    #[error("bad reply: {0}")]
+    BadReply(String),
     /// The socket's reader stopped before the reply: the thread that ran
     /// it ended (a reload removed its listener, or the server is
     /// stopping), and so did the reader of the fresh socket the query was
@@ -232,7 +303,7 @@ impl ProxyError {
     /// ran out of a resource ([`is_local_exhaustion`]).
     pub fn is_network(&self) -> bool {
         match self {
-            Self::Timeout | Self::Tls(_) | Self::Closed => true,
+            Self::Timeout | Self::Tls(_) | Self::Closed | Self::BadReply(_) => true,
             Self::Io(e) => !is_local_exhaustion(e),
             Self::Busy | Self::Malformed | Self::Stopped => false,
         }
@@ -269,6 +340,8 @@ struct Counters {
     streams_opened: AtomicU64,
     streams_retired: AtomicU64,
     unreachable: AtomicU64,
+    /// Multiplexed (DoH, DoQ, DoH3) connections opened.
+    mux_opened: AtomicU64,
     udp_sockets: AtomicUsize,
 }
 
@@ -277,6 +350,7 @@ struct Shared {
     addr: SocketAddr,
     source_address: Option<IpAddr>,
     tls: Option<TlsSettings>,
+    secure: Option<Secure>,
     expire: Duration,
     max_age: Option<Duration>,
     max_idle_conns: usize,
@@ -292,6 +366,7 @@ pub struct Proxy {
     in_flight: AtomicUsize,
     udp: UdpPool,
     streams: StreamPool,
+    mux: MuxPool,
     /// Dropped with the proxy, which tells every task to end.
     _alive: watch::Sender<()>,
 }
@@ -316,12 +391,14 @@ impl Proxy {
         Self {
             udp: UdpPool::new(cfg.udp_sockets.max(1)),
             streams: StreamPool::new(),
+            mux: MuxPool::new(),
             max_in_flight: cfg.max_in_flight,
             in_flight: AtomicUsize::new(0),
             shared: Shared {
                 addr: cfg.addr,
                 source_address: cfg.source_address,
                 tls: cfg.tls,
+                secure: cfg.secure,
                 expire: cfg.expire,
                 max_age: cfg.max_age,
                 max_idle_conns: cfg.max_idle_conns,
@@ -340,7 +417,8 @@ impl Proxy {
     /// Sends `query` (a full DNS query in wire form; its ID is replaced on
     /// the wire by a fresh random one and the client's ID is restored in
     /// the reply) and returns the matching reply, or an error after
-    /// `timeout`. With TLS configured, `proto` is ignored: it is DoT.
+    /// `timeout`. With TLS configured, `proto` is ignored: it is DoT (or
+    /// the [`Secure`] transport configured).
     pub async fn exchange(
         &self,
         query: &[u8],
@@ -372,7 +450,10 @@ impl Proxy {
         let client_id = header.id.to_be_bytes();
         let _slot = InFlight::take(&self.in_flight, self.max_in_flight)?;
         let stream = proto == Proto::Tcp || self.shared.tls.is_some();
-        let (mut reply, reused_conn) = if stream {
+        let (mut reply, reused_conn) = if let Some(secure) = self.shared.secure {
+            // Boxed for the same reason as the stream path.
+            Box::pin(self.mux.exchange(&self.shared, secure, query, deadline)).await?
+        } else if stream {
             // Boxed: connecting (TLS included) makes a large future, and
             // the UDP path's, which every miss allocates inside the forward
             // plugin's, must stay small. It keeps its own deadline, to
@@ -399,9 +480,11 @@ impl Proxy {
         let c = &self.shared.counters;
         ProxyStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            open_streams: self.streams.open_count(),
+            open_streams: self.streams.open_count() + self.mux.open_count(),
+            mux_streams: self.mux.streams_in_use(),
             mismatched: c.mismatched.load(Ordering::Relaxed),
-            streams_opened: c.streams_opened.load(Ordering::Relaxed),
+            streams_opened: c.streams_opened.load(Ordering::Relaxed)
+                + c.mux_opened.load(Ordering::Relaxed),
             streams_retired: c.streams_retired.load(Ordering::Relaxed),
             unreachable: c.unreachable.load(Ordering::Relaxed),
             udp_sockets: c.udp_sockets.load(Ordering::Relaxed),
@@ -412,7 +495,7 @@ impl Proxy {
     /// connections (tests check that none leak).
     #[cfg(test)]
     fn waiting(&self) -> usize {
-        self.udp.waiting() + self.streams.waiting()
+        self.udp.waiting() + self.streams.waiting() + self.mux.streams_in_use()
     }
 }
 

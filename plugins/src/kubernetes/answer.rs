@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use super::reply::{Label, Name, Section, Tail, Wire, rtype};
-use super::store::{Port, Resolves, SvcEntry, Target, key_into};
+use super::store::{Port, Resolves, Slice, SvcEntry, Target, key_into};
 use super::{Kubernetes, PodMode};
 use crate::request::is_subdomain;
 
@@ -58,6 +58,8 @@ pub(crate) enum Outcome {
 /// How many labels before the zone a name keeps track of: more make a
 /// name CoreDNS does not answer anyway.
 const TAIL: usize = 6;
+/// The ring [`QName::new`] keeps label starts in: at least [`TAIL`].
+const RING: usize = 8;
 
 /// The question's name relative to the zone it matched, its labels found
 /// once.
@@ -87,16 +89,18 @@ impl<'a> QName<'a> {
             count: 0,
         };
         let end = lower.len().saturating_sub(zone_len);
-        let mut ring = [0u8; TAIL];
+        // The last label starts, in a ring a power of two long (a mask,
+        // not a division, per label).
+        let mut ring = [0u8; RING];
         let mut pos = 0;
         while pos < end {
-            ring[q.count % TAIL] = pos as u8;
+            ring[q.count & (RING - 1)] = pos as u8;
             q.count += 1;
             pos += 1 + usize::from(lower[pos]);
         }
         q.kept = q.count.min(TAIL);
         for i in 0..q.kept {
-            q.tail[i] = ring[(q.count - q.kept + i) % TAIL];
+            q.tail[i] = ring[(q.count - q.kept + i) & (RING - 1)];
         }
         q
     }
@@ -411,6 +415,69 @@ impl<T: Hash + Eq + Copy> Dedup<T> {
             self.small.push(v);
         }
         true
+    }
+}
+
+/// The longest name in wire form.
+const MAX_NAME: usize = 255;
+
+/// CoreDNS's SRV weight for `n` records: all priorities are 0 and weights
+/// 100, so each gets 100/n (1 once n passes 100, so a capped list changes
+/// nothing).
+fn srv_weight(n: usize) -> u16 {
+    let weight = ((100.0 / (100.0 * n as f64)) * 100.0).floor();
+    if weight < 1.0 { 1 } else { weight as u16 }
+}
+
+/// Where a name was written, as an owner may point at it: 0 (write the
+/// name out) when a pointer cannot reach it.
+fn pointer_to(pos: usize) -> u16 {
+    u16::try_from(pos).ok().filter(|p| *p < 0x4000).unwrap_or(0)
+}
+
+/// The endpoints of `s` that `wanted` names (all without it).
+fn endpoints_named<'s, 'q>(
+    s: &'s Slice,
+    wanted: Option<EndpointQuery<'q>>,
+) -> impl Iterator<Item = &'s super::store::Endpoint> + use<'s, 'q> {
+    s.endpoints
+        .iter()
+        .filter(move |ep| wanted.is_none_or(|w| w.names(EpLabel::of(ep))))
+}
+
+/// Port numbers answered, each once, in order (no `-1`).
+#[derive(Default)]
+struct Numbers(SmallVec<[u16; 8]>);
+
+impl Numbers {
+    /// Adds `port`; false when it is `-1` or already there.
+    fn insert(&mut self, port: i32) -> bool {
+        if port == -1 || self.0.contains(&(port as u16)) {
+            return false;
+        }
+        self.0.push(port as u16);
+        true
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to check that [`Kubernetes::srv_direct`] and
+    /// [`Kubernetes::srv_hits`] write the same replies.
+    pub(crate) static GENERAL_SRV: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn general_srv_forced() -> bool {
+    #[cfg(test)]
+    {
+        GENERAL_SRV.with(std::cell::Cell::get)
+    }
+    #[cfg(not(test))]
+    {
+        false
     }
 }
 
@@ -935,64 +1002,281 @@ impl Kubernetes {
     /// CoreDNS's `plugin.SRV`: a record per (target, port), weights shared
     /// evenly, and the targets' addresses in the additional section (their
     /// owners point at the targets).
+    ///
+    /// A service's own name, or endpoints whose labels are all different
+    /// (the store knows), are written straight from the store
+    /// ([`Kubernetes::srv_direct`]); anything else goes through the hits
+    /// ([`Kubernetes::srv_hits`]). Both write the same reply.
     fn srv(
         &self,
         w: &mut Wire<'_>,
         q: &QName<'_>,
         zone_spelled_lower: bool,
     ) -> Result<(), NameError> {
-        self.services(q, rtype::SRV, zone_spelled_lower, |hits| {
-            // ExternalName services are left out (CoreDNS's Services
-            // drops them for SRV).
-            let hits: SmallVec<[(Key<'_>, IpAddr, i32); 8]> = hits?
-                .iter()
-                .filter_map(|h| match h.host {
-                    Host::Ip(ip) => Some((h.key, ip, h.port)),
-                    Host::Name(_) => None,
-                })
-                .collect();
-            if hits.is_empty() {
-                return Ok(());
+        // `ns.dns.ZONE` is the server's own addresses, not the store's.
+        let own = zone_spelled_lower && is_default_ns(q);
+        let direct = !own && !general_srv_forced();
+        let r = match parse_request(q) {
+            Ok(r) if direct && r.space == Some(Space::Svc) && !r.service.is_empty() => r,
+            _ => {
+                return self.services(q, rtype::SRV, zone_spelled_lower, |hits| {
+                    self.srv_hits(w, hits)
+                });
             }
-            // All priorities are 0 and weights 100: each record gets 100/n
-            // (1 once n passes 100, so a capped list changes nothing).
-            let n = hits.len() as f64;
-            let weight = ((100.0 / (100.0 * n)) * 100.0).floor();
-            let weight = if weight < 1.0 { 1 } else { weight as u16 };
-            // Equal keys are one target: number them once.
-            let ids = key_ids(hits.iter().map(|h| h.0));
-            let mut at: SmallVec<[u16; 8]> = SmallVec::from_elem(0, hits.len());
-            let mut target = Spelling::default();
-            let mut seen = Dedup::new();
-            for (i, (key, _, port)) in hits.iter().enumerate() {
-                let id = ids[i];
-                if *port == -1 || !seen.insert((id, *port as u16)) {
-                    continue;
-                }
-                let Some(name) = target.spell(*key, w.zone_wire()) else {
-                    continue;
-                };
-                if let Some(pos) = w.srv(self.ttl, weight, *port as u16, name)
-                    && at[usize::from(id)] == 0
-                {
-                    at[usize::from(id)] = u16::try_from(pos).unwrap_or(0);
-                }
+        };
+        if is_reverse(q.lower) || !self.namespace_exposed(r.namespace) {
+            return Err(NameError);
+        }
+        let mut buf = [0u8; 128];
+        let key = key_into(&mut buf, r.service, r.namespace);
+        self.store.with_service(key, |entry| {
+            if let Some(e) = entry
+                && let Some(done) = self.srv_direct(w, &r, e)
+            {
+                return done;
             }
-            w.section(Section::Additional);
-            let mut seen = Dedup::new();
-            for (i, (key, ip, port)) in hits.iter().enumerate() {
-                let id = ids[i];
-                if *port == -1 || !seen.insert((id, *ip)) {
-                    continue;
-                }
-                if at[usize::from(id)] != 0 {
-                    w.addr(Name::At(at[usize::from(id)]), self.ttl, *ip);
-                } else if let Some(name) = target.spell(*key, w.zone_wire()) {
-                    w.addr(Name::Wire(name), self.ttl, *ip);
-                }
-            }
-            Ok(())
+            let mut hits = Hits::new();
+            let res = self.find_services(&r, entry, &mut hits);
+            self.srv_hits(w, res.map(|()| &hits[..]))
         })
+    }
+
+    /// [`Kubernetes::srv`] from the hits [`Kubernetes::find_services`]
+    /// found (or `ns.dns.ZONE`'s).
+    fn srv_hits(
+        &self,
+        w: &mut Wire<'_>,
+        hits: Result<&[Hit<'_>], NameError>,
+    ) -> Result<(), NameError> {
+        // ExternalName services are left out (CoreDNS's Services
+        // drops them for SRV).
+        let hits: SmallVec<[(Key<'_>, IpAddr, i32); 8]> = hits?
+            .iter()
+            .filter_map(|h| match h.host {
+                Host::Ip(ip) => Some((h.key, ip, h.port)),
+                Host::Name(_) => None,
+            })
+            .collect();
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let weight = srv_weight(hits.len());
+        // Equal keys are one target: number them once.
+        let ids = key_ids(hits.iter().map(|h| h.0));
+        let mut at: SmallVec<[u16; 8]> = SmallVec::from_elem(0, hits.len());
+        let mut target = Spelling::default();
+        let mut seen = Dedup::new();
+        for (i, (key, _, port)) in hits.iter().enumerate() {
+            let id = ids[i];
+            if *port == -1 || !seen.insert((id, *port as u16)) {
+                continue;
+            }
+            let Some(name) = target.spell(*key, w.zone_wire()) else {
+                continue;
+            };
+            if let Some(pos) = w.srv(self.ttl, weight, *port as u16, b"", name)
+                && at[usize::from(id)] == 0
+            {
+                at[usize::from(id)] = pointer_to(pos);
+            }
+        }
+        w.section(Section::Additional);
+        let mut seen = Dedup::new();
+        for (i, (key, ip, port)) in hits.iter().enumerate() {
+            let id = ids[i];
+            if *port == -1 || !seen.insert((id, *ip)) {
+                continue;
+            }
+            if at[usize::from(id)] != 0 {
+                w.addr(Name::At(at[usize::from(id)]), self.ttl, *ip);
+            } else if let Some(name) = target.spell(*key, w.zone_wire()) {
+                w.addr(Name::Wire(name), self.ttl, *ip);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Kubernetes::srv`] straight from a service's entry, without
+    /// gathering hits: the same records in the same order as
+    /// [`Kubernetes::srv_hits`] over what [`Kubernetes::find_services`]
+    /// would find. `None` when it cannot (an ExternalName, endpoints that
+    /// share a label, more than [`MAX_HITS`] hits): then the hits decide.
+    fn srv_direct(
+        &self,
+        w: &mut Wire<'_>,
+        r: &Parsed<'_>,
+        e: &SvcEntry,
+    ) -> Option<Result<(), NameError>> {
+        let svc = e.service.as_ref()?;
+        let headless = svc.kind == Resolves::Headless;
+        let ips = match &svc.kind {
+            Resolves::ClusterIp(ips) => ips,
+            Resolves::Headless => &Box::default(),
+            Resolves::External(_) | Resolves::Unanswerable => return None,
+        };
+        if self.ignore_empty_service && !headless && e.slices.iter().all(|s| s.endpoints.is_empty())
+        {
+            return Some(Err(NameError));
+        }
+        // The rest of every target: `name.ns.svc.ZONE`.
+        let mut rest = [0u8; 255];
+        let rest = {
+            let zone = w.zone_wire();
+            let (name, ns) = (e.name(), e.namespace());
+            let len = 1 + name.len() + 1 + ns.len() + 4 + zone.len();
+            let out = rest.get_mut(..len)?;
+            out[0] = name.len() as u8;
+            out[1..1 + name.len()].copy_from_slice(name);
+            let at = 1 + name.len();
+            out[at] = ns.len() as u8;
+            out[at + 1..at + 1 + ns.len()].copy_from_slice(ns);
+            let at = at + 1 + ns.len();
+            out[at..at + 4].copy_from_slice(b"\x03svc");
+            out[at + 4..].copy_from_slice(zone);
+            &*out
+        };
+        if headless || !r.endpoint.is_empty() {
+            return self.srv_endpoints(w, r, e, rest);
+        }
+        // The service's own name, a record per port, its cluster IPs.
+        let ports = || svc.ports.iter().filter(|p| matches_port(r, p));
+        let matching = ports().count();
+        if matching == 0 {
+            return Some(Err(NameError));
+        }
+        let n = matching * ips.len();
+        if n == 0 {
+            return Some(Ok(()));
+        }
+        if n > MAX_HITS {
+            return None;
+        }
+        let weight = srv_weight(n);
+        let mut at = 0;
+        let mut numbers = Numbers::default();
+        for p in ports() {
+            if numbers.insert(p.port)
+                && let Some(pos) = w.srv(self.ttl, weight, p.port as u16, b"", rest)
+                && at == 0
+            {
+                at = pointer_to(pos);
+            }
+        }
+        if numbers.is_empty() {
+            return Some(Ok(()));
+        }
+        w.section(Section::Additional);
+        for (i, ip) in ips.iter().enumerate() {
+            if ips[..i].contains(ip) {
+                continue;
+            }
+            let owner = if at != 0 {
+                Name::At(at)
+            } else {
+                Name::Wire(rest)
+            };
+            w.addr(owner, self.ttl, *ip);
+        }
+        Some(Ok(()))
+    }
+
+    /// [`Kubernetes::srv_direct`] for endpoints: a record per endpoint and
+    /// port of its slice, then each endpoint's address.
+    fn srv_endpoints<'s>(
+        &self,
+        w: &mut Wire<'_>,
+        r: &Parsed<'_>,
+        e: &'s SvcEntry,
+        rest: &[u8],
+    ) -> Option<Result<(), NameError>> {
+        if !e.distinct {
+            return None;
+        }
+        let wanted = (!r.endpoint.is_empty()).then(|| EndpointQuery::new(r.endpoint));
+        let endpoints = |s: &'s Slice| endpoints_named(s, wanted);
+        // The ports matched once: per slice, how many port numbers it
+        // answers, then those (each once, no -1).
+        let mut numbers: SmallVec<[u16; 16]> = SmallVec::new();
+        // Every (endpoint, port) counts for the weight, answered or not.
+        let mut n = 0;
+        for s in &e.slices {
+            let len_at = numbers.len();
+            numbers.push(0);
+            let mut matching = 0;
+            for p in s.ports.iter().filter(|p| matches_port(r, p)) {
+                matching += 1;
+                if p.port != -1 && !numbers[len_at + 1..].contains(&(p.port as u16)) {
+                    numbers.push(p.port as u16);
+                }
+            }
+            numbers[len_at] = (numbers.len() - len_at - 1) as u16;
+            if matching > 0 {
+                n += matching
+                    * match wanted {
+                        None => s.endpoints.len(),
+                        Some(_) => endpoints(s).count(),
+                    };
+            }
+        }
+        if n == 0 {
+            return Some(Err(NameError));
+        }
+        if n > MAX_HITS {
+            return None;
+        }
+        let weight = srv_weight(n);
+        let slice_ports = |seg: &mut usize| {
+            let k = usize::from(numbers[*seg]);
+            let ports = &numbers[*seg + 1..*seg + 1 + k];
+            *seg += 1 + k;
+            ports
+        };
+        // Where each endpoint's first target went (0: nowhere), in order.
+        let mut at: SmallVec<[u16; 64]> = SmallVec::new();
+        let mut seg = 0;
+        for s in &e.slices {
+            let ports = slice_ports(&mut seg);
+            if ports.is_empty() {
+                continue;
+            }
+            for ep in endpoints(s) {
+                let label = s.label(ep);
+                let mut first = 0;
+                if label.len() + rest.len() <= MAX_NAME {
+                    for port in ports {
+                        if let Some(pos) = w.srv(self.ttl, weight, *port, label, rest)
+                            && first == 0
+                        {
+                            first = pointer_to(pos);
+                        }
+                    }
+                }
+                at.push(first);
+            }
+        }
+        w.section(Section::Additional);
+        let mut next = at.iter();
+        let mut seg = 0;
+        for s in &e.slices {
+            if slice_ports(&mut seg).is_empty() {
+                continue;
+            }
+            for ep in endpoints(s) {
+                let first = next.next().copied().unwrap_or(0);
+                if first != 0 {
+                    w.addr(Name::At(first), self.ttl, ep.ip);
+                    continue;
+                }
+                let label = s.label(ep);
+                let mut name = [0u8; MAX_NAME];
+                if let Some(out) = name.get_mut(..label.len() + rest.len()) {
+                    out[..label.len()].copy_from_slice(label);
+                    out[label.len()..].copy_from_slice(rest);
+                    w.addr(Name::Wire(out), self.ttl, ep.ip);
+                }
+            }
+        }
+        Some(Ok(()))
     }
 
     /// CoreDNS's `plugin.PTR` over `Kubernetes.Reverse`.

@@ -220,62 +220,82 @@ impl<'b> Wire<'b> {
         true
     }
 
-    /// An address record for `ip` (A or AAAA by its family).
+    /// An address record for `ip` (A or AAAA by its family). Inlined:
+    /// a few stores for the common owner, called once per address.
+    #[inline(always)]
     pub(crate) fn addr(&mut self, owner: Name<'_>, ttl: u32, ip: IpAddr) -> bool {
         let owner = match owner {
             Name::Qname => HEADER as u16,
             Name::At(at) if usize::from(at) < self.buf.len() && at < 0x4000 => at,
             _ => return self.addr_slow(owner, ttl, ip),
         };
-        // The common case in one write: a pointer owner, the fixed fields
-        // and the address.
+        // The common case in one write of a fixed size (no call to copy
+        // it): a pointer owner, the fixed fields and the address.
         let i = self.section as usize;
-        let mut rec = [0u8; 28];
-        rec[0..2].copy_from_slice(&(0xc000 | owner).to_be_bytes());
-        let (rtype, len) = match ip {
-            IpAddr::V4(v4) => {
-                rec[12..16].copy_from_slice(&v4.octets());
-                (rtype::A, 16)
-            }
-            IpAddr::V6(v6) => {
-                rec[12..28].copy_from_slice(&v6.octets());
-                (rtype::AAAA, 28)
-            }
-        };
-        rec[2..4].copy_from_slice(&rtype.to_be_bytes());
-        rec[4..6].copy_from_slice(&rtype::IN.to_be_bytes());
-        rec[6..10].copy_from_slice(&ttl.to_be_bytes());
-        rec[10..12].copy_from_slice(&(len as u16 - 12).to_be_bytes());
+        let len = if ip.is_ipv4() { 16 } else { 28 };
         if self.buf.len() + len > MAX_MESSAGE - OPT_LEN || self.counts[i] == u16::MAX {
             self.truncated = true;
             return false;
         }
-        self.buf.extend_from_slice(&rec[..len]);
+        let head = |rtype: u16, rdlen: u16| {
+            let mut h = [0u8; 12];
+            h[0..2].copy_from_slice(&(0xc000 | owner).to_be_bytes());
+            h[2..4].copy_from_slice(&rtype.to_be_bytes());
+            h[4..6].copy_from_slice(&rtype::IN.to_be_bytes());
+            h[6..10].copy_from_slice(&ttl.to_be_bytes());
+            h[10..12].copy_from_slice(&rdlen.to_be_bytes());
+            h
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut rec = [0u8; 16];
+                rec[..12].copy_from_slice(&head(rtype::A, 4));
+                rec[12..].copy_from_slice(&v4.octets());
+                self.buf.extend_from_slice(&rec);
+            }
+            IpAddr::V6(v6) => {
+                let mut rec = [0u8; 28];
+                rec[..12].copy_from_slice(&head(rtype::AAAA, 16));
+                rec[12..].copy_from_slice(&v6.octets());
+                self.buf.extend_from_slice(&rec);
+            }
+        }
         self.counts[i] += 1;
         true
     }
 
     /// An SRV record owned by the question's name, its target a whole
-    /// name in wire form (RFC 2782: never compressed). Returns where the
-    /// target was written, or `None` when the record does not fit.
-    pub(crate) fn srv(&mut self, ttl: u32, weight: u16, port: u16, target: &[u8]) -> Option<usize> {
+    /// name in wire form (RFC 2782: never compressed), given as a first
+    /// label (or nothing) and the rest. Returns where the target was
+    /// written, or `None` when the record does not fit.
+    #[inline(always)]
+    pub(crate) fn srv(
+        &mut self,
+        ttl: u32,
+        weight: u16,
+        port: u16,
+        label: &[u8],
+        rest: &[u8],
+    ) -> Option<usize> {
         let i = self.section as usize;
-        if self.buf.len() + 18 + target.len() > MAX_MESSAGE - OPT_LEN || self.counts[i] == u16::MAX
-        {
+        let target_len = label.len() + rest.len();
+        if self.buf.len() + 18 + target_len > MAX_MESSAGE - OPT_LEN || self.counts[i] == u16::MAX {
             self.truncated = true;
             return None;
         }
+        self.buf.reserve(18 + target_len);
         let mut rec = [0u8; 18];
         rec[0..2].copy_from_slice(&(0xc000 | HEADER as u16).to_be_bytes());
         rec[2..4].copy_from_slice(&rtype::SRV.to_be_bytes());
         rec[4..6].copy_from_slice(&rtype::IN.to_be_bytes());
         rec[6..10].copy_from_slice(&ttl.to_be_bytes());
-        rec[10..12].copy_from_slice(&((6 + target.len()) as u16).to_be_bytes());
+        rec[10..12].copy_from_slice(&((6 + target_len) as u16).to_be_bytes());
         rec[14..16].copy_from_slice(&weight.to_be_bytes());
         rec[16..18].copy_from_slice(&port.to_be_bytes());
         self.buf.extend_from_slice(&rec);
         let at = self.buf.len();
-        self.buf.extend_from_slice(target);
+        self.buf.extend_from_slice(label);
+        self.buf.extend_from_slice(rest);
         self.counts[i] += 1;
         Some(at)
     }

@@ -375,6 +375,8 @@ pub(crate) struct Endpoint {
     /// Its DNS label: the hostname, else (with `endpoint_pod_names`) the
     /// pod's name; `None`: the dashed IP.
     pub(crate) name: Option<Box<[u8]>>,
+    /// Where its label is in its slice's `labels` (see [`Slice::label`]).
+    label_at: u32,
 }
 
 /// An EndpointSlice's data.
@@ -385,6 +387,18 @@ pub(crate) struct Slice {
     pub(crate) service_key: Arc<[u8]>,
     pub(crate) ports: Box<[Port]>,
     pub(crate) endpoints: Box<[Endpoint]>,
+    /// Each endpoint's label in wire form (length, then the name or the
+    /// dashed address), made once here so an SRV answer copies it.
+    labels: Box<[u8]>,
+}
+
+impl Slice {
+    /// The label of `ep` (one of this slice's endpoints) in wire form.
+    pub(crate) fn label(&self, ep: &Endpoint) -> &[u8] {
+        let at = ep.label_at as usize;
+        let len = self.labels.get(at).map_or(0, |l| usize::from(*l));
+        self.labels.get(at..at + 1 + len).unwrap_or_default()
+    }
 }
 
 /// A service and its slices (either may be missing: a slice can come
@@ -397,9 +411,35 @@ pub(crate) struct SvcEntry {
     pub(crate) service: Option<Service>,
     /// Sorted by slice name.
     pub(crate) slices: SmallVec<[Arc<Slice>; 1]>,
+    /// No two endpoints across `slices` have the same label (name, or
+    /// address when unnamed): each is its own SRV target, so an answer
+    /// needs no check for repeated targets.
+    pub(crate) distinct: bool,
 }
 
 impl SvcEntry {
+    /// Sets `distinct` from the slices.
+    fn check_distinct(&mut self) {
+        let labels = || {
+            self.slices
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .map(|ep| ep.name.as_deref().ok_or(ep.ip))
+        };
+        let n: usize = self.slices.iter().map(|s| s.endpoints.len()).sum();
+        self.distinct = if n <= 16 {
+            let mut seen: SmallVec<[Result<&[u8], IpAddr>; 16]> = SmallVec::new();
+            labels().all(|l| {
+                let new = !seen.contains(&l);
+                seen.push(l);
+                new
+            })
+        } else {
+            let mut seen = HashSet::with_capacity_and_hasher(n, Hasher::default());
+            labels().all(|l| seen.insert(l))
+        };
+    }
+
     pub(crate) fn name(&self) -> &[u8] {
         &self.key[..self.name_len]
     }
@@ -872,6 +912,7 @@ impl Batch<'_> {
             key: Arc::clone(&key),
             name_len,
             service: Some(new),
+            distinct: old.as_ref().is_none_or(|e| e.distinct),
             slices: old.map(|e| e.slices.clone()).unwrap_or_default(),
         };
         self.w
@@ -949,6 +990,7 @@ impl Batch<'_> {
         };
         let pod_names = self.store.opts.endpoint_pod_names;
         let mut endpoints = Vec::new();
+        let mut labels = Vec::new();
         for ep in &rec.endpoints {
             if ep.ready == Some(false) {
                 continue;
@@ -965,9 +1007,26 @@ impl Batch<'_> {
                     .and_then(label_bytes)
             });
             for ip in &ep.addresses {
+                let ip = ip.to_canonical();
+                let Ok(label_at) = u32::try_from(labels.len()) else {
+                    continue;
+                };
+                match &name {
+                    Some(n) => {
+                        labels.push(n.len() as u8);
+                        labels.extend_from_slice(n);
+                    }
+                    None => {
+                        let mut d = super::reply::Dashed::default();
+                        d.write(ip);
+                        labels.push(d.as_bytes().len() as u8);
+                        labels.extend_from_slice(d.as_bytes());
+                    }
+                }
                 endpoints.push(Endpoint {
-                    ip: ip.to_canonical(),
+                    ip,
                     name: name.clone(),
+                    label_at,
                 });
             }
         }
@@ -976,6 +1035,7 @@ impl Batch<'_> {
             service_key: Arc::clone(&service_key),
             ports: read_ports(&rec.ports),
             endpoints: endpoints.into(),
+            labels: labels.into(),
         });
         if let Some(old) = self.w.slices.get(&id)
             && **old == *slice
@@ -992,6 +1052,7 @@ impl Batch<'_> {
                 name_len,
                 service: None,
                 slices: SmallVec::new(),
+                distinct: true,
             },
             |e| (**e).clone(),
         );
@@ -999,6 +1060,7 @@ impl Batch<'_> {
             .slices
             .partition_point(|x| x.name.as_ref() < slice.name.as_ref());
         entry.slices.insert(at, Arc::clone(&slice));
+        entry.check_distinct();
         shard.insert(Arc::clone(&service_key), Arc::new(entry));
         // Into the reverse index.
         let mut ips: SmallVec<[IpAddr; 8]> = slice.endpoints.iter().map(|e| e.ip).collect();
@@ -1032,6 +1094,7 @@ impl Batch<'_> {
         if let Some(e) = shard.get(&**key) {
             let mut e = (**e).clone();
             e.slices.retain(|x| !Arc::ptr_eq(x, &old));
+            e.check_distinct();
             if e.slices.is_empty() && e.service.is_none() {
                 shard.remove(&**key);
             } else {

@@ -1921,6 +1921,194 @@ fn srv_weights_are_shared() {
     );
 }
 
+/// The reply to `raw` in wire form (TCP: no cut to 512 bytes), SRV
+/// answers written straight from the store or through the hits.
+fn srv_wire(k: &Kubernetes, raw: &[u8], through_hits: bool) -> Vec<u8> {
+    answer::GENERAL_SRV.with(|g| g.set(through_hits));
+    let wire = crate::pkg::test::with_context(raw, Transport::Tcp, |cx| match k.query(cx) {
+        Flow::Answered => cx.reply.finish().unwrap().to_vec(),
+        other => format!("{other:?}").into_bytes(),
+    });
+    answer::GENERAL_SRV.with(|g| g.set(false));
+    wire
+}
+
+/// SRV answers written straight from the store are byte for byte those
+/// written from the hits, over the shapes the direct path takes and the
+/// ones it leaves to the hits.
+#[test]
+fn srv_direct_writes_what_the_hits_write() {
+    // `three.testns.svc.` under it is 255 bytes: a target below is longer.
+    let long_zone = format!("{}.{}.", vec!["z".repeat(60); 3].join("."), "z".repeat(53));
+    let k = {
+        let mut cfg = config(&["cluster.local.", &long_zone]);
+        cfg.namespaces = Default::default();
+        let k = Kubernetes::new(&cfg, None);
+        serve_test_objects(k.store());
+        sync(k.store());
+        k
+    };
+    let two: &[(&str, &str, i32)] = &[("http", "tcp", 80), ("metrics", "tcp", 9090)];
+    // The same number twice, a port without a number, another protocol.
+    let odd: &[(&str, &str, i32)] = &[
+        ("http", "tcp", 80),
+        ("alt", "tcp", 80),
+        ("dns", "udp", 53),
+        ("none", "tcp", -1),
+    ];
+    {
+        let mut b = k.store().batch();
+        b.apply_service(svc("testns", "three", ServiceKind::Headless, HTTP));
+        b.apply_slice(slice(
+            "testns",
+            "three-a",
+            "three",
+            two,
+            vec![ep("10.3.0.1", "a", ""), ep("10.3.0.2", "", "")],
+        ));
+        b.apply_slice(slice(
+            "testns",
+            "three-b",
+            "three",
+            odd,
+            vec![ep("10.3.0.3", "c", ""), ep("fd00::3", "", "")],
+        ));
+        b.apply_slice(slice(
+            "testns",
+            "three-c",
+            "three",
+            &[],
+            vec![ep("10.3.0.9", "", "")],
+        ));
+        // One address in two slices: one target.
+        b.apply_service(svc("testns", "dup", ServiceKind::Headless, HTTP));
+        for s in ["dup-a", "dup-b"] {
+            b.apply_slice(slice(
+                "testns",
+                s,
+                "dup",
+                HTTP,
+                vec![ep("10.4.0.1", "", "")],
+            ));
+        }
+        b.apply_service(svc("testns", "ports", ips(&["10.0.0.7", "fd00::7"]), odd));
+        b.apply_slice(slice(
+            "testns",
+            "ports-a",
+            "ports",
+            odd,
+            vec![ep("10.5.0.1", "p", "")],
+        ));
+        b.apply_service(svc("testns", "noips", ips(&[]), HTTP));
+        // More than a message holds, fewer than the hits looked at: TC,
+        // and targets past where a pointer reaches.
+        b.apply_service(svc("testns", "many", ServiceKind::Headless, HTTP));
+        let eps = (0..3000u32)
+            .map(|i| {
+                ep(
+                    &format!("10.6.{}.{}", i / 250, i % 250 + 1),
+                    &format!("host-{i:0>40}"),
+                    "",
+                )
+            })
+            .collect();
+        b.apply_slice(slice("testns", "many-a", "many", two, eps));
+        // Under 64 KiB, over 16 KiB: the last addresses' owners are
+        // written out, as a pointer cannot reach their targets.
+        b.apply_service(svc("testns", "wide", ServiceKind::Headless, HTTP));
+        let eps = (0..300u32)
+            .map(|i| {
+                ep(
+                    &format!("10.7.{}.{}", i / 250, i % 250 + 1),
+                    &format!("host-{i:0>40}"),
+                    "",
+                )
+            })
+            .collect();
+        b.apply_slice(slice("testns", "wide-a", "wide", HTTP, eps));
+    }
+    let names: [&str; 37] = [
+        "three.testns.svc.cluster.local.",
+        "_http._tcp.three.testns.svc.cluster.local.",
+        "_metrics._tcp.three.testns.svc.cluster.local.",
+        "_tcp.three.testns.svc.cluster.local.",
+        "_dns._udp.three.testns.svc.cluster.local.",
+        "_none._tcp.three.testns.svc.cluster.local.",
+        "_nope._tcp.three.testns.svc.cluster.local.",
+        "a.three.testns.svc.cluster.local.",
+        "10-3-0-2.three.testns.svc.cluster.local.",
+        "fd00--3.three.testns.svc.cluster.local.",
+        "nope.three.testns.svc.cluster.local.",
+        "THREE.TestNS.svc.Cluster.Local.",
+        &format!("three.testns.svc.{long_zone}"),
+        "dup.testns.svc.cluster.local.",
+        "ports.testns.svc.cluster.local.",
+        "_http._tcp.ports.testns.svc.cluster.local.",
+        "_none._tcp.ports.testns.svc.cluster.local.",
+        "_dns._udp.ports.testns.svc.cluster.local.",
+        "p.ports.testns.svc.cluster.local.",
+        "noips.testns.svc.cluster.local.",
+        "many.testns.svc.cluster.local.",
+        "wide.testns.svc.cluster.local.",
+        "svc1.testns.svc.cluster.local.",
+        "_http._tcp.svc1.testns.svc.cluster.local.",
+        "ep1a.svc1.testns.svc.cluster.local.",
+        "svc-dual-stack.testns.svc.cluster.local.",
+        "svcempty.testns.svc.cluster.local.",
+        "hdls1.testns.svc.cluster.local.",
+        "hdlsprtls.testns.svc.cluster.local.",
+        "external.testns.svc.cluster.local.",
+        "_http._tcp.external.testns.svc.cluster.local.",
+        "nope.testns.svc.cluster.local.",
+        "svc1.unexposedns.svc.cluster.local.",
+        "svc1.nons.svc.cluster.local.",
+        "ns.dns.cluster.local.",
+        "testns.svc.cluster.local.",
+        "10-240-0-1.podns.pod.cluster.local.",
+    ];
+    for name in names {
+        for raw in [query(name, SRV), query_edns(name, SRV, 1232, false)] {
+            let direct = srv_wire(&k, &raw, false);
+            let hits = srv_wire(&k, &raw, true);
+            assert_eq!(direct, hits, "{name}");
+        }
+    }
+    // The cases that matter are answered at all.
+    let m = Message::from_vec(&srv_wire(&k, &query(names[0], SRV), false)).unwrap();
+    // 2 + 2 + 2 + 2 records (80 once, no -1); weight 100/13: the port-less
+    // slice counts.
+    assert_eq!((m.answers.len(), m.additionals.len()), (8, 4), "{m:?}");
+    assert!(
+        m.answers[0].to_string().contains(" SRV 0 7 80 "),
+        "{}",
+        m.answers[0]
+    );
+    let m = Message::from_vec(&srv_wire(&k, &query(names[12], SRV), false)).unwrap();
+    assert!(
+        m.answers.is_empty(),
+        "targets longer than 255 bytes are left out"
+    );
+    let m = Message::from_vec(&srv_wire(&k, &query(names[20], SRV), false)).unwrap();
+    assert!(m.metadata.truncation);
+    assert!(m.answers.len() > 500, "{}", m.answers.len());
+    let m = Message::from_vec(&srv_wire(&k, &query(names[21], SRV), false)).unwrap();
+    assert!(!m.metadata.truncation);
+    assert_eq!((m.answers.len(), m.additionals.len()), (300, 300));
+    // With ignore_empty_service, a service without endpoints is not a name.
+    let k = plugin(|c| c.ignore_empty_service = true);
+    for name in [
+        "svcempty.testns.svc.cluster.local.",
+        "svc1.testns.svc.cluster.local.",
+    ] {
+        let raw = query(name, SRV);
+        assert_eq!(
+            srv_wire(&k, &raw, false),
+            srv_wire(&k, &raw, true),
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn replies_carry_opt_when_asked_with_edns() {
     let k = plugin(|_| {});

@@ -1015,7 +1015,8 @@ impl Kubernetes {
     ) -> Result<(), NameError> {
         // `ns.dns.ZONE` is the server's own addresses, not the store's.
         let own = zone_spelled_lower && is_default_ns(q);
-        let direct = !own && !general_srv_forced();
+        // A multicluster zone answers from the imports (through the hits).
+        let direct = !own && !general_srv_forced() && self.multicluster_zone(q).is_none();
         let r = match parse_request(q) {
             Ok(r) if direct && r.space == Some(Space::Svc) && !r.service.is_empty() => r,
             _ => {

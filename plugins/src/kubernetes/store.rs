@@ -379,6 +379,18 @@ pub(crate) struct Endpoint {
     label_at: u32,
 }
 
+impl Endpoint {
+    /// An endpoint of a slice that keeps no labels in wire form (a
+    /// multicluster import's).
+    pub(crate) fn unlabelled(ip: IpAddr, name: Option<Box<[u8]>>) -> Self {
+        Self {
+            ip,
+            name,
+            label_at: 0,
+        }
+    }
+}
+
 /// An EndpointSlice's data.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Slice {

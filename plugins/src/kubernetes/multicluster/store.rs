@@ -487,10 +487,7 @@ impl McBatch<'_> {
                     .and_then(label_bytes)
             });
             for ip in &ep.addresses {
-                endpoints.push(Endpoint {
-                    ip: ip.to_canonical(),
-                    name: name.clone(),
-                });
+                endpoints.push(Endpoint::unlabelled(ip.to_canonical(), name.clone()));
             }
         }
         let slice = Arc::new(McSlice {

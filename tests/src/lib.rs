@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod client;
 pub mod kubeapi;
+pub mod secure_client;
 pub mod upstream;
 
 pub use agent::Agent;

@@ -273,19 +273,20 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
                 tasks: block_tasks,
                 tls,
             } = out;
-            let tls = match (alpn(scheme), tls) {
-                (Some(alpn), Some(t)) => Some(t.server_config(alpn).map_err(|e| {
-                    SetupError::new(&sb.file, sb.line, format_args!("tls: {e}"))
-                })?),
-                (_, None) if matches!(scheme, Scheme::Quic | Scheme::Https3) => {
-                    return Err(SetupError::new(
-                        &sb.file,
-                        sb.line,
-                        format_args!("{scheme}:// needs TLS: add a tls directive to the block"),
-                    ));
-                }
-                _ => None,
-            };
+            let tls =
+                match (alpn(scheme), tls) {
+                    (Some(alpn), Some(t)) => Some(t.server_config(alpn).map_err(|e| {
+                        SetupError::new(&sb.file, sb.line, format_args!("tls: {e}"))
+                    })?),
+                    (_, None) if matches!(scheme, Scheme::Quic | Scheme::Https3) => {
+                        return Err(SetupError::new(
+                            &sb.file,
+                            sb.line,
+                            format_args!("{scheme}:// needs TLS: add a tls directive to the block"),
+                        ));
+                    }
+                    _ => None,
+                };
             tasks.extend(block_tasks);
             let addrs: Vec<Option<IpAddr>> = match bind {
                 None => vec![None],
@@ -396,7 +397,7 @@ fn alpn(scheme: Scheme) -> Option<&'static [&'static [u8]]> {
 }
 
 /// Transports nodedns serves.
-pub const SERVED_SCHEMES: &[Scheme] = &[Scheme::Dns, Scheme::Tls];
+pub const SERVED_SCHEMES: &[Scheme] = &[Scheme::Dns, Scheme::Tls, Scheme::Https];
 
 /// Refuses a key whose transport nodedns does not serve yet.
 fn check_schemes(sb: &ServerBlock) -> Result<(), SetupError> {

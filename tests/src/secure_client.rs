@@ -43,8 +43,8 @@ impl TestCa {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "nodedns test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key"))
-            .expect("ca");
+        let ca =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key")).expect("ca");
         Self { ca }
     }
 
@@ -56,10 +56,11 @@ impl TestCa {
     /// A certificate (PEM) and key (PEM) for `names`, signed by the CA.
     pub fn issue(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>())
-            .expect("params")
-            .signed_by(&key, &self.ca)
-            .expect("cert");
+        let cert =
+            CertificateParams::new(names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>())
+                .expect("params")
+                .signed_by(&key, &self.ca)
+                .expect("cert");
         (cert.pem(), key.serialize_pem())
     }
 
@@ -70,17 +71,25 @@ impl TestCa {
 
     /// A client configuration that trusts this CA, offers `alpn`, and
     /// presents `client` (certificate and key, PEM) when given.
-    pub fn client_config(&self, alpn: &[&[u8]], client: Option<&(String, String)>) -> Arc<ClientConfig> {
+    pub fn client_config(
+        &self,
+        alpn: &[&[u8]],
+        client: Option<&(String, String)>,
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).expect("ca root");
-        let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots);
+        let b =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots);
         let mut c = match client {
             None => b.with_no_client_auth(),
             Some((cert, key)) => b
-                .with_client_auth_cert(certs(cert), PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"))
+                .with_client_auth_cert(
+                    certs(cert),
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+                )
                 .expect("client cert"),
         };
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -112,8 +121,8 @@ impl DotClient {
     pub async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
         let fut = async {
             let tcp = TcpStream::connect(self.addr).await?;
-            let name = ServerName::try_from(SERVER_NAME.to_string())
-                .map_err(std::io::Error::other)?;
+            let name =
+                ServerName::try_from(SERVER_NAME.to_string()).map_err(std::io::Error::other)?;
             tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
                 .connect(name, tcp)
                 .await
@@ -151,4 +160,122 @@ pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u8>> {
         Some(buf)
     };
     timeout(WAIT, fut).await.ok().flatten()
+}
+
+/// A DNS over HTTPS reply.
+#[derive(Debug)]
+pub struct DohReply {
+    /// The HTTP status.
+    pub status: u16,
+    /// `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// `Cache-Control`, if any.
+    pub cache_control: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl DohReply {
+    /// The body as a DNS message.
+    pub fn message(&self) -> Option<Message> {
+        Message::from_vec(&self.body).ok()
+    }
+}
+
+/// A DNS over HTTPS client: HTTP/2 when its configuration offers `h2`
+/// (and the server takes it), HTTP/1.1 otherwise; one connection per
+/// request.
+#[derive(Clone)]
+pub struct DohClient {
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+}
+
+impl DohClient {
+    /// A client of `addr` with `config` (from [`TestCa::client_config`]).
+    pub fn new(addr: SocketAddr, config: Arc<ClientConfig>) -> Self {
+        Self { addr, config }
+    }
+
+    /// RFC 8484 GET of `m`.
+    pub async fn get(&self, m: &Message) -> Option<DohReply> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.to_vec().ok()?);
+        self.request("GET", &format!("/dns-query?dns={b64}"), None, Vec::new())
+            .await
+    }
+
+    /// RFC 8484 POST of `m`.
+    pub async fn post(&self, m: &Message) -> Option<DohReply> {
+        self.request(
+            "POST",
+            "/dns-query",
+            Some("application/dns-message"),
+            m.to_vec().ok()?,
+        )
+        .await
+    }
+
+    /// Any request; `None` if the connection or the exchange failed.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Option<DohReply> {
+        use http_body_util::{BodyExt, Full};
+        use hyper::body::Bytes;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let fut = async {
+            let dot = DotClient::new(self.addr, Arc::clone(&self.config));
+            let tls = dot.connect().await.ok()?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(if h2 {
+                    format!("https://{SERVER_NAME}{path}")
+                } else {
+                    path.to_string()
+                })
+                .header("accept", "application/dns-message");
+            if !h2 {
+                req = req.header("host", SERVER_NAME);
+            }
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            let req = req.body(Full::new(Bytes::from(body))).ok()?;
+            let io = TokioIo::new(tls);
+            let resp = if h2 {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .ok()?;
+                tokio::spawn(conn);
+                send.send_request(req).await.ok()?
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+                tokio::spawn(conn);
+                send.send_request(req).await.ok()?
+            };
+            let status = resp.status().as_u16();
+            let header = |n: &str| {
+                resp.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let content_type = header("content-type");
+            let cache_control = header("cache-control");
+            let body = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
+            Some(DohReply {
+                status,
+                content_type,
+                cache_control,
+                body,
+            })
+        };
+        timeout(WAIT, fut).await.ok().flatten()
+    }
 }

@@ -1,8 +1,9 @@
 //! The DNS server: binds every listening address of a configuration (UDP
-//! and TCP for `dns://`, TCP for `tls://`), serves it, and stops
+//! and TCP for `dns://`, TCP for `tls://` and `https://`), serves it, and stops
 //! gracefully.
 
 pub mod chain;
+mod https;
 mod tcp;
 mod tls;
 mod udp;
@@ -328,20 +329,32 @@ impl Server {
         }
         let transport = match scheme {
             Scheme::Tls => Transport::Tls,
+            Scheme::Https => Transport::Https,
             _ => Transport::Tcp,
         };
         bound.push((transport, tcp_addr));
         tcp.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(tcp)?;
-        let tcp_task = tokio::spawn(tcp::serve(
-            listener,
-            Arc::clone(&shared),
-            self.opts.limits,
-            self.opts.tcp,
-            shutdown.subscribe(),
-            Arc::clone(&self.up),
-            transport,
-        ));
+        let tcp_task = if transport == Transport::Https {
+            tokio::spawn(https::serve(
+                listener,
+                Arc::clone(&shared),
+                self.opts.limits,
+                self.opts.tcp,
+                shutdown.subscribe(),
+                Arc::clone(&self.up),
+            ))
+        } else {
+            tokio::spawn(tcp::serve(
+                listener,
+                Arc::clone(&shared),
+                self.opts.limits,
+                self.opts.tcp,
+                shutdown.subscribe(),
+                Arc::clone(&self.up),
+                transport,
+            ))
+        };
         Ok(Listener {
             router: shared,
             stop_udp,
@@ -458,7 +471,11 @@ fn bind_pair(
     n: usize,
     rcvbuf: usize,
 ) -> io::Result<(std::net::TcpListener, Vec<std::net::UdpSocket>)> {
-    let n = if key.scheme == Scheme::Dns { n.max(1) } else { 0 };
+    let n = if key.scheme == Scheme::Dns {
+        n.max(1)
+    } else {
+        0
+    };
     let candidates: Vec<IpAddr> = match key.addr {
         Some(a) => vec![a],
         // Every address: dual-stack if the host has IPv6, else IPv4.

@@ -130,87 +130,87 @@ struct Conn {
 }
 
 impl Conn {
-/// Serves one connection: reads queries and answers each as it completes
-/// (out of order when some wait on an upstream), through a writer task.
-async fn run<R, W>(self, rd: R, wr: W, mut shutdown: watch::Receiver<bool>)
-where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let Self {
-        peer,
-        transport,
-        router,
-        limits,
-        opts,
-        up,
-    } = self;
-    let mut rd = BufReader::with_capacity(8 * 1024, rd);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_replies(wr, rx, opts.idle_timeout));
-    let pending = Arc::new(Semaphore::new(PENDING_PER_CONN));
-    let mut buf = Vec::new();
-    let mut reply = Reply::new();
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let len = tokio::select! {
-            r = timeout(opts.idle_timeout, rd.read_u16()) => match r {
-                Ok(Ok(len)) => usize::from(len),
-                _ => break,
-            },
-            _ = shutdown.changed() => break,
-        };
-        buf.resize(len, 0);
-        match timeout(opts.idle_timeout, rd.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
-            _ => break,
-        }
-        let handled = {
-            let current = router.load();
-            handle(&current, &buf, peer, transport, &mut reply, &limits)
-        };
-        match handled {
-            Handled::Reply => {
-                if tx.send(reply.wire().to_vec()).await.is_err() {
-                    break;
-                }
+    /// Serves one connection: reads queries and answers each as it completes
+    /// (out of order when some wait on an upstream), through a writer task.
+    async fn run<R, W>(self, rd: R, wr: W, mut shutdown: watch::Receiver<bool>)
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            transport,
+            router,
+            limits,
+            opts,
+            up,
+        } = self;
+        let mut rd = BufReader::with_capacity(8 * 1024, rd);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let writer = tokio::spawn(write_replies(wr, rx, opts.idle_timeout));
+        let pending = Arc::new(Semaphore::new(PENDING_PER_CONN));
+        let mut buf = Vec::new();
+        let mut reply = Reply::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
             }
-            Handled::Drop => {}
-            Handled::Upstream(p) => {
-                let Ok(slot) = Arc::clone(&pending).acquire_owned().await else {
-                    break;
-                };
-                let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
-                    // A stream client has no retry timer to fall back on:
-                    // tell it now rather than let it wait out the idle timeout.
-                    tracing::debug!(%peer, "too many queries waiting on upstreams; refusing one");
-                    drop(slot);
-                    if let Some(bytes) =
-                        abandon(p, &buf, peer, transport, limits, ResponseCode::Refused)
-                        && tx.send(bytes).await.is_err()
-                    {
+            let len = tokio::select! {
+                r = timeout(opts.idle_timeout, rd.read_u16()) => match r {
+                    Ok(Ok(len)) => usize::from(len),
+                    _ => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            buf.resize(len, 0);
+            match timeout(opts.idle_timeout, rd.read_exact(&mut buf)).await {
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+            let handled = {
+                let current = router.load();
+                handle(&current, &buf, peer, transport, &mut reply, &limits)
+            };
+            match handled {
+                Handled::Reply => {
+                    if tx.send(reply.wire().to_vec()).await.is_err() {
                         break;
                     }
-                    continue;
-                };
-                let guard = up.tracker.enter();
-                let tx = tx.clone();
-                let raw = buf.clone();
-                tokio::spawn(async move {
-                    if let Some(bytes) = resume(p, &raw, peer, transport, limits).await {
-                        let _ = tx.send(bytes).await;
-                    }
-                    drop((slot, permit, guard));
-                });
+                }
+                Handled::Drop => {}
+                Handled::Upstream(p) => {
+                    let Ok(slot) = Arc::clone(&pending).acquire_owned().await else {
+                        break;
+                    };
+                    let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
+                        // A stream client has no retry timer to fall back on:
+                        // tell it now rather than let it wait out the idle timeout.
+                        tracing::debug!(%peer, "too many queries waiting on upstreams; refusing one");
+                        drop(slot);
+                        if let Some(bytes) =
+                            abandon(p, &buf, peer, transport, limits, ResponseCode::Refused)
+                            && tx.send(bytes).await.is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    };
+                    let guard = up.tracker.enter();
+                    let tx = tx.clone();
+                    let raw = buf.clone();
+                    tokio::spawn(async move {
+                        if let Some(bytes) = resume(p, &raw, peer, transport, limits).await {
+                            let _ = tx.send(bytes).await;
+                        }
+                        drop((slot, permit, guard));
+                    });
+                }
             }
         }
+        // The writer ends once the last pending reply is sent.
+        drop(tx);
+        let _ = writer.await;
     }
-    // The writer ends once the last pending reply is sent.
-    drop(tx);
-    let _ = writer.await;
-}
 }
 
 /// Writes length-prefixed replies as they arrive, flushing when none is queued.

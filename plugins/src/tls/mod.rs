@@ -28,7 +28,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 
 pub use setup::{ClientAuth, TlsConfig};
 
@@ -163,7 +165,11 @@ fn client_verifier(
             None => Arc::new(system_roots()?),
         };
         let b = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(provider));
-        let b = if optional { b.allow_unauthenticated() } else { b };
+        let b = if optional {
+            b.allow_unauthenticated()
+        } else {
+            b
+        };
         b.build().map_err(|e| TlsError::Rustls(e.to_string()))
     };
     Ok(match cfg.client_auth {

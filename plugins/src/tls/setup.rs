@@ -66,7 +66,9 @@ pub(super) fn parse(d: &mut Dispenser<'_>) -> Result<TlsConfig, SetupError> {
                         "verify_if_given" => ClientAuth::VerifyIfGiven,
                         "require_and_verify" => ClientAuth::RequireAndVerify,
                         other => {
-                            return Err(d.err(format_args!("unknown authentication type '{other}'")));
+                            return Err(
+                                d.err(format_args!("unknown authentication type '{other}'"))
+                            );
                         }
                     };
                 }

@@ -44,7 +44,10 @@ fn parse_table() {
         );
     }
     for (text, want) in [
-        ("tls", "Corefile:1: tls: automatic certificates (acme) not supported"),
+        (
+            "tls",
+            "Corefile:1: tls: automatic certificates (acme) not supported",
+        ),
         (
             "tls {\n acme dns.example.org\n}",
             "Corefile:1: tls: automatic certificates (acme) not supported",
@@ -141,10 +144,11 @@ impl Pki {
     fn client_with(&self, alpn: &[&[u8]], cert: Option<(String, String)>) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
-        let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
+        let b =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
         let mut c = match cert {
             None => b.with_no_client_auth(),
             Some((cert, key)) => {
@@ -315,9 +319,8 @@ fn a_replaced_certificate_is_served_after_the_next_check() {
     let sc = tls.server_config(ALPN_DOT).unwrap();
     // A fresh client each time: a resumed session would not show the
     // certificate served.
-    let ask = |name: &str| {
-        handshake(&sc, &pki.client(&[], None), name).map(|(c, _)| served_name(&c))
-    };
+    let ask =
+        |name: &str| handshake(&sc, &pki.client(&[], None), name).map(|(c, _)| served_name(&c));
     assert_eq!(ask("dns.example.test").unwrap(), "dns.example.test");
     pki.issue("renewed.example.test");
     // Within the check interval the old one is still served ...

@@ -8,7 +8,9 @@ use std::time::Duration;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use nodedns_tests::client::query;
-use nodedns_tests::secure_client::{DotClient, SERVER_NAME, TestCa, certs, read_frame, write_frame};
+use nodedns_tests::secure_client::{
+    DohClient, DotClient, SERVER_NAME, TestCa, certs, read_frame, write_frame,
+};
 use nodedns_tests::{Agent, FakeUpstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -53,11 +55,21 @@ async fn dot_answers_through_the_chain_then_from_the_cache() {
     let up = upstream().await;
     let agent = dot_agent(&ca, "tls cert.pem key.pem", &up, &[]).await;
     let dot = DotClient::new(agent.listener("tls"), ca.client_config(&[b"dot"], None));
-    let m = dot.query(&query("www.example.org.", RecordType::A)).await.unwrap();
+    let m = dot
+        .query(&query("www.example.org.", RecordType::A))
+        .await
+        .unwrap();
     assert_eq!(a_of(&m), vec!["192.0.2.1"]);
-    let m = dot.query(&query("www.example.org.", RecordType::A)).await.unwrap();
+    let m = dot
+        .query(&query("www.example.org.", RecordType::A))
+        .await
+        .unwrap();
     assert_eq!(a_of(&m), vec!["192.0.2.1"]);
-    assert_eq!(up.count("www.example.org.", RecordType::A), 1, "the second was a hit");
+    assert_eq!(
+        up.count("www.example.org.", RecordType::A),
+        1,
+        "the second was a hit"
+    );
     // DoT is `tcp` to plugins (CoreDNS's state.Proto()): forward asked over TCP.
     assert_eq!(up.udp_queries(), 0);
     // Pipelined on one connection: three queries written at once, three
@@ -88,7 +100,14 @@ async fn dot_malformed_and_limits() {
         &ca,
         "tls cert.pem key.pem",
         &up,
-        &["--max-tcp-conns", "2", "--tcp-idle-timeout", "1s", "--handshake-timeout", "1s"],
+        &[
+            "--max-tcp-conns",
+            "2",
+            "--tcp-idle-timeout",
+            "1s",
+            "--handshake-timeout",
+            "1s",
+        ],
     )
     .await;
     let addr = agent.listener("tls");
@@ -101,17 +120,23 @@ async fn dot_malformed_and_limits() {
     write_frame(&mut s, &bad).await.unwrap();
     let m = Message::from_vec(&read_frame(&mut s).await.unwrap()).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
-    write_frame(&mut s, &query("www.example.org.", RecordType::A).to_vec().unwrap())
-        .await
-        .unwrap();
+    write_frame(
+        &mut s,
+        &query("www.example.org.", RecordType::A).to_vec().unwrap(),
+    )
+    .await
+    .unwrap();
     assert!(read_frame(&mut s).await.is_some());
     drop(s);
     // Plain DNS (no TLS) on the TLS port: the handshake fails, the
     // connection is closed, nothing is answered.
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
-    write_frame(&mut plain, &query("www.example.org.", RecordType::A).to_vec().unwrap())
-        .await
-        .unwrap();
+    write_frame(
+        &mut plain,
+        &query("www.example.org.", RecordType::A).to_vec().unwrap(),
+    )
+    .await
+    .unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await;
     assert!(
@@ -132,10 +157,16 @@ async fn dot_malformed_and_limits() {
     // again when one goes.
     let a = dot.connect().await.unwrap();
     let b = dot.connect().await.unwrap();
-    assert!(dot.query(&query("www.example.org.", RecordType::A)).await.is_none());
+    assert!(
+        dot.query(&query("www.example.org.", RecordType::A))
+            .await
+            .is_none()
+    );
     drop((a, b));
     let ok = wait_until(Duration::from_secs(5), || async {
-        dot.query(&query("www.example.org.", RecordType::A)).await.is_some()
+        dot.query(&query("www.example.org.", RecordType::A))
+            .await
+            .is_some()
     })
     .await;
     assert!(ok, "served again once a connection closed");
@@ -169,7 +200,10 @@ async fn dot_serves_a_replaced_certificate_without_a_restart() {
     })
     .await;
     assert!(renewed, "the new certificate was not served");
-    let m = dot.query(&query("www.example.org.", RecordType::A)).await.unwrap();
+    let m = dot
+        .query(&query("www.example.org.", RecordType::A))
+        .await
+        .unwrap();
     assert_eq!(a_of(&m), vec!["192.0.2.1"]);
 }
 
@@ -202,10 +236,15 @@ async fn tls_without_the_tls_plugin_serves_plain_dns_as_coredns() {
     ))
     .start()
     .await;
-    let mut s = tokio::net::TcpStream::connect(agent.listener("tls")).await.unwrap();
-    write_frame(&mut s, &query("www.example.org.", RecordType::A).to_vec().unwrap())
+    let mut s = tokio::net::TcpStream::connect(agent.listener("tls"))
         .await
         .unwrap();
+    write_frame(
+        &mut s,
+        &query("www.example.org.", RecordType::A).to_vec().unwrap(),
+    )
+    .await
+    .unwrap();
     let m = Message::from_vec(&read_frame(&mut s).await.unwrap()).unwrap();
     assert_eq!(a_of(&m), vec!["192.0.2.1"]);
     s.shutdown().await.unwrap();
@@ -228,7 +267,10 @@ fn have(tool: &str) -> bool {
 async fn run(cmd: &str, args: &[String]) -> (bool, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio::process::Command::new(cmd).args(args).kill_on_drop(true).output(),
+        tokio::process::Command::new(cmd)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
     )
     .await
     .expect("tool finished in time")
@@ -316,4 +358,202 @@ fn assert_dnsperf_clean(text: &str) {
     assert!(completed > 0, "{text}");
     assert_eq!(field("Queries lost:"), Some(0), "{text}");
     assert!(!text.contains("error"), "{text}");
+}
+
+// === DNS over HTTPS ===
+
+/// An agent serving `https://` on a free loopback port, caching in front
+/// of `up`.
+async fn doh_agent(ca: &TestCa, up: &FakeUpstream, args: &[&str]) -> Agent {
+    let (cert, key) = ca.server();
+    let mut b = Agent::corefile(format!(
+        "https://.:0 {{\n    bind 127.0.0.1\n    tls cert.pem key.pem\n    cache 30\n    forward . {up}\n}}\n"
+    ))
+    .file("cert.pem", cert)
+    .file("key.pem", key)
+    .file("ca.pem", ca.pem());
+    for a in args {
+        b = b.arg(*a);
+    }
+    b.start().await
+}
+
+#[tokio::test]
+async fn doh_get_and_post_over_h2_and_http1_through_the_chain() {
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let agent = doh_agent(&ca, &up, &[]).await;
+    let addr = agent.listener("https");
+    let h2 = DohClient::new(addr, ca.client_config(&[b"h2"], None));
+    let h1 = DohClient::new(addr, ca.client_config(&[b"http/1.1"], None));
+    let q = query("www.example.org.", RecordType::A);
+    for (client, how) in [(&h2, "h2"), (&h1, "http/1.1")] {
+        for post in [false, true] {
+            let r = if post {
+                client.post(&q).await
+            } else {
+                client.get(&q).await
+            };
+            let r = r.unwrap_or_else(|| panic!("{how} post={post}: no reply"));
+            assert_eq!(r.status, 200, "{how} post={post}");
+            assert_eq!(r.content_type.as_deref(), Some("application/dns-message"));
+            let m = r.message().unwrap();
+            assert_eq!(a_of(&m), vec!["192.0.2.1"], "{how} post={post}");
+            assert_eq!(m.metadata.id, q.metadata.id);
+            // RFC 8484 §5.1: freshness from the smallest TTL (cache 30 caps it).
+            let age: u32 = r
+                .cache_control
+                .as_deref()
+                .and_then(|c| c.strip_prefix("max-age="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("cache-control: {:?}", r.cache_control));
+            assert!((1..=30).contains(&age), "max-age={age}");
+        }
+    }
+    assert_eq!(
+        up.count("www.example.org.", RecordType::A),
+        1,
+        "all but the first were hits"
+    );
+    assert_eq!(up.udp_queries(), 0, "DoH is tcp to forward, as CoreDNS");
+}
+
+#[tokio::test]
+async fn doh_broken_requests_get_the_rfc_8484_statuses() {
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let agent = doh_agent(&ca, &up, &[]).await;
+    let addr = agent.listener("https");
+    let q = query("www.example.org.", RecordType::A).to_vec().unwrap();
+    for alpn in [b"h2".as_slice(), b"http/1.1"] {
+        let c = DohClient::new(addr, ca.client_config(&[alpn], None));
+        let ask =
+            |method: &'static str, path: &'static str, ct: Option<&'static str>, body: Vec<u8>| {
+                let c = c.clone();
+                async move { c.request(method, path, ct, body).await.map(|r| r.status) }
+            };
+        let mime = Some("application/dns-message");
+        assert_eq!(ask("GET", "/other?dns=AAAB", None, vec![]).await, Some(404));
+        assert_eq!(ask("PUT", "/dns-query", mime, q.clone()).await, Some(405));
+        assert_eq!(
+            ask("POST", "/dns-query", Some("text/plain"), q.clone()).await,
+            Some(415)
+        );
+        assert_eq!(ask("POST", "/dns-query", None, q.clone()).await, Some(415));
+        assert_eq!(
+            ask("POST", "/dns-query", mime, vec![0; 70_000]).await,
+            Some(413)
+        );
+        assert_eq!(
+            ask("POST", "/dns-query", mime, vec![1, 2, 3]).await,
+            Some(400)
+        );
+        assert_eq!(
+            ask("GET", "/dns-query", None, vec![]).await,
+            Some(400),
+            "no dns="
+        );
+        assert_eq!(
+            ask("GET", "/dns-query?dns=!!!", None, vec![]).await,
+            Some(400)
+        );
+        // A header but no question is not a DNS query either.
+        let mut bad = q.clone();
+        bad.truncate(14);
+        assert_eq!(ask("POST", "/dns-query", mime, bad).await, Some(400));
+        // The agent still answers.
+        assert_eq!(ask("POST", "/dns-query", mime, q.clone()).await, Some(200));
+    }
+}
+
+#[tokio::test]
+async fn doh_limits_connections_and_idle_time() {
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let agent = doh_agent(
+        &ca,
+        &up,
+        &["--max-tcp-conns", "1", "--tcp-idle-timeout", "1s"],
+    )
+    .await;
+    let addr = agent.listener("https");
+    let c = DohClient::new(addr, ca.client_config(&[b"h2"], None));
+    let q = query("www.example.org.", RecordType::A);
+    let dot = DotClient::new(addr, ca.client_config(&[b"h2"], None));
+    let mut held = dot.connect().await.unwrap();
+    assert!(c.post(&q).await.is_none(), "a second connection is refused");
+    // The held connection idles out, then others are served.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf)).await;
+    assert!(closed.is_ok(), "idle connection not closed");
+    drop(held);
+    let ok = wait_until(Duration::from_secs(5), || async {
+        c.post(&q).await.is_some_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn kdig_https_is_answered() {
+    if !have("kdig") {
+        return;
+    }
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let agent = doh_agent(&ca, &up, &[]).await;
+    let addr = agent.listener("https");
+    let args: Vec<String> = [
+        format!("@{}", addr.ip()),
+        "-p".into(),
+        addr.port().to_string(),
+        "+https".into(),
+        format!("+tls-ca={}", agent.path("ca.pem").display()),
+        format!("+tls-hostname={SERVER_NAME}"),
+        "+timeout=3".into(),
+        "+retry=0".into(),
+        "www.example.org.".into(),
+        "A".into(),
+    ]
+    .into();
+    let (ok, text) = run("kdig", &args).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("NOERROR"), "{text}");
+    assert!(text.contains("192.0.2.1"), "{text}");
+}
+
+#[tokio::test]
+async fn dnsperf_doh_runs_without_errors() {
+    if !have("dnsperf") {
+        return;
+    }
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let agent = doh_agent(&ca, &up, &[]).await;
+    let addr = agent.listener("https");
+    let data = agent.path("queries.txt");
+    std::fs::write(&data, "www.example.org A\n").unwrap();
+    let args: Vec<String> = [
+        "-m".into(),
+        "doh".into(),
+        "-s".into(),
+        addr.ip().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+        "-d".into(),
+        data.display().to_string(),
+        "-l".into(),
+        "2".into(),
+        // One query outstanding: dnsperf 2.10's DoH keeps one message
+        // buffer per connection (src/net_doh.c), so replies of several
+        // streams that arrive in one read are merged and counted lost.
+        "-c".into(),
+        "1".into(),
+        "-q".into(),
+        "1".into(),
+    ]
+    .into();
+    let (ok, text) = run("dnsperf", &args).await;
+    assert!(ok, "{text}");
+    assert_dnsperf_clean(&text);
 }

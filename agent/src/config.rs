@@ -567,6 +567,29 @@ mod tests {
     }
 
     #[test]
+    fn transports_are_listeners_of_their_own() {
+        // The same port on two transports is two listeners (CoreDNS groups
+        // servers by transport://address).
+        let c = load_str("tls://.:1053 {\n whoami\n}\nhttps://.:1053 {\n whoami\n}\n").unwrap();
+        let keys: Vec<_> = c.listeners.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, vec!["tls://:1053", "https://:1053"]);
+        // Without a tls directive there is no TLS (CoreDNS serves plain).
+        assert!(c.listeners.values().all(|r| r.tls.is_none()));
+        for (text, want) in [
+            (
+                "quic://. {\n whoami\n}\n",
+                "Corefile:1: transport 'quic://' in 'quic://.:853' not supported yet by nodedns",
+            ),
+            (
+                "grpc://. {\n whoami\n}\n",
+                "Corefile:1: transport 'grpc://' in 'grpc://.:443' not supported yet by nodedns",
+            ),
+        ] {
+            assert_eq!(load_str(text).unwrap_err().to_string(), want);
+        }
+    }
+
+    #[test]
     fn unknown_and_missing_directives() {
         let err = load_str(".:1053 {\n whoami\n nonesuch\n}\n").unwrap_err();
         assert_eq!(err.to_string(), "Corefile:3: unknown directive 'nonesuch'");

@@ -473,7 +473,14 @@ async fn doh_limits_connections_and_idle_time() {
     let agent = doh_agent(
         &ca,
         &up,
-        &["--max-tcp-conns", "1", "--tcp-idle-timeout", "1s"],
+        &[
+            "--max-tcp-conns",
+            "1",
+            "--tcp-idle-timeout",
+            "1s",
+            "--handshake-timeout",
+            "1s",
+        ],
     )
     .await;
     let addr = agent.listener("https");
@@ -492,6 +499,34 @@ async fn doh_limits_connections_and_idle_time() {
     })
     .await;
     assert!(ok);
+}
+
+#[tokio::test]
+async fn doh_closes_a_request_header_that_never_ends() {
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let agent = doh_agent(&ca, &up, &["--handshake-timeout", "1s"]).await;
+    let addr = agent.listener("https");
+    let h1 = DotClient::new(addr, ca.client_config(&[b"http/1.1"], None));
+    // A whole request is answered ...
+    let doh = DohClient::new(addr, ca.client_config(&[b"http/1.1"], None));
+    let r = doh.get(&query("www.example.org.", RecordType::A)).await;
+    assert_eq!(r.map(|r| r.status), Some(200));
+    // ... one whose header never ends is closed after the
+    // header timeout (no 200, no hang).
+    let mut s = h1.connect().await.unwrap();
+    s.write_all(b"GET /dns-query?dns=AAAB HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "a slow header kept the connection open");
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[tokio::test]

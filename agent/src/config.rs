@@ -397,7 +397,7 @@ fn alpn(scheme: Scheme) -> Option<&'static [&'static [u8]]> {
 }
 
 /// Transports nodedns serves.
-pub const SERVED_SCHEMES: &[Scheme] = &[Scheme::Dns, Scheme::Tls, Scheme::Https];
+pub const SERVED_SCHEMES: &[Scheme] = &[Scheme::Dns, Scheme::Tls, Scheme::Https, Scheme::Grpc];
 
 /// Refuses a key whose transport nodedns does not serve yet.
 fn check_schemes(sb: &ServerBlock) -> Result<(), SetupError> {
@@ -581,8 +581,8 @@ mod tests {
                 "Corefile:1: transport 'quic://' in 'quic://.:853' not supported yet by nodedns",
             ),
             (
-                "grpc://. {\n whoami\n}\n",
-                "Corefile:1: transport 'grpc://' in 'grpc://.:443' not supported yet by nodedns",
+                "https3://. {\n whoami\n}\n",
+                "Corefile:1: transport 'https3://' in 'https3://.:443' not supported yet by nodedns",
             ),
         ] {
             assert_eq!(load_str(text).unwrap_err().to_string(), want);

@@ -279,3 +279,96 @@ impl DohClient {
         timeout(WAIT, fut).await.ok().flatten()
     }
 }
+
+/// What a gRPC `coredns.dns.DnsService/Query` call gave: the reply
+/// message, or the `grpc-status` code when it failed.
+pub type GrpcResult = Result<Vec<u8>, u32>;
+
+/// Calls CoreDNS's `coredns.dns.DnsService/Query` with `msg` on a
+/// connection of its own: over TLS (ALPN h2) with `config`, or h2c when
+/// `config` is `None`. `None` if the connection or the exchange failed.
+/// The protobuf (`DnsPacket { bytes msg = 1; }`) and gRPC framing are
+/// written by hand.
+pub async fn grpc_query(
+    addr: SocketAddr,
+    config: Option<Arc<ClientConfig>>,
+    msg: &[u8],
+) -> Option<GrpcResult> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    // DnsPacket: field 1, wire type 2, varint length, bytes.
+    let mut packet = vec![0x0a];
+    let mut n = msg.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            packet.push(b);
+            break;
+        }
+        packet.push(b | 0x80);
+    }
+    packet.extend_from_slice(msg);
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(packet.len()).ok()?.to_be_bytes());
+    body.extend_from_slice(&packet);
+    let fut = async {
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("http://{SERVER_NAME}/coredns.dns.DnsService/Query"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(body)))
+            .ok()?;
+        let resp = match config {
+            Some(config) => {
+                let tls = DotClient::new(addr, config).connect().await.ok()?;
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .ok()?;
+                tokio::spawn(conn);
+                send.send_request(req).await.ok()?
+            }
+            None => {
+                let tcp = TcpStream::connect(addr).await.ok()?;
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await
+                        .ok()?;
+                tokio::spawn(conn);
+                send.send_request(req).await.ok()?
+            }
+        };
+        let status_in = |h: &hyper::HeaderMap| -> Option<u32> {
+            h.get("grpc-status")?.to_str().ok()?.parse().ok()
+        };
+        let early = status_in(resp.headers());
+        let collected = resp.into_body().collect().await.ok()?;
+        let status = early
+            .or_else(|| collected.trailers().and_then(status_in))
+            .unwrap_or(2);
+        if status != 0 {
+            return Some(Err(status));
+        }
+        let bytes = collected.to_bytes();
+        // gRPC frame: flag, length, then the DnsPacket.
+        let packet = bytes.get(5..)?;
+        let (&tag, mut rest) = packet.split_first()?;
+        if tag != 0x0a {
+            return None;
+        }
+        let mut len = 0usize;
+        for shift in (0..35).step_by(7) {
+            let (&b, r) = rest.split_first()?;
+            rest = r;
+            len |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        Some(Ok(rest.get(..len)?.to_vec()))
+    };
+    timeout(WAIT, fut).await.ok().flatten()
+}

@@ -124,11 +124,11 @@ struct Svc {
 
 /// Activity of one connection, for the idle timeout.
 #[derive(Default)]
-struct Activity {
+pub(super) struct Activity {
     /// Requests being answered.
-    busy: AtomicUsize,
+    pub(super) busy: AtomicUsize,
     /// Requests begun so far.
-    seen: AtomicU64,
+    pub(super) seen: AtomicU64,
 }
 
 /// Serves one connection over HTTP/1.1 or h2 until it ends, idles out,
@@ -176,7 +176,7 @@ async fn connection<S>(
 }
 
 /// A hyper connection that can be told to finish its requests and close.
-trait Graceful: Future {
+pub(super) trait Graceful: Future {
     fn graceful(self: std::pin::Pin<&mut Self>);
 }
 
@@ -209,7 +209,7 @@ where
 
 /// Runs `conn`, closing it gracefully once no request has begun or been
 /// in flight for `idle`, or at shutdown; then gives it `idle` to finish.
-async fn drive<C>(
+pub(super) async fn drive<C>(
     conn: C,
     activity: &Activity,
     idle: Duration,

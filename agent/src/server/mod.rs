@@ -1,8 +1,9 @@
 //! The DNS server: binds every listening address of a configuration (UDP
-//! and TCP for `dns://`, TCP for `tls://` and `https://`), serves it, and stops
+//! and TCP for `dns://`, TCP for `tls://`, `https://` and `grpc://`), serves it, and stops
 //! gracefully.
 
 pub mod chain;
+mod grpc;
 mod https;
 mod tcp;
 mod tls;
@@ -330,12 +331,22 @@ impl Server {
         let transport = match scheme {
             Scheme::Tls => Transport::Tls,
             Scheme::Https => Transport::Https,
+            Scheme::Grpc => Transport::Grpc,
             _ => Transport::Tcp,
         };
         bound.push((transport, tcp_addr));
         tcp.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(tcp)?;
-        let tcp_task = if transport == Transport::Https {
+        let tcp_task = if transport == Transport::Grpc {
+            tokio::spawn(grpc::serve(
+                listener,
+                Arc::clone(&shared),
+                self.opts.limits,
+                self.opts.tcp,
+                shutdown.subscribe(),
+                Arc::clone(&self.up),
+            ))
+        } else if transport == Transport::Https {
             tokio::spawn(https::serve(
                 listener,
                 Arc::clone(&shared),

@@ -9,7 +9,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use nodedns_tests::client::query;
 use nodedns_tests::secure_client::{
-    DohClient, DotClient, SERVER_NAME, TestCa, certs, read_frame, write_frame,
+    DohClient, DotClient, SERVER_NAME, TestCa, certs, grpc_query, read_frame, write_frame,
 };
 use nodedns_tests::{Agent, FakeUpstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -591,4 +591,66 @@ async fn dnsperf_doh_runs_without_errors() {
     let (ok, text) = run("dnsperf", &args).await;
     assert!(ok, "{text}");
     assert_dnsperf_clean(&text);
+}
+
+// === DNS over gRPC ===
+
+#[tokio::test]
+async fn grpc_answers_through_the_chain_and_refuses_what_is_not_dns() {
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let (cert, key) = ca.server();
+    let agent = Agent::corefile(format!(
+        "grpc://.:0 {{\n    bind 127.0.0.1\n    tls cert.pem key.pem\n    cache 30\n    forward . {up}\n}}\n"
+    ))
+    .file("cert.pem", cert)
+    .file("key.pem", key)
+    .start()
+    .await;
+    let addr = agent.listener("grpc");
+    let config = || Some(ca.client_config(&[b"h2"], None));
+    let q = query("www.example.org.", RecordType::A);
+    for _ in 0..2 {
+        let raw = grpc_query(addr, config(), &q.to_vec().unwrap())
+            .await
+            .expect("grpc exchange")
+            .expect("grpc status OK");
+        let m = Message::from_vec(&raw).unwrap();
+        assert_eq!(a_of(&m), vec!["192.0.2.1"]);
+        assert_eq!(m.metadata.id, q.metadata.id);
+    }
+    assert_eq!(
+        up.count("www.example.org.", RecordType::A),
+        1,
+        "the second was a hit"
+    );
+    // Not a DNS query: INVALID_ARGUMENT (3); too long: the same.
+    assert_eq!(grpc_query(addr, config(), &[1, 2, 3]).await, Some(Err(3)));
+    assert_eq!(
+        grpc_query(addr, config(), &vec![0; 70_000])
+            .await
+            .map(|r| r.is_err()),
+        Some(true)
+    );
+    // Still answering.
+    assert!(matches!(
+        grpc_query(addr, config(), &q.to_vec().unwrap()).await,
+        Some(Ok(_))
+    ));
+}
+
+#[tokio::test]
+async fn grpc_without_tls_is_h2c_as_coredns() {
+    let up = upstream().await;
+    let agent = Agent::corefile(format!(
+        "grpc://.:0 {{\n    bind 127.0.0.1\n    forward . {up}\n}}\n"
+    ))
+    .start()
+    .await;
+    let q = query("www.example.org.", RecordType::A);
+    let raw = grpc_query(agent.listener("grpc"), None, &q.to_vec().unwrap())
+        .await
+        .expect("grpc exchange")
+        .expect("grpc status OK");
+    assert_eq!(a_of(&Message::from_vec(&raw).unwrap()), vec!["192.0.2.1"]);
 }

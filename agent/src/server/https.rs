@@ -219,7 +219,8 @@ pub(super) async fn drive<C>(
 {
     let mut conn = std::pin::pin!(conn);
     let mut last = activity.seen.load(Ordering::Acquire);
-    let mut tick = tokio::time::interval(idle);
+    // `interval` panics on zero: `--tcp-idle-timeout 0s` checks often instead.
+    let mut tick = tokio::time::interval(idle.max(Duration::from_millis(10)));
     tick.tick().await;
     loop {
         tokio::select! {

@@ -36,6 +36,10 @@ pub struct Args {
     pub tcp_idle_timeout: Duration,
     /// `--max-tcp-conns N`.
     pub max_tcp_conns: usize,
+    /// `--handshake-timeout DURATION`: TLS handshake (and DoH first header).
+    pub handshake_timeout: Duration,
+    /// `--max-http-streams N`: concurrent h2 streams per DoH connection.
+    pub max_http_streams: u32,
     /// `--max-inflight N`: queries waiting on upstreams at once.
     pub max_inflight: usize,
     /// `--shutdown-timeout DURATION`: how long in-flight queries may take at stop.
@@ -62,6 +66,8 @@ impl Default for Args {
             max_udp_size: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_conns: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            max_http_streams: 100,
             max_inflight: 10_000,
             shutdown_timeout: Duration::from_secs(5),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
@@ -96,8 +102,11 @@ nodedns flags:
   --udp-sockets N       UDP sockets (threads) per address, SO_REUSEPORT (default: one per core)
   --udp-rcvbuf BYTES    receive buffer for each UDP socket (default 8388608)
   --max-udp-size BYTES  cap on UDP replies, whatever the client advertises (default 1232)
-  --tcp-idle-timeout D  close a TCP connection idle this long (default 10s)
-  --max-tcp-conns N     most TCP connections at once (default 1024)
+  --tcp-idle-timeout D  close a TCP, DoT or DoH connection idle this long (default 10s)
+  --max-tcp-conns N     most connections at once per TCP, DoT or DoH listener (default 1024)
+  --handshake-timeout D close a DoT/DoH connection whose TLS handshake (or first
+                        HTTP request header) takes longer (default 5s)
+  --max-http-streams N  most HTTP/2 streams at once per DoH connection (default 100)
   --max-inflight N      most queries waiting on upstreams at once; past it a UDP query is dropped, a TCP one refused (default 10000)
   --shutdown-timeout D  how long in-flight queries may finish at stop (default 5s)
   --resolv-conf FILE    upstreams of the embedded default (default /etc/resolv.conf)
@@ -155,6 +164,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             }
             "tcp-idle-timeout" => out.tcp_idle_timeout = duration(name, &value("a duration")?)?,
             "max-tcp-conns" => out.max_tcp_conns = number(name, &value("a count")?)?,
+            "handshake-timeout" => {
+                out.handshake_timeout = duration(name, &value("a duration")?)?;
+            }
+            "max-http-streams" => out.max_http_streams = number(name, &value("a count")?)?,
             "max-inflight" => out.max_inflight = number(name, &value("a count")?)?,
             "shutdown-timeout" => out.shutdown_timeout = duration(name, &value("a duration")?)?,
             "resolv-conf" => out.resolv_conf = PathBuf::from(value("a file")?),

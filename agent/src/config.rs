@@ -18,7 +18,7 @@ use nodedns_plugins::{
     BlockInfo, BlockSetup, Controller, Dispenser, Plugin, ServerInfo, Services, SetupError, Token,
 };
 
-use crate::corefile::{self, DEFAULT_PORT, ServerBlock, Source};
+use crate::corefile::{self, DEFAULT_PORT, Scheme, ServerBlock, Source};
 use crate::registry;
 
 /// A server block's chain on one port.
@@ -49,6 +49,11 @@ pub struct Router {
     blocks: Vec<Arc<Block>>,
     /// A block runs a plugin that serves classes other than IN.
     any_class: bool,
+    /// For an encrypted transport: the TLS of its first block with a
+    /// `tls` directive, offering the transport's ALPN. `None` on `dns://`,
+    /// and where no block has `tls` (CoreDNS then serves `tls://`,
+    /// `https://` and `grpc://` unencrypted).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Plugins whose presence in any block opens an address to queries in
@@ -83,6 +88,7 @@ impl Router {
             lengths: [0; 4],
             any_class: opens_classes(&block.chain),
             blocks: vec![block],
+            tls: None,
         };
         router.add_zone(Box::from(&[0u8][..]), 0);
         router
@@ -146,9 +152,11 @@ impl Router {
     }
 }
 
-/// Where to listen: an address (`None`: every address) and a port.
+/// Where to listen: a transport, an address (`None`: every address) and a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenKey {
+    /// The transport (`dns` is UDP and TCP).
+    pub scheme: Scheme,
     /// The address; `None` is the wildcard.
     pub addr: Option<IpAddr>,
     /// The port.
@@ -157,6 +165,9 @@ pub struct ListenKey {
 
 impl std::fmt::Display for ListenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.scheme != Scheme::Dns {
+            write!(f, "{}://", self.scheme)?;
+        }
         match self.addr {
             None => write!(f, ":{}", self.port),
             Some(IpAddr::V6(a)) => write!(f, "[{a}]:{}", self.port),
@@ -239,18 +250,19 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
     let mut routers: BTreeMap<ListenKey, (Router, Owners)> = BTreeMap::new();
     for (bi, sb) in blocks.iter().enumerate() {
         check_directives(sb)?;
-        // One chain per port the block's keys name.
-        let mut ports: Vec<u16> = sb.keys.iter().map(|k| k.port).collect();
+        check_schemes(sb)?;
+        // One chain per transport and port the block's keys name.
+        let mut ports: Vec<(Scheme, u16)> = sb.keys.iter().map(|k| (k.scheme, k.port)).collect();
         ports.sort_unstable();
         ports.dedup();
-        for port in ports {
+        for (scheme, port) in ports {
             let zones_here: Vec<String> = sb
                 .keys
                 .iter()
-                .filter(|k| k.port == port)
+                .filter(|k| k.scheme == scheme && k.port == port)
                 .map(|k| k.zone.clone())
                 .collect();
-            let server_name: Arc<str> = Arc::from(format!("dns://:{port}"));
+            let server_name: Arc<str> = Arc::from(format!("{scheme}://:{port}"));
             let bound = Arc::new(BoundAddrs::default());
             let info = BlockInfo {
                 zones: zones_here.clone(),
@@ -265,7 +277,22 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
                 plugins,
                 bind,
                 tasks: block_tasks,
+                tls,
             } = out;
+            let tls =
+                match (alpn(scheme), tls) {
+                    (Some(alpn), Some(t)) => Some(t.server_config(alpn).map_err(|e| {
+                        SetupError::new(&sb.file, sb.line, format_args!("tls: {e}"))
+                    })?),
+                    (_, None) if matches!(scheme, Scheme::Quic | Scheme::Https3) => {
+                        return Err(SetupError::new(
+                            &sb.file,
+                            sb.line,
+                            format_args!("{scheme}:// needs TLS: add a tls directive to the block"),
+                        ));
+                    }
+                    _ => None,
+                };
             tasks.extend(block_tasks);
             let addrs: Vec<Option<IpAddr>> = match bind {
                 None => vec![None],
@@ -289,10 +316,13 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
                 server: std::sync::OnceLock::new(),
             });
             for addr in addrs {
-                let key = ListenKey { addr, port };
+                let key = ListenKey { scheme, addr, port };
                 let (router, owners) = routers.entry(key).or_default();
                 let idx = router.blocks.len();
                 router.any_class |= opens_classes(&block.chain);
+                if router.tls.is_none() {
+                    router.tls.clone_from(&tls);
+                }
                 router.blocks.push(Arc::clone(&block));
                 for z in &zones_here {
                     let wire = zones::to_wire(z)
@@ -308,7 +338,7 @@ fn build(text: &str, blocks: &[ServerBlock], carry: Carry) -> Result<Config, Set
                             &sb.file,
                             sb.line,
                             format_args!(
-                                "cannot serve dns://{z}:{port} on {key}: it is already defined at {}:{}",
+                                "cannot serve {scheme}://{z}:{port} on {key}: it is already defined at {}:{}",
                                 prev.file, prev.line
                             ),
                         ));
@@ -364,6 +394,37 @@ fn enabled_plugins(sb: &ServerBlock, server: &str, zones: &[String]) -> Vec<Enab
         }
     }
     out
+}
+
+/// The ALPN protocols a transport offers; `None` for plain DNS.
+fn alpn(scheme: Scheme) -> Option<&'static [&'static [u8]]> {
+    use nodedns_plugins::tls;
+    match scheme {
+        Scheme::Dns => None,
+        Scheme::Tls => Some(tls::ALPN_DOT),
+        Scheme::Https => Some(tls::ALPN_DOH),
+        Scheme::Grpc => Some(tls::ALPN_GRPC),
+        Scheme::Quic => Some(tls::ALPN_DOQ),
+        Scheme::Https3 => Some(tls::ALPN_H3),
+    }
+}
+
+/// Transports nodedns serves.
+pub const SERVED_SCHEMES: &[Scheme] = &[Scheme::Dns, Scheme::Tls, Scheme::Https, Scheme::Grpc];
+
+/// Refuses a key whose transport nodedns does not serve yet.
+fn check_schemes(sb: &ServerBlock) -> Result<(), SetupError> {
+    match sb.keys.iter().find(|k| !SERVED_SCHEMES.contains(&k.scheme)) {
+        None => Ok(()),
+        Some(k) => Err(SetupError::new(
+            &sb.file,
+            sb.line,
+            format_args!(
+                "transport '{}://' in '{k}' not supported yet by nodedns",
+                k.scheme
+            ),
+        )),
+    }
 }
 
 /// Refuses unknown directives and CoreDNS plugins nodedns lacks, naming the line.
@@ -516,6 +577,29 @@ mod tests {
             err.to_string().contains("already defined at Corefile:1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn transports_are_listeners_of_their_own() {
+        // The same port on two transports is two listeners (CoreDNS groups
+        // servers by transport://address).
+        let c = load_str("tls://.:1053 {\n whoami\n}\nhttps://.:1053 {\n whoami\n}\n").unwrap();
+        let keys: Vec<_> = c.listeners.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, vec!["tls://:1053", "https://:1053"]);
+        // Without a tls directive there is no TLS (CoreDNS serves plain).
+        assert!(c.listeners.values().all(|r| r.tls.is_none()));
+        for (text, want) in [
+            (
+                "quic://. {\n whoami\n}\n",
+                "Corefile:1: transport 'quic://' in 'quic://.:853' not supported yet by nodedns",
+            ),
+            (
+                "https3://. {\n whoami\n}\n",
+                "Corefile:1: transport 'https3://' in 'https3://.:443' not supported yet by nodedns",
+            ),
+        ] {
+            assert_eq!(load_str(text).unwrap_err().to_string(), want);
+        }
     }
 
     #[test]

@@ -178,6 +178,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             tcp: TcpOptions {
                 idle_timeout: args.tcp_idle_timeout,
                 max_conns: args.max_tcp_conns,
+                handshake_timeout: args.handshake_timeout,
+                max_streams: args.max_http_streams,
             },
             max_inflight: args.max_inflight,
         };

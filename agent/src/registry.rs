@@ -12,7 +12,7 @@ pub const ORDER: &[(&str, Option<SetupFn>)] = &[
     ("metadata", None),
     ("geoip", None),
     ("cancel", None),
-    ("tls", None),
+    ("tls", Some(p::tls::setup)),
     ("quic", None),
     ("timeouts", None),
     ("multisocket", None),

@@ -30,6 +30,7 @@ pub mod minimal;
 pub mod prometheus;
 pub mod ready;
 pub mod reload;
+pub mod tls;
 pub mod whoami;
 
 pub use dispenser::{Dispenser, SetupError, Token};

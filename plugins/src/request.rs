@@ -22,22 +22,56 @@ pub const MIN_UDP_SIZE: u16 = 512;
 /// Record type of the EDNS0 pseudo-record (RFC 6891).
 const TYPE_OPT: u16 = 41;
 
-/// The transport a query came in on.
+/// The listener a query came in on.
+///
+/// Plugins that follow CoreDNS's `state.Proto()` (forward's choice of UDP
+/// first, the prometheus `proto` label, the log plugin's `{proto}`,
+/// whoami's `_udp`/`_tcp`) ask [`Transport::proto`]: CoreDNS sees DoT,
+/// DoH and gRPC clients as `tcp` (a TCP remote address) and DoQ and DoH3
+/// clients as `udp` (a UDP one). [`Transport::as_str`] names the listener
+/// itself, for the agent's own logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// Plain DNS over UDP.
     Udp,
     /// Plain DNS over TCP.
     Tcp,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over HTTPS (RFC 8484) on HTTP/1.1 or h2.
+    Https,
+    /// DNS over HTTPS on HTTP/3.
+    Https3,
+    /// DNS over QUIC (RFC 9250).
+    Quic,
+    /// CoreDNS's gRPC `DnsService`.
+    Grpc,
 }
 
 impl Transport {
-    /// CoreDNS's spelling, as used in logs (`udp`, `tcp`).
+    /// The listener's name (`udp`, `tcp`, `tls`, `https`, `https3`,
+    /// `quic`, `grpc`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Https => "https",
+            Self::Https3 => "https3",
+            Self::Quic => "quic",
+            Self::Grpc => "grpc",
         }
+    }
+
+    /// CoreDNS's `state.Proto()`: `udp` for a client with a UDP address
+    /// (plain UDP, DoQ, DoH3), `tcp` for the others.
+    pub fn proto(self) -> &'static str {
+        if self.is_udp() { "udp" } else { "tcp" }
+    }
+
+    /// Whether CoreDNS's `state.Proto()` says `udp`.
+    pub fn is_udp(self) -> bool {
+        matches!(self, Self::Udp | Self::Quic | Self::Https3)
     }
 }
 
@@ -261,13 +295,15 @@ impl<'a> Request<'a> {
         self.max_udp = max.max(MIN_UDP_SIZE);
     }
     /// The largest reply that can be sent: over UDP the client's size
-    /// ([`Request::udp_size`]) within the server's cap, over TCP 65535. The
+    /// ([`Request::udp_size`]) within the server's cap, over any other
+    /// transport 65535 (DoQ and DoH3 carry whole messages: RFC 9250 §4.2
+    /// has no truncation, though CoreDNS sees those clients as UDP). The
     /// server truncates a longer reply to it; a plugin that answers from
     /// stored bytes may cut to it itself and save the copy.
     pub fn reply_limit(&self) -> usize {
         match self.transport {
             Transport::Udp => usize::from(self.udp_size().min(self.max_udp)),
-            Transport::Tcp => usize::from(u16::MAX),
+            _ => usize::from(u16::MAX),
         }
     }
     /// The client's address.

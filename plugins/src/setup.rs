@@ -115,6 +115,8 @@ pub struct BlockSetup {
     pub bind: Option<Vec<IpAddr>>,
     /// Background tasks to run while this config serves.
     pub tasks: Vec<Task>,
+    /// The block's `tls` settings, for its encrypted listeners.
+    pub tls: Option<Arc<crate::tls::TlsSettings>>,
 }
 
 impl std::fmt::Debug for BlockSetup {

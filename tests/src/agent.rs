@@ -87,6 +87,10 @@ impl Agent {
     pub fn tcp(&self) -> SocketAddr {
         self.addr("tcp")
     }
+    /// The first address of a listener by transport name (`tls`, `https`).
+    pub fn listener(&self, transport: &str) -> SocketAddr {
+        self.addr(transport)
+    }
     /// The address of an HTTP service (`health`, `ready`, `admin`).
     pub fn http(&self, service: &str) -> SocketAddr {
         self.addr(&format!("http/{service}"))

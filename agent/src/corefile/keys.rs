@@ -5,14 +5,70 @@ use std::net::IpAddr;
 
 use nodedns_plugins::pkg::zones::normalize;
 
-/// Schemes CoreDNS knows that nodedns does not serve yet.
-const LATER_SCHEMES: &[&str] = &["tls", "https", "https3", "quic", "grpc"];
+/// A server block's transport, from its key's scheme (CoreDNS's
+/// `plugin/pkg/transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scheme {
+    /// `dns://` (or no scheme): UDP and TCP.
+    Dns,
+    /// `tls://`: DNS over TLS (RFC 7858).
+    Tls,
+    /// `https://`: DNS over HTTPS (RFC 8484) on HTTP/1.1 and h2.
+    Https,
+    /// `https3://`: DNS over HTTPS on HTTP/3.
+    Https3,
+    /// `quic://`: DNS over QUIC (RFC 9250).
+    Quic,
+    /// `grpc://`: CoreDNS's `coredns.dns.DnsService`.
+    Grpc,
+}
+
+impl Scheme {
+    /// Every scheme, with its spelling.
+    const ALL: [(&'static str, Self); 6] = [
+        ("dns", Self::Dns),
+        ("tls", Self::Tls),
+        ("https", Self::Https),
+        ("https3", Self::Https3),
+        ("quic", Self::Quic),
+        ("grpc", Self::Grpc),
+    ];
+
+    /// The scheme as written in a key (`tls`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::Tls => "tls",
+            Self::Https => "https",
+            Self::Https3 => "https3",
+            Self::Quic => "quic",
+            Self::Grpc => "grpc",
+        }
+    }
+
+    /// The port a key without one gets: CoreDNS's `transport.TLSPort`
+    /// (853), `QUICPort` (853), `GRPCPort` (443), `HTTPSPort` (443, also
+    /// for `https3`); plain DNS takes `dns_port` (`-dns.port`).
+    pub fn default_port(self, dns_port: u16) -> u16 {
+        match self {
+            Self::Dns => dns_port,
+            Self::Tls | Self::Quic => 853,
+            Self::Https | Self::Https3 | Self::Grpc => 443,
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One normalised key of a server block.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    /// The transport's scheme (`dns`).
-    pub scheme: &'static str,
+    /// The transport's scheme.
+    pub scheme: Scheme,
     /// The zone, normalised (`example.org.`, `.`).
     pub zone: String,
     /// The port.
@@ -29,22 +85,17 @@ impl std::fmt::Display for Key {
 /// octet/nibble boundary, so the result may hold several keys.
 pub fn parse_key(raw: &str, default_port: u16) -> Result<Vec<Key>, String> {
     let (scheme, rest) = match raw.split_once("://") {
-        None => ("dns", raw),
-        Some((s, rest)) => {
-            let s_low = s.to_ascii_lowercase();
-            if s_low == "dns" {
-                ("dns", rest)
-            } else if LATER_SCHEMES.contains(&s_low.as_str()) {
-                return Err(format!(
-                    "transport '{s_low}://' in '{raw}' not supported (only dns:// for now)"
-                ));
-            } else {
-                return Err(format!("unknown transport '{s}://' in '{raw}'"));
-            }
-        }
+        None => (Scheme::Dns, raw),
+        Some((s, rest)) => match Scheme::ALL
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+        {
+            Some((_, scheme)) => (*scheme, rest),
+            None => return Err(format!("unknown transport '{s}://' in '{raw}'")),
+        },
     };
     let (host, port) = split_port(rest).ok_or_else(|| format!("invalid port in '{raw}'"))?;
-    let port = port.unwrap_or(default_port);
+    let port = port.unwrap_or(scheme.default_port(default_port));
     let zones = if host.is_empty() {
         vec![".".to_string()]
     } else if host.contains('/') {
@@ -173,7 +224,7 @@ mod tests {
         let k = &parse_key("dns://Example.ORG:1053", 53).unwrap()[0];
         assert_eq!(
             (k.scheme, k.zone.as_str(), k.port),
-            ("dns", "example.org.", 1053)
+            (Scheme::Dns, "example.org.", 1053)
         );
         let k = &parse_key(".", 5353).unwrap()[0];
         assert_eq!((k.zone.as_str(), k.port), (".", 5353));
@@ -183,11 +234,20 @@ mod tests {
             parse_key("example.org:x", 53).unwrap_err(),
             "invalid port in 'example.org:x'"
         );
-        assert!(
-            parse_key("tls://example.org", 53)
-                .unwrap_err()
-                .contains("not supported")
-        );
+        // CoreDNS's default ports; -dns.port moves only plain DNS's.
+        for (raw, scheme, port) in [
+            ("tls://example.org", Scheme::Tls, 853),
+            ("TLS://.", Scheme::Tls, 853),
+            ("quic://.", Scheme::Quic, 853),
+            ("https://.", Scheme::Https, 443),
+            ("https3://.", Scheme::Https3, 443),
+            ("grpc://.", Scheme::Grpc, 443),
+            ("tls://.:8853", Scheme::Tls, 8853),
+            ("dns://.", Scheme::Dns, 5353),
+        ] {
+            let k = &parse_key(raw, 5353).unwrap()[0];
+            assert_eq!((k.scheme, k.port), (scheme, port), "{raw}");
+        }
         assert!(
             parse_key("foo://example.org", 53)
                 .unwrap_err()

@@ -12,7 +12,7 @@ mod keys;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use keys::{Key, parse_key};
+pub use keys::{Key, Scheme, parse_key};
 use nodedns_plugins::{SetupError, Token};
 
 /// The port a key without one gets (CoreDNS's `-dns.port` default).

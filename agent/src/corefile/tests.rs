@@ -360,8 +360,8 @@ fn errors_name_the_line() {
             "Corefile:1: unclosed '{': missing '}'",
         ),
         (
-            "tls://. {\n whoami\n}\n",
-            "Corefile:1: transport 'tls://' in 'tls://.' not supported (only dns:// for now)",
+            "foo://. {\n whoami\n}\n",
+            "Corefile:1: unknown transport 'foo://' in 'foo://.'",
         ),
         (".:x {\n whoami\n}\n", "Corefile:1: invalid port in '.:x'"),
         (

@@ -1,8 +1,12 @@
-//! The DNS server: binds every listening address of a configuration over
-//! UDP and TCP, serves it, and stops gracefully.
+//! The DNS server: binds every listening address of a configuration (UDP
+//! and TCP for `dns://`, TCP for `tls://`, `https://` and `grpc://`), serves it, and stops
+//! gracefully.
 
 pub mod chain;
+mod grpc;
+mod https;
 mod tcp;
+mod tls;
 mod udp;
 
 use std::io;
@@ -20,6 +24,7 @@ pub use chain::Limits;
 pub use tcp::TcpOptions;
 
 use crate::config::{Config, ListenKey, Router};
+use crate::corefile::Scheme;
 
 /// Server settings from the command line.
 #[derive(Debug, Clone)]
@@ -151,7 +156,7 @@ pub struct Server {
     draining: Vec<(ListenKey, Listener)>,
     /// The ports that Corefile keys with port 0 got, so a reload that
     /// still says port 0 (or names the port) keeps the same sockets.
-    zero_ports: std::collections::HashMap<Option<IpAddr>, u16>,
+    zero_ports: std::collections::HashMap<(Scheme, Option<IpAddr>), u16>,
     conns: Arc<Tracker>,
     up: Arc<UpstreamCtx>,
     opts: Options,
@@ -182,7 +187,7 @@ impl Server {
         };
         for (key, router, tcp, udps) in bound {
             let key = server.resolved(key, &tcp)?;
-            let l = server.serve(router, tcp, udps)?;
+            let l = server.serve(key.scheme, router, tcp, udps)?;
             server.bound.extend(l.bound.iter().copied());
             server.listeners.insert(key, l);
         }
@@ -220,7 +225,7 @@ impl Server {
         let mut added = Vec::new();
         for (key, router, tcp, udps) in opened {
             let key = self.resolved(key, &tcp)?;
-            let l = self.serve(router, tcp, udps)?;
+            let l = self.serve(key.scheme, router, tcp, udps)?;
             added.extend(l.bound.iter().copied());
             self.listeners.insert(key, l);
         }
@@ -270,7 +275,7 @@ impl Server {
 
     /// A Corefile key with the port a port-0 key already got.
     fn known(&self, key: ListenKey) -> ListenKey {
-        match (key.port, self.zero_ports.get(&key.addr)) {
+        match (key.port, self.zero_ports.get(&(key.scheme, key.addr))) {
             (0, Some(p)) => ListenKey { port: *p, ..key },
             _ => key,
         }
@@ -282,13 +287,14 @@ impl Server {
             return Ok(key);
         }
         let port = tcp.local_addr()?.port();
-        self.zero_ports.insert(key.addr, port);
+        self.zero_ports.insert((key.scheme, key.addr), port);
         Ok(ListenKey { port, ..key })
     }
 
     /// Starts serving one bound address.
     fn serve(
         &self,
+        scheme: Scheme,
         router: Arc<Router>,
         tcp: std::net::TcpListener,
         udps: Vec<std::net::UdpSocket>,
@@ -322,17 +328,44 @@ impl Server {
                     })?,
             );
         }
-        bound.push((Transport::Tcp, tcp_addr));
+        let transport = match scheme {
+            Scheme::Tls => Transport::Tls,
+            Scheme::Https => Transport::Https,
+            Scheme::Grpc => Transport::Grpc,
+            _ => Transport::Tcp,
+        };
+        bound.push((transport, tcp_addr));
         tcp.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(tcp)?;
-        let tcp_task = tokio::spawn(tcp::serve(
-            listener,
-            Arc::clone(&shared),
-            self.opts.limits,
-            self.opts.tcp,
-            shutdown.subscribe(),
-            Arc::clone(&self.up),
-        ));
+        let tcp_task = if transport == Transport::Grpc {
+            tokio::spawn(grpc::serve(
+                listener,
+                Arc::clone(&shared),
+                self.opts.limits,
+                self.opts.tcp,
+                shutdown.subscribe(),
+                Arc::clone(&self.up),
+            ))
+        } else if transport == Transport::Https {
+            tokio::spawn(https::serve(
+                listener,
+                Arc::clone(&shared),
+                self.opts.limits,
+                self.opts.tcp,
+                shutdown.subscribe(),
+                Arc::clone(&self.up),
+            ))
+        } else {
+            tokio::spawn(tcp::serve(
+                listener,
+                Arc::clone(&shared),
+                self.opts.limits,
+                self.opts.tcp,
+                shutdown.subscribe(),
+                Arc::clone(&self.up),
+                transport,
+            ))
+        };
         Ok(Listener {
             router: shared,
             stop_udp,
@@ -441,13 +474,19 @@ fn router_blocks(shared: &ArcSwap<Router>) -> Vec<Arc<crate::config::Block>> {
     shared.load().blocks().to_vec()
 }
 
-/// Binds a TCP listener and `n` UDP sockets on the same port. For port 0,
-/// TCP picks the port and UDP follows (retrying if UDP's is taken).
+/// Binds a TCP listener and, for `dns://`, `n` UDP sockets on the same
+/// port. For port 0, TCP picks the port and UDP follows (retrying if UDP's
+/// is taken).
 fn bind_pair(
     key: &ListenKey,
     n: usize,
     rcvbuf: usize,
 ) -> io::Result<(std::net::TcpListener, Vec<std::net::UdpSocket>)> {
+    let n = if key.scheme == Scheme::Dns {
+        n.max(1)
+    } else {
+        0
+    };
     let candidates: Vec<IpAddr> = match key.addr {
         Some(a) => vec![a],
         // Every address: dual-stack if the host has IPv6, else IPv4.
@@ -481,7 +520,7 @@ fn bind_on(
     let port = tcp.local_addr()?.port();
     let addr = SocketAddr::new(addr.ip(), port);
     let mut udps = Vec::with_capacity(n);
-    for _ in 0..n.max(1) {
+    for _ in 0..n {
         udps.push(udp::bind(addr, rcvbuf)?);
     }
     Ok((tcp, udps))

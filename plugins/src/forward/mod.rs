@@ -40,7 +40,7 @@ use crate::pkg::inspect::{UpstreamInspect, UpstreamState};
 use crate::pkg::names::rcode_name;
 use crate::pkg::proxy::{Proto, Proxy, ProxyConfig, Secure, TlsSettings, tls_client_config};
 use crate::plugin::{Context, Flow, Plugin, PluginError, Upstream, UpstreamFuture};
-use crate::request::{Transport, is_subdomain, name_to_wire};
+use crate::request::{is_subdomain, name_to_wire};
 use crate::setup::{Carry, Task};
 
 /// The overall deadline of one forwarded query (CoreDNS's `defaultTimeout`).
@@ -630,9 +630,12 @@ impl Forward {
         } else if self.cfg.prefer_udp {
             Proto::Udp
         } else {
-            match cx.req.transport() {
-                Transport::Udp => Proto::Udp,
-                Transport::Tcp => Proto::Tcp,
+            // CoreDNS's `state.Proto()`: a DoT/DoH/gRPC query goes out
+            // over TCP, a DoQ/DoH3 one over UDP first.
+            if cx.req.transport().is_udp() {
+                Proto::Udp
+            } else {
+                Proto::Tcp
             }
         };
         // The clock is read once per attempt (and once per reply, for the

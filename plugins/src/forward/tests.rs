@@ -324,8 +324,12 @@ async fn echo_upstream() -> SocketAddr {
 /// Runs forward's network step for one query.
 async fn exchange(f: &Forward, name: &str) -> (Flow, crate::plugin::Reply) {
     let raw = crate::pkg::test::query(name, hickory_proto::rr::RecordType::A);
-    let req =
-        crate::request::Request::parse(&raw, crate::pkg::test::client(), Transport::Udp).unwrap();
+    let req = crate::request::Request::parse(
+        &raw,
+        crate::pkg::test::client(),
+        crate::request::Transport::Udp,
+    )
+    .unwrap();
     let server = crate::plugin::ServerInfo {
         name: Arc::from("dns://:53"),
         zones: vec![".".into()],
@@ -447,8 +451,12 @@ fn metric_names_are_coredns_names() {
 fn a_forward_future_fits_mallocs_thread_cache() {
     let (f, _) = Forward::build(one("forward . 127.0.0.1:53")).unwrap();
     let raw = crate::pkg::test::query("a.example.org.", hickory_proto::rr::RecordType::A);
-    let req =
-        crate::request::Request::parse(&raw, crate::pkg::test::client(), Transport::Udp).unwrap();
+    let req = crate::request::Request::parse(
+        &raw,
+        crate::pkg::test::client(),
+        crate::request::Transport::Udp,
+    )
+    .unwrap();
     let server = crate::plugin::ServerInfo {
         name: Arc::from("dns://:53"),
         zones: vec![".".into()],

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::request::{Request, Transport, write_name};
+use crate::request::{Request, write_name};
 
 use crate::pkg::names;
 
@@ -186,7 +186,7 @@ fn render_label(
         Label::Type => names::write_type(out, req.qtype()),
         Label::Name => write_name(out, req.qname_lower()),
         Label::Class => names::write_class(out, req.qclass()),
-        Label::Proto => out.push_str(req.transport().as_str()),
+        Label::Proto => out.push_str(req.transport().proto()),
         Label::Size => {
             let _ = write!(out, "{}", req.raw().len());
         }
@@ -204,9 +204,11 @@ fn render_label(
         }
         Label::Do => out.push_str(if req.dnssec_ok() { "true" } else { "false" }),
         Label::Bufsize => {
-            let size = match req.transport() {
-                Transport::Tcp => TCP_BUFSIZE,
-                Transport::Udp => req.udp_size(),
+            // CoreDNS's `state.Size()`: the EDNS size for a `udp` client.
+            let size = if req.transport().is_udp() {
+                req.udp_size()
+            } else {
+                TCP_BUFSIZE
             };
             let _ = write!(out, "{size}");
         }

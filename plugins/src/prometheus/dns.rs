@@ -22,7 +22,7 @@ use prometheus::proto::{Bucket, Counter, Histogram, Metric, MetricFamily, Metric
 
 use crate::pkg::metrics::striped::{Striped, family, label_pairs};
 use crate::pkg::metrics::{Durations, register_collector};
-use crate::request::{Request, Transport};
+use crate::request::Request;
 
 /// The zone label of queries that never reached a chain (no zone matched,
 /// a class the address does not serve, a panic): CoreDNS's `vars.Dropped`.
@@ -233,10 +233,8 @@ impl Sink {
     #[inline]
     pub fn record(&self, req: &Request<'_>, rcode: u16, plugin: usize, size: Option<usize>) {
         let s = self.cells.shard();
-        let proto = match req.transport() {
-            Transport::Udp => 0,
-            Transport::Tcp => 1,
-        };
+        // CoreDNS's `state.Proto()`: DoT, DoH and gRPC count as tcp.
+        let proto = usize::from(!req.transport().is_udp());
         let family = usize::from(!req.client().is_ipv4());
         s.add(
             REQUESTS + (proto * FAMILIES.len() + family) * N_TYPES + type_index(req.qtype()),

@@ -45,9 +45,11 @@ impl Plugin for Whoami {
         };
         let mut addr = Record::from_rdata(qname.clone(), 0, rdata);
         addr.dns_class = class;
-        let label = match cx.req.transport() {
-            crate::request::Transport::Udp => "_udp",
-            crate::request::Transport::Tcp => "_tcp",
+        // CoreDNS's `state.Proto()`: `_tcp` for DoT, DoH and gRPC.
+        let label = if cx.req.transport().is_udp() {
+            "_udp"
+        } else {
+            "_tcp"
         };
         let srv_name = match Name::from_ascii(label).and_then(|l| l.append_domain(&qname)) {
             Ok(n) => n,

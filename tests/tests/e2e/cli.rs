@@ -29,6 +29,7 @@ fn plugins_lists_the_chain_order() {
     assert_eq!(
         names,
         vec![
+            "tls",
             "reload",
             "bind",
             "ready",

@@ -5,6 +5,7 @@ mod admin;
 mod admin_grpc;
 mod cache;
 mod cli;
+mod encrypted;
 mod flights;
 mod forward;
 mod forward_encrypted;

@@ -76,10 +76,43 @@ fn readmes_have_the_required_sections() {
     }
 }
 
+/// A directory holding `cert.pem`, `key.pem` and `ca.pem` from a test CA,
+/// which the examples' relative names are pointed at (the *tls* examples
+/// load their files); removed on drop.
+struct TestCerts(PathBuf);
+
+impl TestCerts {
+    fn new() -> Self {
+        let ca = nodedns_tests::secure_client::TestCa::new();
+        let dir = std::env::temp_dir().join(format!("nodedns-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = ca.server();
+        std::fs::write(dir.join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Self(dir)
+    }
+    fn rewrite(&self, example: &str) -> String {
+        let mut out = example.to_string();
+        for f in ["cert.pem", "key.pem", "ca.pem"] {
+            out = out.replace(&format!(" {f}"), &format!(" {}", self.0.join(f).display()));
+        }
+        out
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn every_readme_example_loads() {
+    let certs = TestCerts::new();
     for (name, text) in readmes() {
         for (i, example) in corefile_examples(&text).into_iter().enumerate() {
+            let example = certs.rewrite(&example);
             if let Err(e) = nodedns::config::load_str(&example) {
                 panic!(
                     "plugins/src/{name}/README.md example {}: {e}\n{example}",

@@ -410,7 +410,14 @@ fn alpn(scheme: Scheme) -> Option<&'static [&'static [u8]]> {
 }
 
 /// Transports nodedns serves.
-pub const SERVED_SCHEMES: &[Scheme] = &[Scheme::Dns, Scheme::Tls, Scheme::Https, Scheme::Grpc];
+pub const SERVED_SCHEMES: &[Scheme] = &[
+    Scheme::Dns,
+    Scheme::Tls,
+    Scheme::Https,
+    Scheme::Grpc,
+    Scheme::Quic,
+    Scheme::Https3,
+];
 
 /// Refuses a key whose transport nodedns does not serve yet.
 fn check_schemes(sb: &ServerBlock) -> Result<(), SetupError> {
@@ -588,14 +595,15 @@ mod tests {
         assert_eq!(keys, vec!["tls://:1053", "https://:1053"]);
         // Without a tls directive there is no TLS (CoreDNS serves plain).
         assert!(c.listeners.values().all(|r| r.tls.is_none()));
+        // The QUIC transports need TLS (CoreDNS refuses them without).
         for (text, want) in [
             (
                 "quic://. {\n whoami\n}\n",
-                "Corefile:1: transport 'quic://' in 'quic://.:853' not supported yet by nodedns",
+                "Corefile:1: quic:// needs TLS: add a tls directive to the block",
             ),
             (
                 "https3://. {\n whoami\n}\n",
-                "Corefile:1: transport 'https3://' in 'https3://.:443' not supported yet by nodedns",
+                "Corefile:1: https3:// needs TLS: add a tls directive to the block",
             ),
         ] {
             assert_eq!(load_str(text).unwrap_err().to_string(), want);

@@ -44,7 +44,7 @@ const PATH: &str = "/dns-query";
 /// RFC 8484's media type.
 const MIME: &str = "application/dns-message";
 /// The largest DNS message, and so the largest body taken.
-const MAX_BODY: usize = 65535;
+pub(super) const MAX_BODY: usize = 65535;
 /// The longest `dns` parameter: base64 of [`MAX_BODY`] bytes.
 const MAX_B64: usize = MAX_BODY.div_ceil(3) * 4;
 /// A body declared longer than [`MAX_BODY`] but at most this is read
@@ -242,73 +242,140 @@ pub(super) async fn drive<C>(
 impl Svc {
     /// Answers one HTTP request.
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.uri().path() != PATH {
-            return status(StatusCode::NOT_FOUND);
-        }
-        let raw = match *req.method() {
-            Method::GET => match query_param(req.uri().query().unwrap_or("")) {
+        let raw = match ask(req.method(), req.uri(), req.headers()) {
+            Ok(Ask::Query(raw)) => raw,
+            Ok(Ask::Body) => match body(req, self.body_timeout).await {
                 Ok(raw) => raw,
-                Err(code) => return status(code),
+                Err(code) => return response(code, Bytes::new()),
             },
-            Method::POST => match body(req, self.body_timeout).await {
-                Ok(raw) => raw,
-                Err(code) => return status(code),
-            },
-            _ => {
-                let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-                return r;
-            }
-        };
-        // A body that is not a DNS query is the client's error (CoreDNS
-        // answers 400 when it cannot unpack the request).
-        if nodedns_plugins::Request::parse(&raw, self.peer, Transport::Https).is_err() {
-            return status(StatusCode::BAD_REQUEST);
-        }
-        let mut reply = Reply::new();
-        let handled = {
-            let current = self.router.load();
-            handle(
-                &current,
-                &raw,
-                self.peer,
-                Transport::Https,
-                &mut reply,
-                &self.limits,
-            )
-        };
-        let wire = match handled {
-            Handled::Reply => reply.wire().to_vec(),
-            Handled::Drop => return status(StatusCode::INTERNAL_SERVER_ERROR),
-            Handled::Upstream(p) => {
-                let Ok(permit) = Arc::clone(&self.up.permits).try_acquire_owned() else {
-                    return status(StatusCode::SERVICE_UNAVAILABLE);
-                };
-                let guard = self.up.tracker.enter();
-                let out = resume(p, &raw, self.peer, Transport::Https, self.limits).await;
-                drop((permit, guard));
-                match out {
-                    Some(w) => w,
-                    None => return status(StatusCode::INTERNAL_SERVER_ERROR),
+            Err(StatusCode::PAYLOAD_TOO_LARGE) => {
+                // Read (and drop) a body not much over the limit, so that
+                // closing the connection does not reset it under the reply.
+                if declared(req.headers()).is_some_and(|n| n <= DRAIN) {
+                    let mut body = req.into_body();
+                    let _ = tokio::time::timeout(self.body_timeout, async {
+                        while let Some(Ok(_)) = body.frame().await {}
+                    })
+                    .await;
                 }
+                return response(StatusCode::PAYLOAD_TOO_LARGE, Bytes::new());
             }
+            Err(code) => return response(code, Bytes::new()),
         };
-        let age = max_age(&wire);
-        let mut r = Response::new(Full::new(Bytes::from(wire)));
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(MIME));
-        if let Ok(v) = HeaderValue::from_str(&format!("max-age={age}")) {
-            h.insert(header::CACHE_CONTROL, v);
+        match self.dns(&raw, Transport::Https).await {
+            Ok(wire) => response(StatusCode::OK, Bytes::from(wire)),
+            Err(code) => response(code, Bytes::new()),
         }
-        r
     }
 }
 
-/// An empty response with `code`.
-fn status(code: StatusCode) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+/// Runs a DoH query through the chain: the reply's wire, or the status
+/// to answer instead.
+pub(super) async fn exchange(
+    router: &ArcSwap<Router>,
+    limits: &Limits,
+    up: &UpstreamCtx,
+    peer: SocketAddr,
+    raw: &[u8],
+    transport: Transport,
+) -> Result<Vec<u8>, StatusCode> {
+    // A body that is not a DNS query is the client's error (CoreDNS
+    // answers 400 when it cannot unpack the request).
+    if nodedns_plugins::Request::parse(raw, peer, transport).is_err() {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let mut reply = Reply::new();
+    let handled = {
+        let current = router.load();
+        handle(&current, raw, peer, transport, &mut reply, limits)
+    };
+    match handled {
+        Handled::Reply => Ok(reply.wire().to_vec()),
+        Handled::Drop => Err(StatusCode::INTERNAL_SERVER_ERROR),
+        Handled::Upstream(p) => {
+            let Ok(permit) = Arc::clone(&up.permits).try_acquire_owned() else {
+                return Err(StatusCode::SERVICE_UNAVAILABLE);
+            };
+            let guard = up.tracker.enter();
+            let out = resume(p, raw, peer, transport, *limits).await;
+            drop((permit, guard));
+            out.ok_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+impl Svc {
+    async fn dns(&self, raw: &[u8], transport: Transport) -> Result<Vec<u8>, StatusCode> {
+        exchange(&self.router, &self.limits, &self.up, self.peer, raw, transport).await
+    }
+}
+
+/// What a request's head asks for.
+pub(super) enum Ask {
+    /// A GET's query, decoded.
+    Query(Vec<u8>),
+    /// A POST of the right media type and size: the query is its body.
+    Body,
+}
+
+/// Checks a request's path, method, media type and declared length
+/// (RFC 8484 §4.1, CoreDNS's `ServeHTTP`): what it asks, or the status
+/// that refuses it.
+pub(super) fn ask(
+    method: &Method,
+    uri: &hyper::Uri,
+    headers: &hyper::HeaderMap,
+) -> Result<Ask, StatusCode> {
+    if uri.path() != PATH {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    match *method {
+        Method::GET => query_param(uri.query().unwrap_or("")).map(Ask::Query),
+        Method::POST => {
+            let mime = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim());
+            if !mime.is_some_and(|m| m.eq_ignore_ascii_case(MIME)) {
+                return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            }
+            if declared(headers).is_some_and(|n| n > MAX_BODY as u64) {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            Ok(Ask::Body)
+        }
+        _ => Err(StatusCode::METHOD_NOT_ALLOWED),
+    }
+}
+
+/// The body length a request declares.
+fn declared(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// A response with `code`: for 200, `wire` with the media type and
+/// `Cache-Control: max-age` (RFC 8484 §5.1); for 405, `Allow`.
+pub(super) fn response<B: From<Bytes>>(code: StatusCode, wire: Bytes) -> Response<B> {
+    let mut h = hyper::HeaderMap::new();
+    if code == StatusCode::OK {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(MIME));
+        if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", max_age(&wire))) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+    } else if code == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    }
+    let body = if code == StatusCode::OK {
+        wire
+    } else {
+        Bytes::new()
+    };
+    let mut r = Response::new(B::from(body));
     *r.status_mut() = code;
+    *r.headers_mut() = h;
     r
 }
 
@@ -332,31 +399,9 @@ fn query_param(query: &str) -> Result<Vec<u8>, StatusCode> {
         .map_err(|_| StatusCode::BAD_REQUEST)
 }
 
-/// The query in a POST's body, which must arrive within `within`.
+/// The query in a POST's body (its head already checked by [`ask`]),
+/// which must arrive within `within`.
 async fn body(req: Request<Incoming>, within: Duration) -> Result<Vec<u8>, StatusCode> {
-    let mime = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim());
-    if !mime.is_some_and(|m| m.eq_ignore_ascii_case(MIME)) {
-        return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|n| *n > MAX_BODY as u64) {
-        if n <= DRAIN {
-            let mut body = req.into_body();
-            let _ = tokio::time::timeout(within, async {
-                while let Some(Ok(_)) = body.frame().await {}
-            })
-            .await;
-        }
-        return Err(StatusCode::PAYLOAD_TOO_LARGE);
-    }
     let read = Limited::new(req.into_body(), MAX_BODY).collect();
     match tokio::time::timeout(within, read).await {
         Err(_) => Err(StatusCode::REQUEST_TIMEOUT),

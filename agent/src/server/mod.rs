@@ -1,10 +1,13 @@
 //! The DNS server: binds every listening address of a configuration (UDP
-//! and TCP for `dns://`, TCP for `tls://`, `https://` and `grpc://`), serves it, and stops
+//! and TCP for `dns://`, TCP for `tls://`, `https://` and `grpc://`, UDP
+//! for the QUIC ones, `quic://` and `https3://`), serves it, and stops
 //! gracefully.
 
 pub mod chain;
 mod grpc;
+mod h3;
 mod https;
+mod quic;
 mod tcp;
 mod tls;
 mod udp;
@@ -107,7 +110,10 @@ struct Listener {
     udp_threads: Vec<std::thread::JoinHandle<()>>,
     /// Disconnects once every UDP thread has ended (and closed its socket).
     udp_closed: std::sync::mpsc::Receiver<()>,
+    /// The TCP accept loop, or the QUIC endpoint's.
     tcp_task: JoinHandle<()>,
+    /// The QUIC endpoint of a `quic://` or `https3://` listener.
+    endpoint: Option<quinn::Endpoint>,
     bound: Vec<(Transport, SocketAddr)>,
 }
 
@@ -123,6 +129,10 @@ impl Listener {
     fn abort(self) {
         self.stop_udp.abort();
         let _ = self.shutdown.send(true);
+        if let Some(e) = &self.endpoint {
+            e.close(quinn::VarInt::from_u32(quic::DOQ_NO_ERROR), b"");
+            self.tcp_task.abort();
+        }
         // The threads wake at once (or at their next poll) and exit; the
         // channel disconnects when the last one has closed its socket.
         match self.udp_closed.recv_timeout(ABORT_WAIT) {
@@ -137,6 +147,9 @@ impl Listener {
 
     /// Whether its UDP threads (and so its sockets) are done.
     fn closed(&self) -> bool {
+        if self.endpoint.is_some() {
+            return self.tcp_task.is_finished();
+        }
         self.udp_threads
             .iter()
             .all(std::thread::JoinHandle::is_finished)
@@ -185,9 +198,9 @@ impl Server {
             opts: opts.clone(),
             bound: Vec::new(),
         };
-        for (key, router, tcp, udps) in bound {
-            let key = server.resolved(key, &tcp)?;
-            let l = server.serve(key.scheme, router, tcp, udps)?;
+        for (key, router, sockets) in bound {
+            let key = server.resolved(key, &sockets)?;
+            let l = server.serve(key.scheme, router, sockets)?;
             server.bound.extend(l.bound.iter().copied());
             server.listeners.insert(key, l);
         }
@@ -218,14 +231,14 @@ impl Server {
             // close it first.
             self.close_draining(key);
             let sockets = udp_sockets(&self.opts);
-            let (tcp, udps) = bind_pair(&key, sockets, self.opts.udp_rcvbuf)
+            let bound = bind_pair(&key, sockets, self.opts.udp_rcvbuf)
                 .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?;
-            opened.push((key, router, tcp, udps));
+            opened.push((key, router, bound));
         }
         let mut added = Vec::new();
-        for (key, router, tcp, udps) in opened {
-            let key = self.resolved(key, &tcp)?;
-            let l = self.serve(key.scheme, router, tcp, udps)?;
+        for (key, router, sockets) in opened {
+            let key = self.resolved(key, &sockets)?;
+            let l = self.serve(key.scheme, router, sockets)?;
             added.extend(l.bound.iter().copied());
             self.listeners.insert(key, l);
         }
@@ -282,26 +295,52 @@ impl Server {
     }
 
     /// The key of a bound listener, recording what a port 0 became.
-    fn resolved(&mut self, key: ListenKey, tcp: &std::net::TcpListener) -> io::Result<ListenKey> {
+    fn resolved(&mut self, key: ListenKey, sockets: &Sockets) -> io::Result<ListenKey> {
         if key.port != 0 {
             return Ok(key);
         }
-        let port = tcp.local_addr()?.port();
+        let port = sockets.port()?;
         self.zero_ports.insert((key.scheme, key.addr), port);
         Ok(ListenKey { port, ..key })
     }
 
     /// Starts serving one bound address.
-    fn serve(
-        &self,
-        scheme: Scheme,
-        router: Arc<Router>,
-        tcp: std::net::TcpListener,
-        udps: Vec<std::net::UdpSocket>,
-    ) -> io::Result<Listener> {
+    fn serve(&self, scheme: Scheme, router: Arc<Router>, sockets: Sockets) -> io::Result<Listener> {
         let shared = Arc::new(ArcSwap::new(router));
         let stop_udp = Arc::new(udp::Stop::default());
         let (shutdown, _) = watch::channel(false);
+        let (tcp, udps) = match sockets {
+            Sockets::Pair(tcp, udps) => (tcp, udps),
+            Sockets::Quic(socket) => {
+                let transport = if scheme == Scheme::Https3 {
+                    Transport::Https3
+                } else {
+                    Transport::Quic
+                };
+                let addr = socket.local_addr()?;
+                let tls = shared.load().tls.clone();
+                let endpoint = quic::endpoint(socket, tls, transport, &self.opts.tcp)?;
+                let ctx = Arc::new(quic::Ctx {
+                    router: Arc::clone(&shared),
+                    limits: self.opts.limits,
+                    opts: self.opts.tcp,
+                    up: Arc::clone(&self.up),
+                    transport,
+                });
+                let task = tokio::spawn(quic::serve(endpoint.clone(), ctx, shutdown.subscribe()));
+                let (_, udp_closed) = std::sync::mpsc::channel::<()>();
+                return Ok(Listener {
+                    router: shared,
+                    stop_udp,
+                    shutdown,
+                    udp_threads: Vec::new(),
+                    udp_closed,
+                    tcp_task: task,
+                    endpoint: Some(endpoint),
+                    bound: vec![(transport, addr)],
+                });
+            }
+        };
         let tcp_addr = tcp.local_addr()?;
         let mut bound = Vec::new();
         let mut threads = Vec::new();
@@ -373,6 +412,7 @@ impl Server {
             udp_threads: threads,
             udp_closed,
             tcp_task,
+            endpoint: None,
             bound,
         })
     }
@@ -436,25 +476,32 @@ fn udp_sockets(opts: &Options) -> usize {
     }
 }
 
+/// The sockets of one listening address.
+enum Sockets {
+    /// TCP, and for `dns://` the UDP sockets on the same port.
+    Pair(std::net::TcpListener, Vec<std::net::UdpSocket>),
+    /// The one UDP socket of a QUIC listener.
+    Quic(std::net::UdpSocket),
+}
+
+impl Sockets {
+    /// The port bound.
+    fn port(&self) -> io::Result<u16> {
+        match self {
+            Self::Pair(tcp, _) => Ok(tcp.local_addr()?.port()),
+            Self::Quic(u) => Ok(u.local_addr()?.port()),
+        }
+    }
+}
+
 /// Binds every listener of a config, or none.
-#[allow(clippy::type_complexity)]
-fn bind_all(
-    config: &Config,
-    opts: &Options,
-) -> io::Result<
-    Vec<(
-        ListenKey,
-        Arc<Router>,
-        std::net::TcpListener,
-        Vec<std::net::UdpSocket>,
-    )>,
-> {
+fn bind_all(config: &Config, opts: &Options) -> io::Result<Vec<(ListenKey, Arc<Router>, Sockets)>> {
     let sockets = udp_sockets(opts);
     let mut out = Vec::new();
     for (key, router) in &config.listeners {
-        let (tcp, udps) = bind_pair(key, sockets, opts.udp_rcvbuf)
+        let bound = bind_pair(key, sockets, opts.udp_rcvbuf)
             .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?;
-        out.push((*key, Arc::clone(router), tcp, udps));
+        out.push((*key, Arc::clone(router), bound));
     }
     Ok(out)
 }
@@ -476,12 +523,9 @@ fn router_blocks(shared: &ArcSwap<Router>) -> Vec<Arc<crate::config::Block>> {
 
 /// Binds a TCP listener and, for `dns://`, `n` UDP sockets on the same
 /// port. For port 0, TCP picks the port and UDP follows (retrying if UDP's
-/// is taken).
-fn bind_pair(
-    key: &ListenKey,
-    n: usize,
-    rcvbuf: usize,
-) -> io::Result<(std::net::TcpListener, Vec<std::net::UdpSocket>)> {
+/// is taken). A QUIC listener binds one UDP socket only.
+fn bind_pair(key: &ListenKey, n: usize, rcvbuf: usize) -> io::Result<Sockets> {
+    let quic = matches!(key.scheme, Scheme::Quic | Scheme::Https3);
     let n = if key.scheme == Scheme::Dns {
         n.max(1)
     } else {
@@ -498,8 +542,14 @@ fn bind_pair(
     let mut last_err = io::Error::other("no address to bind");
     for ip in candidates {
         for _attempt in 0..8 {
-            match bind_on(SocketAddr::new(ip, key.port), n, rcvbuf) {
-                Ok(pair) => return Ok(pair),
+            let addr = SocketAddr::new(ip, key.port);
+            let bound = if quic {
+                udp::bind(addr, rcvbuf).map(Sockets::Quic)
+            } else {
+                bind_on(addr, n, rcvbuf).map(|(t, u)| Sockets::Pair(t, u))
+            };
+            match bound {
+                Ok(sockets) => return Ok(sockets),
                 Err(e) if key.port == 0 && e.kind() == io::ErrorKind::AddrInUse => last_err = e,
                 Err(e) => {
                     last_err = e;

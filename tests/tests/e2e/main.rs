@@ -6,6 +6,7 @@ mod admin_grpc;
 mod cache;
 mod cli;
 mod encrypted;
+mod encrypted_quic;
 mod flights;
 mod forward;
 mod forward_encrypted;

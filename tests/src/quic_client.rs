@@ -134,7 +134,10 @@ pub fn doq_frame(m: &Message) -> Vec<u8> {
     let mut m = m.clone();
     m.metadata.id = 0;
     let wire = m.to_vec().expect("encode");
-    let mut out = u16::try_from(wire.len()).expect("len").to_be_bytes().to_vec();
+    let mut out = u16::try_from(wire.len())
+        .expect("len")
+        .to_be_bytes()
+        .to_vec();
     out.extend_from_slice(&wire);
     out
 }

@@ -39,18 +39,17 @@ pub(super) async fn connection(
     let mut builder = h3::server::builder();
     builder.max_field_section_size(MAX_HEADERS);
     let built = builder.build(h3_quinn::Connection::new(conn.clone()));
-    let mut h3conn: Server =
-        match tokio::time::timeout(ctx.opts.handshake_timeout, built).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "h3 setup failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "h3 setup timed out");
-                return;
-            }
-        };
+    let mut h3conn: Server = match tokio::time::timeout(ctx.opts.handshake_timeout, built).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "h3 setup failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "h3 setup timed out");
+            return;
+        }
+    };
     let streams = Arc::new(Streams::default());
     loop {
         if *shutdown.borrow() {

@@ -306,7 +306,15 @@ pub(super) async fn exchange(
 
 impl Svc {
     async fn dns(&self, raw: &[u8], transport: Transport) -> Result<Vec<u8>, StatusCode> {
-        exchange(&self.router, &self.limits, &self.up, self.peer, raw, transport).await
+        exchange(
+            &self.router,
+            &self.limits,
+            &self.up,
+            self.peer,
+            raw,
+            transport,
+        )
+        .await
     }
 }
 

@@ -19,6 +19,7 @@
 
 mod answer;
 mod labels;
+mod metrics;
 mod reply;
 mod setup;
 mod store;

@@ -839,6 +839,16 @@ impl Batch<'_> {
         }
     }
 
+    /// Whether the service `name` in `namespace` is headless, as the
+    /// writer sees it; `None` when the store has no such service.
+    pub fn service_headless(&self, namespace: &str, name: &str) -> Option<bool> {
+        let (key, _) = service_key(name, namespace)?;
+        self.w.services.get(&self.store.services, &*key, |e| {
+            e.and_then(|e| e.service.as_ref())
+                .map(|s| s.kind == Resolves::Headless)
+        })
+    }
+
     // === Relists ===
 
     /// A list of every object of `kind` begins (the watch started or

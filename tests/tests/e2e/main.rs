@@ -10,6 +10,7 @@ mod forward;
 mod forward_reload;
 mod harness;
 mod kubernetes;
+mod kubernetes_metrics;
 mod operational;
 mod plugins;
 mod prometheus;

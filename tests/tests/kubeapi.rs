@@ -1143,3 +1143,266 @@ mod kube_client {
         expect(&mut s, &["delete web-1"]).await;
     }
 }
+
+// === The kubernetes plugin's metrics, against this fake ===
+
+mod plugin_metrics {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use nodedns_plugins::Dispenser;
+    use nodedns_plugins::lexer::lex;
+    use nodedns_plugins::pkg::metrics::registry;
+    use nodedns_plugins::setup::{BlockInfo, BlockSetup, Controller, Services};
+    use nodedns_tests::kubeapi::{
+        Endpoint, EndpointSlice, FakeKubeApi, Namespace, Resource, Service,
+    };
+    use nodedns_tests::wait_until;
+    use prometheus::proto::{Metric, MetricFamily};
+
+    const TRIGGER: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+    const PROGRAMMING: &str = "coredns_kubernetes_dns_programming_duration_seconds";
+    const REQUESTS: &str = "coredns_kubernetes_rest_client_requests_total";
+    const DURATION: &str = "coredns_kubernetes_rest_client_request_duration_seconds";
+    const LIMITER: &str = "coredns_kubernetes_rest_client_rate_limiter_duration_seconds";
+
+    /// The series of `family` with exactly these labels.
+    fn series(family: &str, labels: &[(&str, &str)]) -> Option<Metric> {
+        let families: Vec<MetricFamily> = registry().gather();
+        let f = families.into_iter().find(|f| f.name() == family)?;
+        f.get_metric()
+            .iter()
+            .find(|m| {
+                m.get_label().len() == labels.len()
+                    && labels.iter().all(|(k, v)| {
+                        m.get_label()
+                            .iter()
+                            .any(|l| l.name() == *k && l.value() == *v)
+                    })
+            })
+            .cloned()
+    }
+
+    fn counter(family: &str, labels: &[(&str, &str)]) -> u64 {
+        series(family, labels).map_or(0, |m| m.get_counter().get_value() as u64)
+    }
+
+    /// A histogram's sample count and sum.
+    fn histogram(family: &str, labels: &[(&str, &str)]) -> (u64, f64) {
+        series(family, labels).map_or((0, 0.0), |m| {
+            let h = m.get_histogram();
+            (h.get_sample_count(), h.get_sample_sum())
+        })
+    }
+
+    /// The plugin for `url`, its watch task running while the returned
+    /// readiness (which holds the store) lives.
+    fn start(
+        url: &str,
+    ) -> (
+        Arc<dyn nodedns_plugins::pkg::lifecycle::Readiness>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        let file: Arc<str> = Arc::from("Corefile");
+        let text = format!("kubernetes cluster.local {{\n endpoint {url}\n}}");
+        let tokens = lex(&file, &text).unwrap();
+        let block = BlockInfo {
+            zones: vec!["cluster.local.".into()],
+            port: 53,
+            server_name: Arc::from("dns://:53"),
+            bound: Arc::default(),
+        };
+        let mut out = BlockSetup::default();
+        let mut services = Services::default();
+        let mut c = Controller {
+            d: Dispenser::new("kubernetes", &tokens),
+            block: &block,
+            out: &mut out,
+            services: &mut services,
+        };
+        nodedns_plugins::kubernetes::setup(&mut c).unwrap();
+        let tasks = out.tasks.drain(..).map(tokio::spawn).collect();
+        (services.readiness.remove(0), tasks)
+    }
+
+    fn ago(secs: i64) -> String {
+        (Timestamp::now() - SignedDuration::from_secs(secs)).to_string()
+    }
+
+    /// Lists and watches the fake received in all.
+    fn received(api: &FakeKubeApi) -> (usize, usize) {
+        let all = [
+            Resource::Services,
+            Resource::EndpointSlices,
+            Resource::Namespaces,
+        ];
+        (
+            all.iter().map(|r| api.list_count(*r)).sum(),
+            all.iter().map(|r| api.watch_count(*r)).sum(),
+        )
+    }
+
+    /// Every request is counted by code, method and host; requests but
+    /// watches are timed and paced; a slice with a trigger time of a known
+    /// service gives a programming latency by the service's kind, on
+    /// change and on delete, and one without does not.
+    #[tokio::test]
+    async fn kubernetes_metrics_move_with_exact_labels() {
+        let api = FakeKubeApi::start().await;
+        let host = api.addr().to_string();
+        let get = |code: &'static str| [("code", code), ("method", "GET"), ("host", host.as_str())];
+        let timed = [("verb", "GET"), ("host", host.as_str())];
+        api.apply(Namespace::new("shop"));
+        api.apply(Service::cluster_ip("shop", "web", "10.96.0.7").port("http", "TCP", 80));
+        api.apply(Service::headless("shop", "db"));
+        let cluster_ip = [("service_kind", "cluster_ip")];
+        let headless = [("service_kind", "headless_with_selector")];
+        let (ip0, ip_sum0) = histogram(PROGRAMMING, &cluster_ip);
+        let (hl0, hl_sum0) = histogram(PROGRAMMING, &headless);
+
+        let (ready, tasks) = start(&api.endpoint_url());
+        let limit = Duration::from_secs(10);
+        assert!(
+            wait_until(limit, || async { ready.ready() }).await,
+            "synced"
+        );
+
+        // Each request the fake received is counted once it answered.
+        assert!(
+            wait_until(limit, || async {
+                let (lists, watches) = received(&api);
+                watches == 3 && counter(REQUESTS, &get("200")) == (lists + watches) as u64
+            })
+            .await,
+            "{:?} {}",
+            received(&api),
+            counter(REQUESTS, &get("200"))
+        );
+        let (lists, _) = received(&api);
+        assert_eq!(lists, 3);
+        assert_eq!(
+            histogram(DURATION, &timed).0,
+            lists as u64,
+            "lists are timed, watches not"
+        );
+        assert_eq!(
+            histogram(LIMITER, &timed).0,
+            lists as u64,
+            "lists are paced, watches not"
+        );
+        assert!(
+            histogram(LIMITER, &timed).1 < 1.0,
+            "the burst covers three lists"
+        );
+
+        // Slices that record nothing come first: no trigger time, one that
+        // does not parse, a service the store does not know.
+        api.apply(
+            EndpointSlice::new("shop", "web", "web-plain")
+                .port("http", "TCP", 8080)
+                .endpoint(Endpoint::new("10.1.0.2")),
+        );
+        api.apply(
+            EndpointSlice::new("shop", "web", "web-bad")
+                .endpoint(Endpoint::new("10.1.0.3"))
+                .annotation(TRIGGER, "not a time"),
+        );
+        api.apply(
+            EndpointSlice::new("shop", "nosvc", "nosvc-1")
+                .endpoint(Endpoint::new("10.1.0.4"))
+                .annotation(TRIGGER, &ago(2)),
+        );
+        api.apply(
+            EndpointSlice::new("shop", "web", "web-1")
+                .port("http", "TCP", 8080)
+                .endpoint(Endpoint::new("10.1.0.1"))
+                .annotation(TRIGGER, &ago(2)),
+        );
+        api.apply(
+            EndpointSlice::new("shop", "db", "db-1")
+                .port("pg", "TCP", 5432)
+                .endpoint(Endpoint::new("10.1.1.1").hostname("db-0"))
+                .annotation(TRIGGER, &ago(2)),
+        );
+        assert!(
+            wait_until(limit, || async {
+                histogram(PROGRAMMING, &cluster_ip).0 == ip0 + 1
+                    && histogram(PROGRAMMING, &headless).0 == hl0 + 1
+            })
+            .await,
+            "{:?} {:?}",
+            histogram(PROGRAMMING, &cluster_ip),
+            histogram(PROGRAMMING, &headless)
+        );
+        let (_, ip_sum) = histogram(PROGRAMMING, &cluster_ip);
+        let (_, hl_sum) = histogram(PROGRAMMING, &headless);
+        assert!(
+            (2.0..12.0).contains(&(ip_sum - ip_sum0)),
+            "{}",
+            ip_sum - ip_sum0
+        );
+        assert!(
+            (2.0..12.0).contains(&(hl_sum - hl_sum0)),
+            "{}",
+            hl_sum - hl_sum0
+        );
+        // A delete records too (CoreDNS's Deleted delta).
+        api.delete(Resource::EndpointSlices, "shop", "web-1");
+        assert!(
+            wait_until(limit, || async {
+                histogram(PROGRAMMING, &cluster_ip).0 == ip0 + 2
+            })
+            .await
+        );
+        assert_eq!(histogram(PROGRAMMING, &headless).0, hl0 + 1);
+
+        // A watch the server refuses: counted under its code.
+        api.fail_next(1, 500);
+        api.drop_watches();
+        assert!(
+            wait_until(limit, || async {
+                let (lists, watches) = received(&api);
+                counter(REQUESTS, &get("500")) == 1
+                    && counter(REQUESTS, &get("200")) == (lists + watches - 1) as u64
+            })
+            .await,
+            "{:?} {} {}",
+            received(&api),
+            counter(REQUESTS, &get("200")),
+            counter(REQUESTS, &get("500"))
+        );
+        let (lists, _) = received(&api);
+        assert_eq!(histogram(DURATION, &timed).0, lists as u64);
+        assert_eq!(histogram(LIMITER, &timed).0, lists as u64);
+        for t in tasks {
+            t.abort();
+        }
+
+        // No answer at all: `<error>`.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        // (The readiness holds the store: the watch runs while it lives.)
+        let (_store, tasks) = start(&format!("http://{gone}"));
+        let error = [
+            ("code", "<error>"),
+            ("method", "GET"),
+            ("host", gone.as_str()),
+        ];
+        assert!(
+            wait_until(limit, || async { counter(REQUESTS, &error) >= 1 }).await,
+            "a refused connection is counted"
+        );
+        assert_eq!(
+            counter(
+                REQUESTS,
+                &[("code", "200"), ("method", "GET"), ("host", gone.as_str())]
+            ),
+            0
+        );
+        for t in tasks {
+            t.abort();
+        }
+    }
+}

@@ -22,8 +22,8 @@ use std::net::IpAddr;
 
 use smallvec::SmallVec;
 
-use super::reply::{Label, Name, Section, Tail, Wire, rtype};
-use super::store::{Port, Resolves, Slice, SvcEntry, Target, key_into};
+use super::reply::{Label, Name, SRV_FIXED, Section, Tail, Wire, rtype};
+use super::store::{Port, Resolves, SvcEntry, Target, key_into};
 use super::{Kubernetes, PodMode};
 use crate::request::is_subdomain;
 
@@ -435,16 +435,6 @@ fn pointer_to(pos: usize) -> u16 {
     u16::try_from(pos).ok().filter(|p| *p < 0x4000).unwrap_or(0)
 }
 
-/// The endpoints of `s` that `wanted` names (all without it).
-fn endpoints_named<'s, 'q>(
-    s: &'s Slice,
-    wanted: Option<EndpointQuery<'q>>,
-) -> impl Iterator<Item = &'s super::store::Endpoint> + use<'s, 'q> {
-    s.endpoints
-        .iter()
-        .filter(move |ep| wanted.is_none_or(|w| w.names(EpLabel::of(ep))))
-}
-
 /// Port numbers answered, each once, in order (no `-1`).
 #[derive(Default)]
 struct Numbers(SmallVec<[u16; 8]>);
@@ -812,7 +802,13 @@ impl Kubernetes {
         let Some(space) = r.space else {
             return f(Ok(&[]));
         };
-        if is_reverse(q.lower) || !self.namespace_exposed(r.namespace) {
+        // A service's entry knows whether its namespace exists: only the
+        // names without one look the namespace up.
+        let looked_up = space == Space::Svc && !r.service.is_empty();
+        if is_reverse(q.lower)
+            || !self.namespace_listed(r.namespace)
+            || (!looked_up && !self.store.namespace_exists(r.namespace))
+        {
             return f(Err(NameError));
         }
         match space {
@@ -831,6 +827,7 @@ impl Kubernetes {
                 let mut buf = [0u8; 128];
                 let key = key_into(&mut buf, r.service, r.namespace);
                 self.store.with_service(key, |entry| {
+                    let entry = entry.filter(|e| e.namespace_exists());
                     let mut hits = Hits::new();
                     let res = self.find_services(&r, entry, &mut hits);
                     f(res.map(|()| &hits[..]))
@@ -842,8 +839,12 @@ impl Kubernetes {
     /// CoreDNS's `namespaceExposed`: listed by `namespaces` (when given)
     /// and existing (among those `namespace_labels` selects).
     pub(crate) fn namespace_exposed(&self, ns: &[u8]) -> bool {
-        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| **n == *ns))
-            && self.store.namespace_exists(ns)
+        self.namespace_listed(ns) && self.store.namespace_exists(ns)
+    }
+
+    /// Whether `namespaces` (when given) lists `ns`.
+    fn namespace_listed(&self, ns: &[u8]) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| **n == *ns)
     }
 
     /// CoreDNS's `findServices`.
@@ -1025,12 +1026,14 @@ impl Kubernetes {
                 });
             }
         };
-        if is_reverse(q.lower) || !self.namespace_exposed(r.namespace) {
+        if is_reverse(q.lower) || !self.namespace_listed(r.namespace) {
             return Err(NameError);
         }
         let mut buf = [0u8; 128];
         let key = key_into(&mut buf, r.service, r.namespace);
         self.store.with_service(key, |entry| {
+            // The entry knows whether its namespace exists.
+            let entry = entry.filter(|e| e.namespace_exists());
             if let Some(e) = entry
                 && let Some(done) = self.srv_direct(w, &r, e)
             {
@@ -1183,18 +1186,19 @@ impl Kubernetes {
 
     /// [`Kubernetes::srv_direct`] for endpoints: a record per endpoint and
     /// port of its slice, then each endpoint's address.
-    fn srv_endpoints<'s>(
+    fn srv_endpoints(
         &self,
         w: &mut Wire<'_>,
         r: &Parsed<'_>,
-        e: &'s SvcEntry,
+        e: &SvcEntry,
         rest: &[u8],
     ) -> Option<Result<(), NameError>> {
         if !e.distinct {
             return None;
         }
         let wanted = (!r.endpoint.is_empty()).then(|| EndpointQuery::new(r.endpoint));
-        let endpoints = |s: &'s Slice| endpoints_named(s, wanted);
+        // Whether the query names `ep` (all when it names none).
+        let named = |ep: &super::store::Endpoint| wanted.is_none_or(|w| w.names(EpLabel::of(ep)));
         // The ports matched once: per slice, how many port numbers it
         // answers, then those (each once, no -1).
         let mut numbers: SmallVec<[u16; 16]> = SmallVec::new();
@@ -1204,7 +1208,10 @@ impl Kubernetes {
             let len_at = numbers.len();
             numbers.push(0);
             let mut matching = 0;
-            for p in s.ports.iter().filter(|p| matches_port(r, p)) {
+            for p in s.ports.iter() {
+                if !matches_port(r, p) {
+                    continue;
+                }
                 matching += 1;
                 if p.port != -1 && !numbers[len_at + 1..].contains(&(p.port as u16)) {
                     numbers.push(p.port as u16);
@@ -1215,7 +1222,7 @@ impl Kubernetes {
                 n += matching
                     * match wanted {
                         None => s.endpoints.len(),
-                        Some(_) => endpoints(s).count(),
+                        Some(_) => s.endpoints.iter().filter(|ep| named(ep)).count(),
                     };
             }
         }
@@ -1232,49 +1239,61 @@ impl Kubernetes {
             *seg += 1 + k;
             ports
         };
-        // Where each endpoint's first target went (0: nowhere), in order.
-        let mut at: SmallVec<[u16; 64]> = SmallVec::new();
+        // Every record fits or the hits decide (they handle a message cut
+        // short): then where each target went follows from the lengths.
+        let mark = w.mark();
+        let start = w.len();
         let mut seg = 0;
         for s in &e.slices {
             let ports = slice_ports(&mut seg);
             if ports.is_empty() {
                 continue;
             }
-            for ep in endpoints(s) {
+            for ep in s.endpoints.iter() {
+                if !named(ep) {
+                    continue;
+                }
                 let label = s.label(ep);
-                let mut first = 0;
-                if label.len() + rest.len() <= MAX_NAME {
-                    for port in ports {
-                        if let Some(pos) = w.srv(self.ttl, weight, *port, label, rest)
-                            && first == 0
-                        {
-                            first = pointer_to(pos);
-                        }
+                if label.len() + rest.len() > MAX_NAME {
+                    continue;
+                }
+                for port in ports {
+                    if w.srv(self.ttl, weight, *port, label, rest).is_none() {
+                        w.rollback(mark);
+                        return None;
                     }
                 }
-                at.push(first);
             }
         }
         w.section(Section::Additional);
-        let mut next = at.iter();
+        let mut at = start;
         let mut seg = 0;
         for s in &e.slices {
-            if slice_ports(&mut seg).is_empty() {
+            let ports = slice_ports(&mut seg);
+            if ports.is_empty() {
                 continue;
             }
-            for ep in endpoints(s) {
-                let first = next.next().copied().unwrap_or(0);
+            for ep in s.endpoints.iter() {
+                if !named(ep) {
+                    continue;
+                }
+                let label = s.label(ep);
+                let len = label.len() + rest.len();
+                if len > MAX_NAME {
+                    continue;
+                }
+                // The target of its first record, then past its records.
+                let first = pointer_to(at + SRV_FIXED);
+                at += ports.len() * (SRV_FIXED + len);
                 if first != 0 {
                     w.addr(Name::At(first), self.ttl, ep.ip);
                     continue;
                 }
-                let label = s.label(ep);
                 let mut name = [0u8; MAX_NAME];
-                if let Some(out) = name.get_mut(..label.len() + rest.len()) {
-                    out[..label.len()].copy_from_slice(label);
-                    out[label.len()..].copy_from_slice(rest);
-                    w.addr(Name::Wire(out), self.ttl, ep.ip);
-                }
+                let out = &mut name[..len];
+                out[..label.len()].copy_from_slice(label);
+                out[label.len()..].copy_from_slice(rest);
+                w.addr(Name::Wire(out), self.ttl, ep.ip);
             }
         }
         Some(Ok(()))

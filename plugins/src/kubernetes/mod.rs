@@ -21,6 +21,7 @@
 
 mod answer;
 mod labels;
+mod metrics;
 mod multicluster;
 mod reply;
 mod setup;

@@ -37,6 +37,9 @@ const MAX_MESSAGE: usize = 65535;
 /// Room kept for the OPT record [`Wire::finish`] may add.
 const OPT_LEN: usize = 11;
 const MAX_NAME: usize = 255;
+/// An SRV record before its target: a pointer owner, type, class, TTL,
+/// RDLENGTH, priority, weight, port.
+pub(crate) const SRV_FIXED: usize = 18;
 const FLAG_QR: u16 = 0x8000;
 const FLAG_AA: u16 = 0x0400;
 const FLAG_TC: u16 = 0x0200;
@@ -144,6 +147,11 @@ impl<'b> Wire<'b> {
     /// The zone the question matched, in wire form as the client spelled it.
     pub(crate) fn zone_wire(&self) -> &'b [u8] {
         &self.qname[self.zone_at..]
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
     }
 
     /// Records in the answer section so far.

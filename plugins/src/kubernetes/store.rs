@@ -427,6 +427,10 @@ pub(crate) struct SvcEntry {
     /// address when unnamed): each is its own SRV target, so an answer
     /// needs no check for repeated targets.
     pub(crate) distinct: bool,
+    /// Whether its namespace exists, shared by every entry of the
+    /// namespace and set by the namespace watch: a query that found the
+    /// entry needs no second lookup for the namespace.
+    ns_exists: Arc<AtomicBool>,
 }
 
 impl SvcEntry {
@@ -454,6 +458,10 @@ impl SvcEntry {
 
     pub(crate) fn name(&self) -> &[u8] {
         &self.key[..self.name_len]
+    }
+    /// Whether its namespace exists (as [`Store::namespace_exists`]).
+    pub(crate) fn namespace_exists(&self) -> bool {
+        self.ns_exists.load(Ordering::Acquire)
     }
     pub(crate) fn namespace(&self) -> &[u8] {
         self.key.get(self.name_len + 1..).unwrap_or_default()
@@ -625,6 +633,9 @@ struct Writer {
     namespaces: Staged<Arc<[u8]>, ()>,
     /// Slices by `"namespace/name"`.
     slices: HashMap<Box<str>, Arc<Slice>, Hasher>,
+    /// The existence flag of each namespace that has service entries or
+    /// exists (see [`SvcEntry::namespace_exists`]).
+    ns_flags: HashMap<Box<[u8]>, Arc<AtomicBool>, Hasher>,
     /// Pod IPs by `"namespace/name"`, with the interned namespace.
     pod_ips: HashMap<Box<str>, (IpAddr, Arc<[u8]>), Hasher>,
     /// Keys seen since each kind's relist began (`None`: not relisting).
@@ -730,6 +741,16 @@ impl Store {
         }
     }
 
+    /// How many namespace existence flags the writer keeps (tests).
+    #[cfg(test)]
+    pub(crate) fn namespace_flags(&self) -> usize {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ns_flags
+            .len()
+    }
+
     // === Reads for the query path ===
 
     /// Whether `namespace` (lower-cased) exists.
@@ -801,6 +822,36 @@ impl Batch<'_> {
         }
     }
 
+    /// The existence flag of `namespace` (lower-cased), made on first use
+    /// from whether it exists now.
+    fn ns_flag(&mut self, namespace: &[u8]) -> Arc<AtomicBool> {
+        if let Some(f) = self.w.ns_flags.get(namespace) {
+            return Arc::clone(f);
+        }
+        let s = self.store;
+        let exists = self
+            .w
+            .namespaces
+            .get(&s.namespaces, namespace, |v| v.is_some());
+        let f = Arc::new(AtomicBool::new(exists));
+        self.w.ns_flags.insert(namespace.into(), Arc::clone(&f));
+        f
+    }
+
+    /// Clears the existence flag of a namespace that is gone, and forgets
+    /// the flags of gone namespaces that no entry shares any more (so
+    /// namespaces made and deleted by the thousand leave nothing behind).
+    fn set_ns_flag(&mut self, namespace: &[u8], exists: bool) {
+        if let Some(f) = self.w.ns_flags.get(namespace) {
+            f.store(exists, Ordering::Release);
+        }
+        if !exists {
+            self.w
+                .ns_flags
+                .retain(|_, f| f.load(Ordering::Relaxed) || Arc::strong_count(f) > 1);
+        }
+    }
+
     fn touched(&mut self, changed: bool) {
         self.w.unpublished += 1;
         self.w.changed |= changed;
@@ -810,6 +861,16 @@ impl Batch<'_> {
         if let Some(set) = &mut self.w.resync[kind.index()] {
             set.insert(key.into());
         }
+    }
+
+    /// Whether the service `name` in `namespace` is headless, as the
+    /// writer sees it; `None` when the store has no such service.
+    pub fn service_headless(&self, namespace: &str, name: &str) -> Option<bool> {
+        let (key, _) = service_key(name, namespace)?;
+        self.w.services.get(&self.store.services, &*key, |e| {
+            e.and_then(|e| e.service.as_ref())
+                .map(|s| s.kind == Resolves::Headless)
+        })
     }
 
     // === Relists ===
@@ -870,6 +931,7 @@ impl Batch<'_> {
                                 .namespaces
                                 .shard(&self.store.namespaces, &*key)
                                 .remove(&*key);
+                            self.set_ns_flag(&key, false);
                             self.touched(false);
                         }
                     }
@@ -920,9 +982,14 @@ impl Batch<'_> {
             .map(cluster_ips)
             .unwrap_or_default();
         let new_ips = cluster_ips(&new);
+        let ns_exists = match &old {
+            Some(e) => Arc::clone(&e.ns_exists),
+            None => self.ns_flag(key.get(name_len + 1..).unwrap_or_default()),
+        };
         let entry = SvcEntry {
             key: Arc::clone(&key),
             name_len,
+            ns_exists,
             service: Some(new),
             distinct: old.as_ref().is_none_or(|e| e.distinct),
             slices: old.map(|e| e.slices.clone()).unwrap_or_default(),
@@ -1057,17 +1124,22 @@ impl Batch<'_> {
         self.remove_slice(&id);
         // Into its service's entry, in name order.
         let s = self.store;
-        let shard = self.w.services.shard(&s.services, &*service_key);
-        let mut entry = shard.get(&*service_key).map_or_else(
-            || SvcEntry {
+        let existing = self
+            .w
+            .services
+            .get(&s.services, &*service_key, |e| e.map(|e| (**e).clone()));
+        let mut entry = match existing {
+            Some(e) => e,
+            None => SvcEntry {
                 key: Arc::clone(&service_key),
                 name_len,
                 service: None,
                 slices: SmallVec::new(),
                 distinct: true,
+                ns_exists: self.ns_flag(service_key.get(name_len + 1..).unwrap_or_default()),
             },
-            |e| (**e).clone(),
-        );
+        };
+        let shard = self.w.services.shard(&s.services, &*service_key);
         let at = entry
             .slices
             .partition_point(|x| x.name.as_ref() < slice.name.as_ref());
@@ -1194,9 +1266,12 @@ impl Batch<'_> {
         let key: Arc<[u8]> = Arc::from(key);
         let s = self.store;
         let shard = self.w.namespaces.shard(&s.namespaces, &*key);
-        if shard.insert(key, ()).is_none() {
+        if shard.insert(Arc::clone(&key), ()).is_none() {
             // CoreDNS's namespace informer has no handlers: no serial bump.
             self.touched(false);
+        }
+        if let Some(f) = self.w.ns_flags.get(&*key) {
+            f.store(true, Ordering::Release);
         }
     }
 
@@ -1211,6 +1286,7 @@ impl Batch<'_> {
             .remove(&*key)
             .is_some()
         {
+            self.set_ns_flag(&key, false);
             self.touched(false);
         }
     }

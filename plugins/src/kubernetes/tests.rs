@@ -1073,6 +1073,81 @@ fn namespaces_that_do_not_exist() {
     );
 }
 
+/// A service's entry carries whether its namespace exists: it follows the
+/// namespace coming, going (by a delete or a relist) and coming back, in
+/// either order with the service, for every kind of answer.
+#[test]
+fn namespace_existence_follows_the_namespace_watch() {
+    let k = Kubernetes::new(&config(&["cluster.local."]), None);
+    sync(k.store());
+    let web = "web.later.svc.cluster.local.";
+    let srv = "_http._tcp.web.later.svc.cluster.local.";
+    let ok = || answer(&["web.later.svc.cluster.local. 5 IN A 10.9.0.1"]);
+    // The service before its namespace.
+    {
+        let mut b = k.store().batch();
+        b.apply_service(svc("later", "web", ips(&["10.9.0.1"]), HTTP));
+    }
+    check(&k, vec![(web, A, nxdomain()), (srv, SRV, nxdomain())]);
+    k.store().batch().apply_namespace("later");
+    check(&k, vec![(web, A, ok())]);
+    assert!(matches!(
+        ask(&k, srv, SRV),
+        Got::Reply {
+            rcode: ResponseCode::NoError,
+            ..
+        }
+    ));
+    k.store().batch().delete_namespace("later");
+    check(&k, vec![(web, A, nxdomain()), (srv, SRV, nxdomain())]);
+    k.store().batch().apply_namespace("later");
+    check(&k, vec![(web, A, ok())]);
+    // A relist that does not mention it.
+    {
+        let mut b = k.store().batch();
+        b.begin_resync(Kind::Namespaces);
+        b.apply_namespace("other");
+        b.finish_resync(Kind::Namespaces);
+    }
+    check(&k, vec![(web, A, nxdomain())]);
+    // A headless service's slice made before anything else.
+    {
+        let mut b = k.store().batch();
+        b.apply_slice(slice(
+            "fresh",
+            "db-1",
+            "db",
+            HTTP,
+            vec![ep("10.9.1.1", "db-0", "")],
+        ));
+        b.apply_service(svc("fresh", "db", ServiceKind::Headless, HTTP));
+    }
+    check(&k, vec![("db.fresh.svc.cluster.local.", A, nxdomain())]);
+    k.store().batch().apply_namespace("fresh");
+    check(
+        &k,
+        vec![(
+            "db.fresh.svc.cluster.local.",
+            A,
+            answer(&["db.fresh.svc.cluster.local. 5 IN A 10.9.1.1"]),
+        )],
+    );
+    // Namespaces made and deleted, services and all, leave no flag behind.
+    for i in 0..100 {
+        let ns = format!("ci-{i}");
+        let mut b = k.store().batch();
+        b.apply_namespace(&ns);
+        b.apply_service(svc(&ns, "web", ips(&["10.9.2.1"]), HTTP));
+        b.delete_service(&ns, "web");
+        b.delete_namespace(&ns);
+    }
+    assert!(
+        k.store().namespace_flags() <= 4,
+        "{}",
+        k.store().namespace_flags()
+    );
+}
+
 /// `notSyncedTestCases`: before the first sync a missing name is SERVFAIL
 /// (with the SOA); what is there is answered.
 #[test]

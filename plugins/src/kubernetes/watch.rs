@@ -17,13 +17,19 @@
 //! Namespaces are always watched: CoreDNS answers NXDOMAIN in a namespace
 //! that does not exist. Pods that have finished are left out by a field
 //! selector. `apiserver_qps`/`apiserver_burst` (default 5 and 10, client-go's)
-//! pace the requests, `apiserver_max_inflight` bounds them in flight.
+//! pace the requests but watches (client-go does not rate limit watches),
+//! `apiserver_max_inflight` bounds them in flight.
+//!
+//! Metrics (see `metrics.rs`): every request is counted and timed by a
+//! layer around the client, the pacing wait is recorded by the pacer, and
+//! an EndpointSlice's programming latency once the batch that applied it
+//! is published.
 
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -34,6 +40,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config, Resource};
 use tokio::time::Instant;
 
+use super::metrics::{self, ServiceKindLabel};
 use super::setup::{Connection, KubernetesConfig};
 use super::store::{
     Batch, EndpointRecord, Kind, PodRecord, PortRecord, ServiceKind, ServiceRecord, SliceRecord,
@@ -150,8 +157,8 @@ fn watch<K>(
     kind: Kind,
     api: Api<K>,
     config: watcher::Config,
-    apply: fn(&mut Batch<'_>, &K),
-    delete: fn(&mut Batch<'_>, &K),
+    apply: Apply<K>,
+    delete: Apply<K>,
 ) -> BoxFuture<'static, ()>
 where
     K: Resource
@@ -165,19 +172,26 @@ where
     async move {
         let mut events = watcher::watcher(api, config).default_backoff().boxed();
         let mut was_synced = false;
+        let mut programmed = Vec::new();
         while let Some(first) = events.next().await {
             let Some(store) = store.upgrade() else { return };
             {
                 let mut batch = store.batch();
-                handle(&mut batch, kind, first, apply, delete);
+                handle(&mut batch, kind, first, apply, delete, &mut programmed);
                 // What else is ready goes in the same batch.
                 for _ in 1..MAX_BATCH {
                     match events.next().now_or_never() {
-                        Some(Some(ev)) => handle(&mut batch, kind, ev, apply, delete),
+                        Some(Some(ev)) => {
+                            handle(&mut batch, kind, ev, apply, delete, &mut programmed);
+                        }
                         Some(None) => return,
                         None => break,
                     }
                 }
+            }
+            // Published (the batch is dropped): served from now on.
+            for (kind, at) in programmed.drain(..) {
+                metrics::programmed(kind, at);
             }
             if !was_synced && store.synced() {
                 was_synced = true;
@@ -188,18 +202,23 @@ where
     .boxed()
 }
 
+/// Applies an object to the store; slices add their programming latency
+/// to record once the batch is published.
+type Apply<K> = fn(&mut Batch<'_>, &K, &mut Vec<(ServiceKindLabel, SystemTime)>);
+
 fn handle<K: Resource>(
     batch: &mut Batch<'_>,
     kind: Kind,
     ev: Result<Event<K>, watcher::Error>,
-    apply: fn(&mut Batch<'_>, &K),
-    delete: fn(&mut Batch<'_>, &K),
+    apply: Apply<K>,
+    delete: Apply<K>,
+    programmed: &mut Vec<(ServiceKindLabel, SystemTime)>,
 ) {
     match ev {
         Ok(Event::Init) => batch.begin_resync(kind),
-        Ok(Event::InitApply(o) | Event::Apply(o)) => apply(batch, &o),
+        Ok(Event::InitApply(o) | Event::Apply(o)) => apply(batch, &o, programmed),
         Ok(Event::InitDone) => batch.finish_resync(kind),
-        Ok(Event::Delete(o)) => delete(batch, &o),
+        Ok(Event::Delete(o)) => delete(batch, &o, programmed),
         Err(e) => tracing::warn!(?kind, error = %e, "kubernetes: watch failed; retrying"),
     }
 }
@@ -212,40 +231,66 @@ fn names<K: Resource>(o: &K) -> (&str, &str) {
     )
 }
 
-fn apply_service(b: &mut Batch<'_>, s: &Service) {
+/// What [`Apply`] gives the functions that record nothing.
+type Programmed = Vec<(ServiceKindLabel, SystemTime)>;
+
+fn apply_service(b: &mut Batch<'_>, s: &Service, _: &mut Programmed) {
     if let Some(r) = service_record(s) {
         b.apply_service(r);
     }
 }
 
-fn delete_service(b: &mut Batch<'_>, s: &Service) {
+fn delete_service(b: &mut Batch<'_>, s: &Service, _: &mut Programmed) {
     let (ns, name) = names(s);
     b.delete_service(ns, name);
 }
 
-fn apply_slice(b: &mut Batch<'_>, s: &EndpointSlice) {
+fn apply_slice(b: &mut Batch<'_>, s: &EndpointSlice, programmed: &mut Programmed) {
+    let latency = programming(b, s);
     b.apply_slice(slice_record(s));
+    programmed.extend(latency);
 }
 
-fn delete_slice(b: &mut Batch<'_>, s: &EndpointSlice) {
+fn delete_slice(b: &mut Batch<'_>, s: &EndpointSlice, programmed: &mut Programmed) {
+    let latency = programming(b, s);
     let (ns, name) = names(s);
     b.delete_slice(ns, name);
+    programmed.extend(latency);
 }
 
-fn apply_pod(b: &mut Batch<'_>, p: &Pod) {
+/// CoreDNS's `EndpointLatencyRecorder`: a slice with a trigger time whose
+/// service the store knows (looked up before the slice is applied) has a
+/// programming latency, labelled by the service's kind.
+fn programming(b: &Batch<'_>, s: &EndpointSlice) -> Option<(ServiceKindLabel, SystemTime)> {
+    let (ns, name) = names(s);
+    let value = s
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(metrics::TRIGGER_TIME)?;
+    let at = metrics::trigger_time(ns, name, value)?;
+    let service = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let kind = match b.service_headless(ns, service)? {
+        true => ServiceKindLabel::HeadlessWithSelector,
+        false => ServiceKindLabel::ClusterIp,
+    };
+    Some((kind, at))
+}
+
+fn apply_pod(b: &mut Batch<'_>, p: &Pod, _: &mut Programmed) {
     b.apply_pod(pod_record(p));
 }
 
-fn delete_pod(b: &mut Batch<'_>, p: &Pod) {
+fn delete_pod(b: &mut Batch<'_>, p: &Pod, _: &mut Programmed) {
     let (ns, name) = names(p);
     b.delete_pod(ns, name);
 }
 
-fn apply_namespace(b: &mut Batch<'_>, n: &Namespace) {
+fn apply_namespace(b: &mut Batch<'_>, n: &Namespace, _: &mut Programmed) {
     b.apply_namespace(names(n).1);
 }
 
-fn delete_namespace(b: &mut Batch<'_>, n: &Namespace) {
+fn delete_namespace(b: &mut Batch<'_>, n: &Namespace, _: &mut Programmed) {
     b.delete_namespace(names(n).1);
 }
 
@@ -362,6 +407,7 @@ pub(crate) async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
                 .map_err(|e| format!("kubeconfig '{}': {e}", k.path.display()))?
         }
     };
+    let host = metrics::host_label(&config.cluster_url);
     let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| e.to_string())?;
     let qps = if cfg.api_qps > 0.0 {
         f64::from(cfg.api_qps)
@@ -373,7 +419,11 @@ pub(crate) async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
     } else {
         DEFAULT_BURST
     };
-    let builder = builder.with_layer(&Pace::new(qps, burst));
+    // Outermost last: the measure sees the pacing wait, as client-go's
+    // request duration includes its rate limiter's.
+    let builder = builder
+        .with_layer(&Pace::new(qps, burst).for_host(&host))
+        .with_layer(&metrics::Measure::new(&host));
     Ok(if cfg.api_max_inflight > 0 {
         builder
             .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
@@ -407,6 +457,8 @@ fn pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 #[derive(Clone, Debug)]
 pub(crate) struct Pace {
     bucket: Arc<Mutex<Bucket>>,
+    /// The `host` label of the rate limiter metric.
+    host: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -427,7 +479,14 @@ impl Pace {
                 tokens: burst,
                 at: Instant::now(),
             })),
+            host: Arc::from("none"),
         }
+    }
+
+    /// Records its waits under `host` (the API server's `host:port`).
+    pub(crate) fn for_host(mut self, host: &str) -> Self {
+        self.host = Arc::from(host);
+        self
     }
 
     /// Takes a token; how long to wait before using it.
@@ -457,15 +516,17 @@ impl<S> tower::Layer<S> for Pace {
 
 /// A service whose requests start at the pace of a [`Pace`]. The inner
 /// call is made at once (tower services do their work when polled) and
-/// polled once the token is due.
+/// polled once the token is due. Watches are not paced (client-go's
+/// `Watch` skips its rate limiter); every paced request's wait, zero
+/// included, is recorded as client-go's `tryThrottle` records it.
 pub(crate) struct Paced<S> {
     inner: S,
     pace: Pace,
 }
 
-impl<S, R> tower::Service<R> for Paced<S>
+impl<S, B> tower::Service<hyper::Request<B>> for Paced<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<hyper::Request<B>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -476,13 +537,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+        if metrics::is_watch(req.uri()) {
+            return Box::pin(self.inner.call(req));
+        }
+        let verb = req.method().clone();
+        let host = Arc::clone(&self.pace.host);
         let wait = self.pace.take();
         let fut = self.inner.call(req);
         Box::pin(async move {
+            let start = Instant::now();
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
+            metrics::rate_limited(verb.as_str(), &host, start.elapsed());
             fut.await
         })
     }

@@ -13,6 +13,7 @@ mod forward_encrypted;
 mod forward_reload;
 mod harness;
 mod kubernetes;
+mod kubernetes_metrics;
 mod kubernetes_multicluster;
 mod kubernetes_records;
 mod kubernetes_reload;

@@ -82,6 +82,19 @@ pub fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     )
 }
 
+/// A histogram family with labels, registered, with these buckets.
+pub fn histogram_vec_buckets(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    register(
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| unreachable_metric(name, &e)),
+    )
+}
+
 /// A histogram without labels, registered, with these buckets.
 pub fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     register(

@@ -654,3 +654,68 @@ async fn grpc_without_tls_is_h2c_as_coredns() {
         .expect("grpc status OK");
     assert_eq!(a_of(&Message::from_vec(&raw).unwrap()), vec!["192.0.2.1"]);
 }
+
+/// The SETTINGS_MAX_CONCURRENT_STREAMS an h2 listener at `addr` advertises,
+/// read by an h2 client after one request has gone through.
+async fn advertised_h2_streams(
+    addr: std::net::SocketAddr,
+    ca: &TestCa,
+    path: &str,
+) -> Option<usize> {
+    let tls = DotClient::new(addr, ca.client_config(&[b"h2"], None))
+        .connect()
+        .await
+        .ok()?;
+    let (mut send, conn) = h2::client::handshake(tls).await.ok()?;
+    let mut conn = std::pin::pin!(conn);
+    let ask = async {
+        let raw = query("www.example.org.", RecordType::A).to_vec().ok()?;
+        let req = http::Request::post(format!("https://dns.example.test{path}"))
+            .header(
+                "content-type",
+                if path == "/dns-query" {
+                    "application/dns-message"
+                } else {
+                    "application/grpc"
+                },
+            )
+            .body(())
+            .ok()?;
+        let (resp, mut body) = send.send_request(req, false).ok()?;
+        body.send_data(bytes::Bytes::from(raw), true).ok()?;
+        resp.await.ok().map(|r| r.status())
+    };
+    let status = tokio::select! {
+        s = tokio::time::timeout(Duration::from_secs(5), ask) => s.ok().flatten(),
+        _ = &mut conn => None,
+    };
+    status?;
+    Some(conn.max_concurrent_send_streams())
+}
+
+#[tokio::test]
+async fn doh_and_grpc_advertise_the_stream_limit() {
+    let ca = TestCa::new();
+    let up = upstream().await;
+    let agent = doh_agent(&ca, &up, &["--max-http-streams", "3"]).await;
+    assert_eq!(
+        advertised_h2_streams(agent.listener("https"), &ca, "/dns-query").await,
+        Some(3),
+        "DoH over h2"
+    );
+    let (cert, key) = ca.server();
+    let grpc = Agent::corefile(format!(
+        "grpc://.:0 {{\n    bind 127.0.0.1\n    tls cert.pem key.pem\n    forward . {up}\n}}\n"
+    ))
+    .file("cert.pem", cert)
+    .file("key.pem", key)
+    .arg("--max-http-streams")
+    .arg("7")
+    .start()
+    .await;
+    assert_eq!(
+        advertised_h2_streams(grpc.listener("grpc"), &ca, "/coredns.dns.DnsService/Query").await,
+        Some(7),
+        "gRPC"
+    );
+}

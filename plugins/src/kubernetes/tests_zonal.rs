@@ -439,8 +439,8 @@ fn not_in_multicluster_zones() {
     let mc = k.multicluster_store().expect("multicluster");
     {
         let mut b = mc.batch();
-        b.finish_resync(multicluster::McKind::ServiceImports);
-        b.finish_resync(multicluster::McKind::EndpointSlices);
+        b.finish_resync(McKind::ServiceImports);
+        b.finish_resync(McKind::EndpointSlices);
     }
     let got = ask(
         &k,

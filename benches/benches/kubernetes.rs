@@ -83,6 +83,7 @@ fn kubernetes() -> Kubernetes {
                 ready: Some(true),
                 hostname: None,
                 target_name: Some(format!("{name}-{e}")),
+                zone: None,
             })
             .collect();
         b.apply_slice(SliceRecord {

@@ -120,6 +120,7 @@ fn load(store: &Store) {
                 ready: Some(true),
                 hostname: None,
                 target_name: Some(format!("{name}-7d9f8b6c5-{e:05}")),
+                zone: None,
             })
             .collect();
         b.apply_slice(SliceRecord {
@@ -144,6 +145,7 @@ fn main() {
         endpoints: true,
         pods: false,
         endpoint_pod_names: false,
+        zones: false,
     });
     load(&store);
     let heap = live() - heap_before;

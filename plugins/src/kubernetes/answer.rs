@@ -124,6 +124,10 @@ impl<'a> QName<'a> {
     pub(crate) fn right(&self, i: usize) -> &'a [u8] {
         self.kept(self.kept - 1 - i)
     }
+    /// Where the `i`th label counted from the zone starts in `lower`.
+    fn right_at(&self, i: usize) -> usize {
+        usize::from(self.tail[self.kept - 1 - i])
+    }
 }
 
 /// `svc` or `pod`.
@@ -142,12 +146,22 @@ pub(crate) struct Parsed<'a> {
     pub(crate) service: &'a [u8],
     pub(crate) namespace: &'a [u8],
     pub(crate) space: Option<Space>,
+    /// A zonal name's topology zone: its labels left of the directive, in
+    /// wire form without the root label (empty: not a zonal name).
+    pub(crate) zone: &'a [u8],
+    /// A zonal name's directive is `prefer` (else `pin`).
+    pub(crate) prefer: bool,
 }
 
-/// CoreDNS's `parseRequest` without `zonal` and `multicluster` (in a
-/// multicluster zone, `multicluster::cluster_endpoint` reads the
-/// `endpoint.cluster` shape).
-pub(crate) fn parse_request<'a>(q: &QName<'a>) -> Result<Parsed<'a>, NameError> {
+/// CoreDNS's `parseRequest` without `multicluster` (in a multicluster
+/// zone, `multicluster::cluster_endpoint` reads the `endpoint.cluster`
+/// shape). `zonal` says whether zonal names are read here (the option is
+/// on and the zone is not a multicluster one); it is asked only for a name
+/// long enough to be one.
+pub(crate) fn parse_request<'a>(
+    q: &QName<'a>,
+    zonal: impl FnOnce() -> bool,
+) -> Result<Parsed<'a>, NameError> {
     let mut r = Parsed::default();
     let count = q.count;
     // The apex, `svc.ZONE` and `pod.ZONE` exist and are empty.
@@ -155,7 +169,7 @@ pub(crate) fn parse_request<'a>(q: &QName<'a>) -> Result<Parsed<'a>, NameError> 
         return Ok(r);
     }
     if count > 5 {
-        return Err(NameError);
+        return zonal_request(q, zonal);
     }
     r.space = Some(match q.right(0) {
         b"svc" => Space::Svc,
@@ -179,6 +193,31 @@ pub(crate) fn parse_request<'a>(q: &QName<'a>) -> Result<Parsed<'a>, NameError> 
         }
     }
     Ok(r)
+}
+
+/// `TOPOLOGY-ZONE.pin|prefer._zone.SERVICE.NS.svc`: the zone is every
+/// label left of the directive, since a zone may hold dots. Any other name
+/// this long, and every one without `zonal`, is too long: NXDOMAIN.
+fn zonal_request<'a>(q: &QName<'a>, zonal: impl FnOnce() -> bool) -> Result<Parsed<'a>, NameError> {
+    if q.right(0) != b"svc" || q.right(3) != b"_zone" {
+        return Err(NameError);
+    }
+    let prefer = match q.right(4) {
+        b"pin" => false,
+        b"prefer" => true,
+        _ => return Err(NameError),
+    };
+    if !zonal() {
+        return Err(NameError);
+    }
+    Ok(Parsed {
+        service: q.right(2),
+        namespace: q.right(1),
+        space: Some(Space::Svc),
+        zone: &q.lower[..q.right_at(4)],
+        prefer,
+        ..Parsed::default()
+    })
 }
 
 fn strip_underscore(s: &[u8]) -> &[u8] {
@@ -600,6 +639,43 @@ fn matches_port(r: &Parsed<'_>, p: &Port) -> bool {
         && (r.protocol.is_empty() || r.protocol == p.protocol.as_bytes())
 }
 
+/// The endpoint hits of `e` for `r` (each endpoint per matching port), of
+/// those in `zone` only when it is given (an endpoint without a zone is in
+/// none). Whether any was found, kept or not (at most [`MAX_HITS`]).
+fn endpoint_hits<'s>(
+    r: &Parsed<'s>,
+    e: &'s SvcEntry,
+    zone: Option<&[u8]>,
+    out: &mut Hits<'s>,
+) -> bool {
+    let (name, ns) = (e.name(), e.namespace());
+    let wanted = (!r.endpoint.is_empty()).then(|| EndpointQuery::new(r.endpoint));
+    let mut found = false;
+    for slice in &e.slices {
+        for ep in slice.endpoints.iter() {
+            if zone.is_some_and(|z| slice.zone(ep) != Some(z)) {
+                continue;
+            }
+            let label = EpLabel::of(ep);
+            if wanted.is_some_and(|w| !w.names(label)) {
+                continue;
+            }
+            for p in slice.ports.iter().filter(|p| matches_port(r, p)) {
+                found = true;
+                if out.len() == MAX_HITS {
+                    return true;
+                }
+                out.push(Hit {
+                    host: Host::Ip(ep.ip),
+                    port: p.port,
+                    key: Key::Endpoint { label, name, ns },
+                });
+            }
+        }
+    }
+    found
+}
+
 impl Kubernetes {
     /// Answers `qtype` for `q` into `w`. `chase.zone_spelled_lower` says
     /// whether the client wrote the zone in lower case: CoreDNS compares
@@ -795,7 +871,7 @@ impl Kubernetes {
         q: &QName<'_>,
         f: impl for<'s> FnOnce(Result<&[Hit<'s>], NameError>) -> R,
     ) -> R {
-        let r = match parse_request(q) {
+        let r = match parse_request(q, || self.zonal_here(q)) {
             Ok(r) => r,
             Err(e) => return f(Err(e)),
         };
@@ -836,6 +912,12 @@ impl Kubernetes {
         }
     }
 
+    /// Whether zonal names are answered in `q`'s zone: with `zonal`,
+    /// outside the multicluster zones.
+    fn zonal_here(&self, q: &QName<'_>) -> bool {
+        self.zonal && self.multicluster_zone(q).is_none()
+    }
+
     /// CoreDNS's `namespaceExposed`: listed by `namespaces` (when given)
     /// and existing (among those `namespace_labels` selects).
     pub(crate) fn namespace_exposed(&self, ns: &[u8]) -> bool {
@@ -863,6 +945,12 @@ impl Kubernetes {
         let (name, ns) = (e.name(), e.namespace());
         let external = matches!(svc.kind, Resolves::External(_) | Resolves::Unanswerable);
         let headless = svc.kind == Resolves::Headless;
+        let zonal = !r.zone.is_empty();
+        // Zonal names are defined for headless services only: a cluster
+        // IP has no zone.
+        if zonal && !headless {
+            return Err(NameError);
+        }
         if self.ignore_empty_service
             && !external
             && !headless
@@ -888,27 +976,17 @@ impl Kubernetes {
             };
         }
         let mut found = false;
-        if headless || !r.endpoint.is_empty() {
-            let wanted = (!r.endpoint.is_empty()).then(|| EndpointQuery::new(r.endpoint));
-            for slice in &e.slices {
-                for ep in slice.endpoints.iter() {
-                    let label = EpLabel::of(ep);
-                    if wanted.is_some_and(|w| !w.names(label)) {
-                        continue;
-                    }
-                    for p in slice.ports.iter().filter(|p| matches_port(r, p)) {
-                        found = true;
-                        if out.len() == MAX_HITS {
-                            return Ok(());
-                        }
-                        out.push(Hit {
-                            host: Host::Ip(ep.ip),
-                            port: p.port,
-                            key: Key::Endpoint { label, name, ns },
-                        });
-                    }
-                }
+        if zonal {
+            // The name exists whatever the zone holds (NODATA when empty):
+            // `pin` takes the zone's endpoints, `prefer` all of them when
+            // the zone has none.
+            if !endpoint_hits(r, e, Some(r.zone), out) && r.prefer {
+                endpoint_hits(r, e, None, out);
             }
+            return Ok(());
+        }
+        if headless || !r.endpoint.is_empty() {
+            found = endpoint_hits(r, e, None, out);
         } else if let Resolves::ClusterIp(ips) = &svc.kind {
             for p in svc.ports.iter().filter(|p| matches_port(r, p)) {
                 found = true;
@@ -996,6 +1074,9 @@ impl Kubernetes {
         }
         self.records(q, |r| match r {
             Ok(hits) if !hits.is_empty() => Ok(()),
+            // A zonal name that exists is NODATA even without endpoints
+            // (found only for a headless service).
+            Ok(_) if parse_request(q, || true).is_ok_and(|r| !r.zone.is_empty()) => Ok(()),
             _ => Err(NameError),
         })
     }
@@ -1018,7 +1099,8 @@ impl Kubernetes {
         let own = zone_spelled_lower && is_default_ns(q);
         // A multicluster zone answers from the imports (through the hits).
         let direct = !own && !general_srv_forced() && self.multicluster_zone(q).is_none();
-        let r = match parse_request(q) {
+        // Zonal names filter the endpoints: through the hits.
+        let r = match parse_request(q, || false) {
             Ok(r) if direct && r.space == Some(Space::Svc) && !r.service.is_empty() => r,
             _ => {
                 return self.services(q, rtype::SRV, zone_spelled_lower, |hits| {

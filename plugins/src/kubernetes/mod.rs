@@ -28,6 +28,8 @@ mod setup;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_zonal;
 mod watch;
 mod watched;
 
@@ -88,6 +90,8 @@ pub struct Kubernetes {
     ttl: u32,
     fall: Fall,
     ignore_empty_service: bool,
+    /// `zonal`.
+    zonal: bool,
     store: Arc<Store>,
     /// The store with its watch, held so the watch runs while this
     /// configuration does (`None` when built without one, in tests).
@@ -116,6 +120,7 @@ fn store_options(cfg: &KubernetesConfig) -> StoreOptions {
         endpoints: cfg.endpoints,
         pods: cfg.pods == PodMode::Verified,
         endpoint_pod_names: cfg.endpoint_pod_names,
+        zones: cfg.zonal,
     }
 }
 
@@ -203,6 +208,7 @@ impl Kubernetes {
             ttl: cfg.ttl,
             fall: cfg.fall.clone(),
             ignore_empty_service: cfg.ignore_empty_service,
+            zonal: cfg.zonal,
             multicluster: multicluster::Multicluster::new(
                 &cfg.multicluster,
                 watched.as_ref().and_then(|w| w.multicluster().cloned()),

@@ -5,7 +5,7 @@
 //! here; those that shape the connection to the API server (`endpoint`,
 //! `tls`, `kubeconfig`, `apiserver_*`, `namespaces`, `labels`,
 //! `namespace_labels`) are validated and kept in [`KubernetesConfig`] for
-//! the watch side. `zonal` is refused as not supported (see the README).
+//! the watch side.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -107,6 +107,9 @@ pub struct KubernetesConfig {
     /// `multicluster`: zones (normalised, among `zones`) answered from
     /// ServiceImports (empty: none).
     pub multicluster: Vec<String>,
+    /// `zonal`: headless services also answer
+    /// `TOPOLOGY-ZONE.pin|prefer._zone.SERVICE.NS.svc.ZONE`.
+    pub zonal: bool,
 }
 
 impl KubernetesConfig {
@@ -129,6 +132,7 @@ impl KubernetesConfig {
             ignore_empty_service: false,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             multicluster: Vec::new(),
+            zonal: false,
         }
     }
 }
@@ -391,13 +395,21 @@ fn stanza(d: &mut Dispenser<'_>, block: &BlockInfo) -> Result<KubernetesConfig, 
                 }
                 cfg.multicluster = mc;
             }
-            "zonal" => return Err(d.unsupported()),
+            "zonal" => {
+                no_args(d)?;
+                cfg.zonal = true;
+            }
             other => return Err(d.err(format_args!("unknown property '{other}'"))),
         }
     }
 
     if !cfg.namespaces.is_empty() && cfg.namespace_labels.is_some() {
         return Err(d.err("namespaces and namespace_labels cannot both be set"));
+    }
+    // Zonal names are answered from the endpoints: without them every one
+    // would contradict `noendpoints` (NXDOMAIN for all headless names).
+    if cfg.zonal && !cfg.endpoints {
+        return Err(d.err("zonal requires the endpoint cache; remove noendpoints"));
     }
     cfg.connection = match (kubeconfig, endpoint) {
         (Some(k), _) => Connection::Kubeconfig(k),

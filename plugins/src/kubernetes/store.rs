@@ -198,6 +198,8 @@ pub struct EndpointRecord {
     pub hostname: Option<String>,
     /// `targetRef.name` (the pod's name), for `endpoint_pod_names`.
     pub target_name: Option<String>,
+    /// `zone` (the topology zone), for `zonal`.
+    pub zone: Option<String>,
 }
 
 /// A pod, reduced to its IP (for `pods verified`).
@@ -224,6 +226,8 @@ pub struct StoreOptions {
     /// Endpoints without a hostname are named after their pod
     /// (`endpoint_pod_names`).
     pub endpoint_pod_names: bool,
+    /// Endpoints keep their topology zone (`zonal`).
+    pub zones: bool,
 }
 
 /// How much the store holds.
@@ -377,6 +381,9 @@ pub(crate) struct Endpoint {
     pub(crate) name: Option<Box<[u8]>>,
     /// Where its label is in its slice's `labels` (see [`Slice::label`]).
     label_at: u32,
+    /// Its topology zone: 0 none, else `zones[zone - 1]` of its slice (see
+    /// [`Slice::zone`]). Fits in the padding after `label_at`.
+    zone: u16,
 }
 
 impl Endpoint {
@@ -387,6 +394,7 @@ impl Endpoint {
             ip,
             name,
             label_at: 0,
+            zone: 0,
         }
     }
 }
@@ -402,6 +410,11 @@ pub(crate) struct Slice {
     /// Each endpoint's label in wire form (length, then the name or the
     /// dashed address), made once here so an SRV answer copies it.
     labels: Box<[u8]>,
+    /// The distinct topology zones of its endpoints (kept with `zonal`
+    /// only), each lower-cased in wire form without the root label:
+    /// `us-west-2a` is `\x0aus-west-2a`, so a zonal name's zone labels
+    /// compare as they are.
+    zones: Box<[Box<[u8]>]>,
 }
 
 impl Slice {
@@ -411,6 +424,36 @@ impl Slice {
         let len = self.labels.get(at).map_or(0, |l| usize::from(*l));
         self.labels.get(at..at + 1 + len).unwrap_or_default()
     }
+
+    /// The topology zone of `ep` (one of this slice's endpoints): lower
+    /// case, wire form without the root label; `None` when it has none
+    /// (or the store keeps none).
+    pub(crate) fn zone(&self, ep: &Endpoint) -> Option<&[u8]> {
+        let i = usize::from(ep.zone).checked_sub(1)?;
+        self.zones.get(i).map(|z| &**z)
+    }
+}
+
+/// An endpoint's `zone` as [`Slice::zones`] keeps it: lower-cased wire
+/// form. `None` for a zone no query name can select, as in CoreDNS, which
+/// compares the zone with the name as text: an empty one, one with an
+/// empty label or a label over 63 bytes, or one with a byte the name's
+/// text form would escape.
+fn zone_wire(zone: &str) -> Option<Box<[u8]>> {
+    let mut out = Vec::with_capacity(zone.len() + 1);
+    for label in zone.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"'@;()\"\\".contains(&b));
+        if !ok {
+            return None;
+        }
+        out.push(label.len() as u8);
+        out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+    }
+    Some(out.into())
 }
 
 /// A service and its slices (either may be missing: a slice can come
@@ -1068,8 +1111,10 @@ impl Batch<'_> {
             return;
         };
         let pod_names = self.store.opts.endpoint_pod_names;
+        let keep_zones = self.store.opts.zones;
         let mut endpoints = Vec::new();
         let mut labels = Vec::new();
+        let mut zones: Vec<Box<[u8]>> = Vec::new();
         for ep in &rec.endpoints {
             if ep.ready == Some(false) {
                 continue;
@@ -1085,6 +1130,23 @@ impl Batch<'_> {
                     .flatten()
                     .and_then(label_bytes)
             });
+            // Its zone's place in `zones` (plus one; 0: none).
+            let zone = match ep
+                .zone
+                .as_deref()
+                .filter(|_| keep_zones)
+                .and_then(zone_wire)
+            {
+                None => 0,
+                Some(z) => match zones.iter().position(|x| *x == z) {
+                    Some(i) => i + 1,
+                    None if zones.len() < usize::from(u16::MAX) => {
+                        zones.push(z);
+                        zones.len()
+                    }
+                    None => 0,
+                },
+            } as u16;
             for ip in &ep.addresses {
                 let ip = ip.to_canonical();
                 let Ok(label_at) = u32::try_from(labels.len()) else {
@@ -1106,6 +1168,7 @@ impl Batch<'_> {
                     ip,
                     name: name.clone(),
                     label_at,
+                    zone,
                 });
             }
         }
@@ -1115,6 +1178,7 @@ impl Batch<'_> {
             ports: read_ports(&rec.ports),
             endpoints: endpoints.into(),
             labels: labels.into(),
+            zones: zones.into(),
         });
         if let Some(old) = self.w.slices.get(&id)
             && **old == *slice

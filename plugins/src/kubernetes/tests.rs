@@ -58,6 +58,7 @@ pub(super) fn config(zones: &[&str]) -> KubernetesConfig {
         ignore_empty_service: false,
         startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         multicluster: Vec::new(),
+        zonal: false,
     }
 }
 
@@ -375,9 +376,18 @@ fn setup_table() {
             "kubernetes cluster.local {\n multicluster clusterset.local\n}".into(),
             Err("Corefile:2: kubernetes: is not authoritative for the multicluster zone clusterset.local. (authoritative zones: [cluster.local.])".into()),
         ),
+        // CoreDNS's TestKubernetesParseZonal.
         (
             "kubernetes cluster.local {\n zonal\n}".into(),
-            Err("Corefile:2: kubernetes: option 'zonal' not supported".into()),
+            with(&["cluster.local."], &|c| c.zonal = true),
+        ),
+        (
+            "kubernetes cluster.local {\n zonal us-west-2a\n}".into(),
+            Err("Corefile:2: kubernetes: wrong argument count or unexpected line ending after 'us-west-2a'".into()),
+        ),
+        (
+            "kubernetes cluster.local {\n zonal\n noendpoints\n}".into(),
+            Err("Corefile:4: kubernetes: zonal requires the endpoint cache; remove noendpoints".into()),
         ),
         (
             "kubernetes cluster.local {\n startup_timeout\n}".into(),
@@ -518,7 +528,12 @@ async fn a_dropped_view_aborts_its_watch() {
 
 // === The store ===
 
-fn svc(ns: &str, name: &str, kind: ServiceKind, ports: &[(&str, &str, i32)]) -> ServiceRecord {
+pub(super) fn svc(
+    ns: &str,
+    name: &str,
+    kind: ServiceKind,
+    ports: &[(&str, &str, i32)],
+) -> ServiceRecord {
     ServiceRecord {
         namespace: ns.into(),
         name: name.into(),
@@ -549,10 +564,11 @@ pub(super) fn ep(ip: &str, hostname: &str, pod: &str) -> EndpointRecord {
         ready: None,
         hostname: (!hostname.is_empty()).then(|| hostname.into()),
         target_name: (!pod.is_empty()).then(|| pod.into()),
+        zone: None,
     }
 }
 
-fn slice(
+pub(super) fn slice(
     ns: &str,
     name: &str,
     service: &str,
@@ -2539,6 +2555,7 @@ fn synced_waits_for_every_needed_kind() {
         endpoints: true,
         pods: false,
         endpoint_pod_names: false,
+        zones: false,
     });
     assert_eq!(
         store.required(),
@@ -2557,6 +2574,7 @@ fn changes_show_at_once_and_bump_the_serial() {
         endpoints: true,
         pods: false,
         endpoint_pod_names: false,
+        zones: false,
     });
     assert_eq!(store.serial(), 0);
     store.batch().apply_namespace("ns");
@@ -2650,8 +2668,8 @@ fn service_kinds_from_the_spec() {
 
 // === Names ===
 
-/// `TestParseRequest` and `TestParseInvalidRequest` (zonal and
-/// multicluster rows left out).
+/// `TestParseRequest` and `TestParseInvalidRequest` (multicluster rows
+/// left out; the zonal ones are in `tests_zonal.rs`).
 #[test]
 fn parse_requests() {
     let zone = "inter.webs.tests.";
@@ -2659,7 +2677,7 @@ fn parse_requests() {
     let show = |name: &str| -> Result<String, ()> {
         let lower = name_to_wire(name).unwrap();
         let q = QName::new(&lower, zl);
-        let r = parse_request(&q).map_err(|_| ())?;
+        let r = parse_request(&q, || false).map_err(|_| ())?;
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let space = match r.space {
             Some(Space::Svc) => "svc",
@@ -2736,7 +2754,7 @@ fn readme_examples_parse() {
             None => {}
         }
     }
-    assert_eq!(blocks.len(), 4);
+    assert_eq!(blocks.len(), 5);
     let file: Arc<str> = Arc::from("Corefile");
     for b in blocks {
         let tokens = lex(&file, &b).unwrap();

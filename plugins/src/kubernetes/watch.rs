@@ -355,6 +355,7 @@ pub(crate) fn slice_record(s: &EndpointSlice) -> SliceRecord {
                 ready: e.conditions.as_ref().and_then(|c| c.ready),
                 hostname: e.hostname.clone(),
                 target_name: e.target_ref.as_ref().and_then(|t| t.name.clone()),
+                zone: e.zone.clone(),
             })
             .collect(),
     }
@@ -653,6 +654,7 @@ mod tests {
                 Endpoint {
                     addresses: vec!["10.1.0.1".into()],
                     hostname: Some("web-0".into()),
+                    zone: Some("us-west-2a".into()),
                     target_ref: Some(ObjectReference {
                         name: Some("web-0".into()),
                         ..Default::default()
@@ -686,12 +688,14 @@ mod tests {
                         ready: None,
                         hostname: Some("web-0".into()),
                         target_name: Some("web-0".into()),
+                        zone: Some("us-west-2a".into()),
                     },
                     EndpointRecord {
                         addresses: vec![ip("10.1.0.2")],
                         ready: Some(false),
                         hostname: None,
                         target_name: None,
+                        zone: None,
                     },
                 ],
             }

@@ -1785,3 +1785,183 @@ async fn endpoint_pod_names_names_endpoints_after_their_pods() {
     )
     .await;
 }
+
+// === zonal ===
+
+/// `zonal`: `ZONE.pin._zone.SERVICE.NS.svc` has a headless service's
+/// endpoints in that EndpointSlice zone (NODATA when none),
+/// `ZONE.prefer._zone...` those, or all when none; A and SRV (targets and
+/// glue filtered too) as CoreDNS 1.14.7's `zonal_test.go`; a zone changed
+/// through the watch shows within [`WITHIN`].
+#[tokio::test]
+async fn zonal_names_select_endpoints_by_zone() {
+    let api = api().await;
+    api.apply(Service::headless("default", "db").port("pg", "TCP", 5432));
+    api.apply(
+        EndpointSlice::new("default", "db", "db-x")
+            .endpoint(
+                Endpoint::new("10.1.0.1")
+                    .hostname("db-0")
+                    .zone("us-west-2a"),
+            )
+            .endpoint(Endpoint::new("10.1.0.2").zone("us-west-2b"))
+            .endpoint(Endpoint::new("10.1.0.3").zone("us-west-2b"))
+            .endpoint(Endpoint::new("10.1.0.4"))
+            .port("pg", "TCP", 5432),
+    );
+    api.apply(Service::cluster_ip("default", "web", "10.96.0.10").port("http", "TCP", 80));
+    let (_agent, dns) = start(Agent::corefile(corefile(
+        &api,
+        "cluster.local",
+        &["zonal"],
+        &[],
+    )))
+    .await;
+
+    const PIN_A: &str = "us-west-2a.pin._zone.db.default.svc.cluster.local.";
+    const PIN_B: &str = "us-west-2b.pin._zone.db.default.svc.cluster.local.";
+    dns.expect(
+        PIN_A,
+        RecordType::A,
+        ok(&["us-west-2a.pin._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.1"]),
+    )
+    .await;
+    dns.expect(
+        PIN_B,
+        RecordType::A,
+        ok(&[
+            "us-west-2b.pin._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.2",
+            "us-west-2b.pin._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.3",
+        ]),
+    )
+    .await;
+    let pin_b_srv = ok_extra(
+        &[
+            "us-west-2b.pin._zone.db.default.svc.cluster.local. 5 IN SRV 0 50 5432 10-1-0-2.db.default.svc.cluster.local.",
+            "us-west-2b.pin._zone.db.default.svc.cluster.local. 5 IN SRV 0 50 5432 10-1-0-3.db.default.svc.cluster.local.",
+        ],
+        &[
+            "10-1-0-2.db.default.svc.cluster.local. 5 IN A 10.1.0.2",
+            "10-1-0-3.db.default.svc.cluster.local. 5 IN A 10.1.0.3",
+        ],
+    );
+    dns.expect(PIN_B, RecordType::SRV, pin_b_srv.clone()).await;
+    assert_eq!(
+        dns.ask_tcp(PIN_B, RecordType::SRV).await,
+        pin_b_srv,
+        "over TCP"
+    );
+    dns.expect(
+        "us-west-2a.prefer._zone.db.default.svc.cluster.local.",
+        RecordType::SRV,
+        ok_extra(
+            &["us-west-2a.prefer._zone.db.default.svc.cluster.local. 5 IN SRV 0 100 5432 db-0.db.default.svc.cluster.local."],
+            &["db-0.db.default.svc.cluster.local. 5 IN A 10.1.0.1"],
+        ),
+    )
+    .await;
+    // A zone no endpoint carries: pin is NODATA, prefer is every endpoint
+    // (the one without a zone too).
+    const PIN_C: &str = "us-west-2c.pin._zone.db.default.svc.cluster.local.";
+    const PREFER_C: &str = "us-west-2c.prefer._zone.db.default.svc.cluster.local.";
+    dns.expect(PIN_C, RecordType::A, nodata(SOA)).await;
+    dns.expect(PIN_C, RecordType::SRV, nodata(SOA)).await;
+    dns.expect(PIN_C, RecordType::TXT, nodata(SOA)).await;
+    dns.expect(
+        PREFER_C,
+        RecordType::A,
+        ok(&[
+            "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.1",
+            "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.2",
+            "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.3",
+            "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.4",
+        ]),
+    )
+    .await;
+    dns.expect(
+        PREFER_C,
+        RecordType::SRV,
+        ok_extra(
+            &[
+                "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN SRV 0 25 5432 db-0.db.default.svc.cluster.local.",
+                "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN SRV 0 25 5432 10-1-0-2.db.default.svc.cluster.local.",
+                "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN SRV 0 25 5432 10-1-0-3.db.default.svc.cluster.local.",
+                "us-west-2c.prefer._zone.db.default.svc.cluster.local. 5 IN SRV 0 25 5432 10-1-0-4.db.default.svc.cluster.local.",
+            ],
+            &[
+                "db-0.db.default.svc.cluster.local. 5 IN A 10.1.0.1",
+                "10-1-0-2.db.default.svc.cluster.local. 5 IN A 10.1.0.2",
+                "10-1-0-3.db.default.svc.cluster.local. 5 IN A 10.1.0.3",
+                "10-1-0-4.db.default.svc.cluster.local. 5 IN A 10.1.0.4",
+            ],
+        ),
+    )
+    .await;
+    // ClusterIP services, unknown directives: NXDOMAIN.
+    dns.expect(
+        "us-west-2a.pin._zone.web.default.svc.cluster.local.",
+        RecordType::A,
+        nxdomain(SOA),
+    )
+    .await;
+    dns.expect(
+        "us-west-2a.near._zone.db.default.svc.cluster.local.",
+        RecordType::A,
+        nxdomain(SOA),
+    )
+    .await;
+
+    // The watch moves 10.1.0.2 to us-west-2a.
+    api.apply(
+        EndpointSlice::new("default", "db", "db-x")
+            .endpoint(
+                Endpoint::new("10.1.0.1")
+                    .hostname("db-0")
+                    .zone("us-west-2a"),
+            )
+            .endpoint(Endpoint::new("10.1.0.2").zone("us-west-2a"))
+            .endpoint(Endpoint::new("10.1.0.3").zone("us-west-2b"))
+            .endpoint(Endpoint::new("10.1.0.4"))
+            .port("pg", "TCP", 5432),
+    );
+    dns.eventually(
+        PIN_A,
+        RecordType::A,
+        ok(&[
+            "us-west-2a.pin._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.1",
+            "us-west-2a.pin._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.2",
+        ]),
+    )
+    .await;
+    dns.expect(
+        PIN_B,
+        RecordType::A,
+        ok(&["us-west-2b.pin._zone.db.default.svc.cluster.local. 5 IN A 10.1.0.3"]),
+    )
+    .await;
+}
+
+/// Without `zonal` the shape is too long, as ever: NXDOMAIN.
+#[tokio::test]
+async fn zonal_names_without_the_option_are_nxdomain() {
+    let api = api().await;
+    api.apply(Service::headless("default", "db").port("pg", "TCP", 5432));
+    api.apply(
+        EndpointSlice::new("default", "db", "db-x")
+            .endpoint(Endpoint::new("10.1.0.1").zone("us-west-2a"))
+            .port("pg", "TCP", 5432),
+    );
+    let (_agent, dns) = start(Agent::corefile(corefile(&api, "cluster.local", &[], &[]))).await;
+    dns.expect(
+        "us-west-2a.pin._zone.db.default.svc.cluster.local.",
+        RecordType::A,
+        nxdomain(SOA),
+    )
+    .await;
+    dns.expect(
+        "db.default.svc.cluster.local.",
+        RecordType::A,
+        ok(&["db.default.svc.cluster.local. 5 IN A 10.1.0.1"]),
+    )
+    .await;
+}

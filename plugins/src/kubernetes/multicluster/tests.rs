@@ -25,6 +25,7 @@ fn cluster_store() -> Arc<Store> {
         endpoints: true,
         pods: false,
         endpoint_pod_names: false,
+        zones: false,
     })
 }
 
@@ -66,10 +67,14 @@ fn setup_table() {
         ok("kubernetes cluster.local {\n multicluster ..bad\n}"),
         Err("Corefile:2: kubernetes: invalid zone '..bad'".into())
     );
-    // `zonal` stays refused.
+    // `zonal` goes with `multicluster` (its names are not defined in the
+    // multicluster zones).
     assert_eq!(
-        ok("kubernetes cluster.local {\n zonal\n}"),
-        Err("Corefile:2: kubernetes: option 'zonal' not supported".into())
+        parse_text(
+            "kubernetes cluster.local clusterset.local {\n zonal\n multicluster clusterset.local\n}"
+        )
+        .map(|c| (c.zonal, c.multicluster)),
+        Ok((true, vec!["clusterset.local.".to_string()]))
     );
 }
 

@@ -1196,13 +1196,13 @@ mod plugin_metrics {
         })
     }
 
-    /// The plugin for `url`, its watch task running while the returned
-    /// readiness (which holds the store) lives.
+    /// The plugin for `url`, its watch started; the watch runs while the
+    /// returned setup (whose plugin holds it) lives.
     fn start(
         url: &str,
     ) -> (
         Arc<dyn nodedns_plugins::pkg::lifecycle::Readiness>,
-        Vec<tokio::task::JoinHandle<()>>,
+        (BlockSetup, Services),
     ) {
         let file: Arc<str> = Arc::from("Corefile");
         let text = format!("kubernetes cluster.local {{\n endpoint {url}\n}}");
@@ -1222,8 +1222,12 @@ mod plugin_metrics {
             services: &mut services,
         };
         nodedns_plugins::kubernetes::setup(&mut c).unwrap();
-        let tasks = out.tasks.drain(..).map(tokio::spawn).collect();
-        (services.readiness.remove(0), tasks)
+        // The watch starts as the agent starts it, before serving; it runs
+        // while the plugin (in `out`) holds it.
+        for w in services.startup.drain(..) {
+            (w.start)();
+        }
+        (services.readiness.remove(0), (out, services))
     }
 
     fn ago(secs: i64) -> String {
@@ -1375,9 +1379,7 @@ mod plugin_metrics {
         let (lists, _) = received(&api);
         assert_eq!(histogram(DURATION, &timed).0, lists as u64);
         assert_eq!(histogram(LIMITER, &timed).0, lists as u64);
-        for t in tasks {
-            t.abort();
-        }
+        drop(tasks);
 
         // No answer at all: `<error>`.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1401,8 +1403,6 @@ mod plugin_metrics {
             ),
             0
         );
-        for t in tasks {
-            t.abort();
-        }
+        drop(tasks);
     }
 }

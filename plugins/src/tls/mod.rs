@@ -103,6 +103,8 @@ pub struct TlsSettings {
     cfg: TlsConfig,
     provider: Arc<CryptoProvider>,
     resolver: Arc<Reloading>,
+    /// The client CA, when one verifies.
+    ca: Option<Arc<ReloadingCa>>,
     verifier: Arc<dyn ClientCertVerifier>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     sessions: Arc<dyn rustls::server::StoresServerSessions>,
@@ -114,13 +116,24 @@ impl TlsSettings {
     pub fn new(cfg: TlsConfig) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let resolver = Arc::new(Reloading::new(&cfg.cert, &cfg.key, Arc::clone(&provider))?);
-        let verifier = client_verifier(&cfg, &provider)?;
+        // A CA that verifies is re-read when its file changes.
+        let ca = match (&cfg.ca, cfg.client_auth) {
+            (Some(ca), ClientAuth::VerifyIfGiven | ClientAuth::RequireAndVerify) => Some(Arc::new(
+                ReloadingCa::new(ca.clone(), cfg.clone(), Arc::clone(&provider))?,
+            )),
+            _ => None,
+        };
+        let verifier: Arc<dyn ClientCertVerifier> = match &ca {
+            Some(ca) => Arc::clone(ca) as _,
+            None => client_verifier(&cfg, &provider)?,
+        };
         let ticketer =
             rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
         Ok(Self {
             cfg,
             provider,
             resolver,
+            ca,
             verifier,
             ticketer,
             sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
@@ -132,6 +145,13 @@ impl TlsSettings {
         &self.cfg
     }
 
+    /// When the client CA was last looked at (tests set it to 0 to make
+    /// the next client certificate look again).
+    #[cfg(test)]
+    fn verifier_checked(&self) -> &AtomicU64 {
+        &self.ca.as_ref().expect("a verifying CA").checked
+    }
+
     /// A server configuration offering `alpn` (one of the `ALPN_*`
     /// constants): TLS 1.2 and 1.3 (CoreDNS's minimum is 1.2), this
     /// block's certificate (re-read on change), client policy and session
@@ -140,7 +160,10 @@ impl TlsSettings {
         let mut sc = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Rustls(e.to_string()))?
-            .with_client_cert_verifier(Arc::clone(&self.verifier))
+            .with_client_cert_verifier(match &self.ca {
+                Some(ca) => Arc::clone(ca) as Arc<dyn ClientCertVerifier>,
+                None => Arc::clone(&self.verifier),
+            })
             .with_cert_resolver(Arc::clone(&self.resolver) as Arc<dyn ResolvesServerCert>);
         sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         sc.ticketer = Arc::clone(&self.ticketer);
@@ -273,12 +296,38 @@ struct Reloading {
 type Stamp = [(Option<SystemTime>, u64, u64); 2];
 
 fn stamp(cert: &Path, key: &Path) -> Stamp {
+    [file_stamp(cert), file_stamp(key)]
+}
+
+/// One file's modification time, length and inode.
+fn file_stamp(p: &Path) -> (Option<SystemTime>, u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    let one = |p: &Path| match std::fs::metadata(p) {
+    match std::fs::metadata(p) {
         Ok(m) => (m.modified().ok(), m.len(), m.ino()),
         Err(_) => (None, 0, 0),
-    };
-    [one(cert), one(key)]
+    }
+}
+
+/// Whether a look at the files is due: at most once per
+/// [`CHECK_INTERVAL`] (`checked`: milliseconds since `epoch` of the last
+/// look, 0 for none), claimed by one caller; always when `force`.
+fn claim_check(checked: &AtomicU64, epoch: std::time::Instant, force: bool) -> bool {
+    let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let last = checked.load(Ordering::Relaxed);
+    let due = last == 0 || now.saturating_sub(last) >= CHECK_INTERVAL.as_millis() as u64;
+    if !force && !due {
+        return false;
+    }
+    // One handshake looks; the others go on with what is in use.
+    if !force
+        && checked
+            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return false;
+    }
+    checked.store(now.max(1), Ordering::Relaxed);
+    true
 }
 
 impl Reloading {
@@ -299,22 +348,9 @@ impl Reloading {
     /// Re-reads the files if they changed, at most once per
     /// [`CHECK_INTERVAL`] (at once when `force`).
     fn check(&self, force: bool) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.checked.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= CHECK_INTERVAL.as_millis() as u64;
-        if !force && !due {
+        if !claim_check(&self.checked, self.epoch, force) {
             return;
         }
-        // One handshake checks; the others go on with the current key.
-        if !force
-            && self
-                .checked
-                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        self.checked.store(now.max(1), Ordering::Relaxed);
         let Ok(mut seen) = self.stamp.try_lock() else {
             return;
         };
@@ -339,6 +375,106 @@ impl ResolvesServerCert for Reloading {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.check(false);
         Some(self.current.load_full())
+    }
+}
+
+// === impl ReloadingCa ===
+
+/// Verifies client certificates against the CA file, re-read when it
+/// changes (looked at on a client's certificate, at most once per
+/// [`CHECK_INTERVAL`]). A CA file that fails to load keeps the one in use.
+/// It names no root hints: they would go stale, and they are only hints.
+#[derive(Debug)]
+struct ReloadingCa {
+    path: PathBuf,
+    cfg: TlsConfig,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    stamp: std::sync::Mutex<(Option<SystemTime>, u64, u64)>,
+    checked: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl ReloadingCa {
+    fn new(path: PathBuf, cfg: TlsConfig, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let before = file_stamp(&path);
+        let v = client_verifier(&cfg, &provider)?;
+        Ok(Self {
+            path,
+            cfg,
+            provider,
+            current: ArcSwap::from_pointee(v),
+            stamp: std::sync::Mutex::new(before),
+            checked: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        })
+    }
+
+    fn check(&self, force: bool) {
+        if !claim_check(&self.checked, self.epoch, force) {
+            return;
+        }
+        let Ok(mut seen) = self.stamp.try_lock() else {
+            return;
+        };
+        let fresh = file_stamp(&self.path);
+        if fresh == *seen {
+            return;
+        }
+        match client_verifier(&self.cfg, &self.provider) {
+            Ok(v) => {
+                self.current.store(Arc::new(v));
+                *seen = fresh;
+                tracing::info!(ca = %self.path.display(), "tls: client CA reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "tls: keeping the client CA in use"),
+        }
+    }
+}
+
+impl ClientCertVerifier for ReloadingCa {
+    fn offer_client_auth(&self) -> bool {
+        self.current.load().offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.current.load().client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(false);
+        self.current
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
     }
 }
 

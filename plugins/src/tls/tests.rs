@@ -336,3 +336,40 @@ fn a_replaced_certificate_is_served_after_the_next_check() {
     tls.resolver.check(true);
     assert_eq!(ask("renewed.example.test").unwrap(), "renewed.example.test");
 }
+
+#[test]
+fn a_replaced_client_ca_is_used_after_the_next_check() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let tls = TlsSettings::new(pki.config(ClientAuth::RequireAndVerify)).unwrap();
+    let sc = tls.server_config(ALPN_DOT).unwrap();
+    let mine = pki.client(&[], Some("client.example.test"));
+    // Trusts our server's CA, presents a certificate from the other CA.
+    let theirs = pki.client_with(&[], Some(other.leaf("client.example.test")));
+    assert!(handshake(&sc, &mine, "dns.example.test").is_ok());
+    assert!(handshake(&sc, &theirs, "dns.example.test").is_err());
+    // The CA file now holds the other CA (by rename, as a rotation does).
+    let tmp = pki.path("ca.pem.tmp");
+    std::fs::copy(other.path("ca.pem"), &tmp).unwrap();
+    std::fs::rename(&tmp, pki.path("ca.pem")).unwrap();
+    // (0: no look yet, as if the interval had passed.)
+    let ca = |tls: &TlsSettings| {
+        tls.verifier_checked().store(0, Ordering::Relaxed);
+    };
+    ca(&tls);
+    assert!(
+        handshake(&sc, &theirs, "dns.example.test").is_ok(),
+        "the new CA"
+    );
+    // (A fresh client: a resumed session keeps the authentication it had.)
+    let mine_again = pki.client(&[], Some("client.example.test"));
+    assert!(
+        handshake(&sc, &mine_again, "dns.example.test").is_err(),
+        "not the old one"
+    );
+    // A broken CA file keeps the one in use.
+    std::fs::write(pki.path("ca.pem"), "not a certificate").unwrap();
+    ca(&tls);
+    let theirs_again = pki.client_with(&[], Some(other.leaf("client.example.test")));
+    assert!(handshake(&sc, &theirs_again, "dns.example.test").is_ok());
+}

@@ -163,14 +163,27 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 /// A port free for both UDP and TCP on 127.0.0.1 right now (for Corefiles
 /// that need two distinct ports; a single one should use port 0).
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
+    free_ports::<1>()[0]
+}
+
+/// `N` different ports free on 127.0.0.1 for both TCP and UDP: each is held
+/// until all are chosen, so two calls in a row cannot hand out one port
+/// twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0u16; N];
+    for port in &mut ports {
+        let found = (0..50).find_map(|_| {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let addr = tcp.local_addr().ok()?;
+            let udp = std::net::UdpSocket::bind(addr).ok()?;
+            Some((tcp, udp, addr.port()))
+        });
+        let Some((tcp, udp, p)) = found else {
+            panic!("no free port");
         };
-        let Ok(addr) = tcp.local_addr() else { continue };
-        if std::net::UdpSocket::bind(addr).is_ok() {
-            return addr.port();
-        }
+        held.push((tcp, udp));
+        *port = p;
     }
-    panic!("no free port");
+    ports
 }

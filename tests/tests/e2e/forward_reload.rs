@@ -14,7 +14,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use nix::sys::signal::Signal;
 use nodedns_tests::client::query;
-use nodedns_tests::{Agent, Client, FakeUpstream, Fault, free_port, wait_until};
+use nodedns_tests::{Agent, Client, FakeUpstream, Fault, free_ports, wait_until};
 
 fn a_of(m: &Message) -> Vec<String> {
     m.answers.iter().map(|r| r.data.to_string()).collect()
@@ -223,7 +223,7 @@ async fn queries_survive_the_removal_of_the_listener_whose_threads_read_the_pool
     const DELAY: Duration = Duration::from_millis(500);
     let up = PortUpstream::start(DELAY).await;
     let sockets = pool_sockets();
-    let (p1, p2) = (free_port(), free_port());
+    let [p1, p2] = free_ports();
     let block = |port: u16| {
         format!(
             ".:{port} {{\n    bind 127.0.0.1\n    forward . {} {{\n        read_timeout 5s\n        max_connect_attempts 1\n        expire 1h\n    }}\n}}\n",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use nix::sys::signal::Signal;
-use nodedns_tests::{Agent, Client, FakeUpstream, free_port, http_status, wait_until};
+use nodedns_tests::{Agent, Client, FakeUpstream, free_ports, http_status, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -260,7 +260,7 @@ async fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
 /// (which a graceful stop would wait on for good).
 #[tokio::test]
 async fn a_moved_health_endpoint_closes_its_connections() {
-    let (p1, p2) = (free_port(), free_port());
+    let [p1, p2] = free_ports();
     let corefile = |port: u16| {
         format!(".:0 {{\n    bind 127.0.0.1\n    health 127.0.0.1:{port}\n    whoami\n}}\n")
     };

@@ -182,7 +182,7 @@ async fn a_reload_moves_the_endpoint() {
     let text = |port: u16| {
         format!(".:0 {{\n    bind 127.0.0.1\n    whoami\n    prometheus 127.0.0.1:{port}\n}}\n")
     };
-    let (p1, p2) = (nodedns_tests::free_port(), nodedns_tests::free_port());
+    let [p1, p2] = nodedns_tests::free_ports();
     let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let agent = Agent::corefile(text(p1)).start().await;
     assert_eq!(http_status(at(p1), "/metrics").await, Some(200));

@@ -151,7 +151,7 @@ async fn a_reload_moves_health_and_ready_and_refuses_an_address_in_use() {
         )
     };
     let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let (h1, r, h2) = (free_port(), free_port(), free_port());
+    let [h1, r, h2] = nodedns_tests::free_ports();
     let agent = Agent::corefile(text(h1, r)).start().await;
     assert_eq!(http_status(at(h1), "/health").await, Some(200));
     assert_eq!(http_status(at(r), "/ready").await, Some(200));

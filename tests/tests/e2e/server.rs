@@ -240,7 +240,7 @@ async fn tcp_connection_limit_holds() {
 
 #[tokio::test]
 async fn same_zone_on_two_ports() {
-    let (p1, p2) = (nodedns_tests::free_port(), nodedns_tests::free_port());
+    let [p1, p2] = nodedns_tests::free_ports();
     let agent = Agent::corefile(format!(
         "example.org:{p1} example.org:{p2} {{\n    bind 127.0.0.1\n    whoami\n}}\n"
     ))
@@ -592,7 +592,7 @@ async fn a_listener_added_back_right_after_removal_gets_every_datagram() {
         .fault(nodedns_tests::Fault::Drop)
         .start()
         .await;
-    let (p1, p2) = (nodedns_tests::free_port(), nodedns_tests::free_port());
+    let [p1, p2] = nodedns_tests::free_ports();
     let one = format!(".:{p1} {{\n    bind 127.0.0.1\n    whoami\n}}\n");
     let both = format!(
         "{one}example.org:{p2} {{\n    bind 127.0.0.1\n    forward . {up}\n}}\n\

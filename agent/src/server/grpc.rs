@@ -13,7 +13,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
@@ -21,11 +20,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nodedns_plugins::{Reply, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use super::UpstreamCtx;
 use super::chain::{Handled, Limits, handle, resume};
-use super::https::{Activity, drive};
+use super::https::{Activity, accept_loop, drive};
 use super::tcp::TcpOptions;
 use crate::config::Router;
 
@@ -51,30 +50,11 @@ pub(super) async fn serve(
     router: Arc<ArcSwap<Router>>,
     limits: Limits,
     opts: TcpOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     up: Arc<UpstreamCtx>,
 ) {
-    let permits = Arc::new(Semaphore::new(opts.max_conns));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "grpc accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::debug!(%peer, "grpc connection limit reached; closing");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let each = shutdown.clone();
+    accept_loop(listener, "grpc", &opts, shutdown, &up, |stream, peer| {
         let svc = Grpc {
             router: Arc::clone(&router),
             limits,
@@ -82,9 +62,8 @@ pub(super) async fn serve(
             peer,
         };
         let tls = router.load().tls.clone();
-        let shutdown = shutdown.clone();
-        let guard = up.tracker.enter();
-        tokio::spawn(async move {
+        let shutdown = each.clone();
+        async move {
             match tls {
                 None => connection(stream, svc, opts, shutdown).await,
                 Some(config) => {
@@ -93,10 +72,9 @@ pub(super) async fn serve(
                     }
                 }
             }
-            drop(permit);
-            drop(guard);
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Serves one h2 connection.

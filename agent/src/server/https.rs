@@ -61,30 +61,11 @@ pub(super) async fn serve(
     router: Arc<ArcSwap<Router>>,
     limits: Limits,
     opts: TcpOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     up: Arc<UpstreamCtx>,
 ) {
-    let permits = Arc::new(Semaphore::new(opts.max_conns));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "https accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::debug!(%peer, "https connection limit reached; closing");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let each = shutdown.clone();
+    accept_loop(listener, "https", &opts, shutdown, &up, |stream, peer| {
         let svc = Svc {
             router: Arc::clone(&router),
             limits,
@@ -93,9 +74,8 @@ pub(super) async fn serve(
             body_timeout: opts.idle_timeout,
         };
         let tls = router.load().tls.clone();
-        let shutdown = shutdown.clone();
-        let guard = up.tracker.enter();
-        tokio::spawn(async move {
+        let shutdown = each.clone();
+        async move {
             match tls {
                 None => connection(stream, false, svc, opts, shutdown).await,
                 Some(config) => {
@@ -105,6 +85,51 @@ pub(super) async fn serve(
                     }
                 }
             }
+        }
+    })
+    .await;
+}
+
+/// The accept loop of an HTTP listener (DoH, gRPC): until shutdown, at
+/// most `--max-tcp-conns` connections at once (one more is closed at
+/// once), each served by `conn` on a task of its own that shutdown waits
+/// for. `conn` gets the stream and the client's address.
+pub(super) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    opts: &TcpOptions,
+    mut shutdown: watch::Receiver<bool>,
+    up: &UpstreamCtx,
+    mut conn: F,
+) where
+    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(opts.max_conns));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::debug!(%peer, "{what} connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let served = conn(stream, peer);
+        let guard = up.tracker.enter();
+        tokio::spawn(async move {
+            served.await;
             drop(permit);
             drop(guard);
         });

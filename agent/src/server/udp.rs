@@ -48,6 +48,7 @@ pub(super) fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<UdpSocket> {
     }
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
+    super::freebind(&sock, addr)?;
     // SO_RCVBUFFORCE passes rmem_max when we may (CAP_NET_ADMIN); else
     // ask for what the kernel allows.
     if rcvbuf > 0 && setsockopt(&sock, sockopt::RcvBufForce, &rcvbuf).is_err() {

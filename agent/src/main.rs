@@ -260,6 +260,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
         let server = Server::start(&config, &opts, &mut inherited)?;
+        let self_check = Arc::new(nodedns::server::probe::SelfCheck::default());
+        self_check.set_targets(server.dns_targets());
+        life.set_dns_check(self_check.clone());
         nodedns_plugins::prometheus::set_enabled(&config.enabled);
         nodedns_plugins::reload::set_version(&config.corefile);
         for (service, addr) in http.apply(&config.services, bound, &life).await {
@@ -342,6 +345,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             version: 1,
             file_seen,
             control: Arc::clone(&control),
+            self_check,
         };
         let mut released = None;
         loop {
@@ -491,6 +495,8 @@ struct Agent<'a> {
     /// undone by the next check.
     file_seen: Option<Vec<nodedns::corefile::ServerBlock>>,
     control: Arc<AgentControl>,
+    /// The DNS-level health check, which follows the listeners.
+    self_check: Arc<nodedns::server::probe::SelfCheck>,
 }
 
 impl Agent<'_> {
@@ -650,6 +656,7 @@ impl Agent<'_> {
                 message: format!("{e:#}"),
                 line: None,
             })?;
+            self.self_check.set_targets(self.server.dns_targets());
             for (transport, addr) in added {
                 announce(
                     self.args,

@@ -158,8 +158,14 @@ pub fn handle_batched(
     req.set_max_udp_size(limits.max_udp_size);
     // CoreDNS refuses every class but IN before any block sees it, unless
     // a block on the address runs chaos or forward.
-    if req.qclass() != CLASS_IN && !router.any_class() {
-        return refuse(router, reply, &req, start);
+    if req.qclass() != CLASS_IN {
+        if super::probe::is_probe(&req) {
+            super::probe::answer(reply, &req);
+            return Handled::Reply;
+        }
+        if !router.any_class() {
+            return refuse(router, reply, &req, start);
+        }
     }
     let Some((block, zone)) = router.route(req.qname_lower(), req.qtype()) else {
         return refuse(router, reply, &req, start);

@@ -7,6 +7,7 @@ pub mod chain;
 mod grpc;
 mod h3;
 mod https;
+pub mod probe;
 mod quic;
 mod tcp;
 mod tls;
@@ -436,6 +437,16 @@ impl Server {
             bound,
             handover: std::sync::Mutex::new(copies),
         })
+    }
+
+    /// The `dns://` listeners' addresses, as a client on this host reaches
+    /// them: what the DNS-level health check probes.
+    pub fn dns_targets(&self) -> Vec<SocketAddr> {
+        self.bound
+            .iter()
+            .filter(|(t, _)| *t == Transport::Udp)
+            .map(|(_, a)| reachable(*a))
+            .collect()
     }
 
     /// What a successor gets ([`crate::nodelocal::handover`]): copies of

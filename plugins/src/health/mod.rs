@@ -1,7 +1,10 @@
 //! *health* asks the agent for a process-wide HTTP endpoint, `/health`,
-//! that answers 200 `OK` while the process runs, lame duck included (as
-//! CoreDNS's *health*: a stopping server is still alive; *ready* is what
-//! turns 503). Setup only: *health* adds nothing to the chain. The agent
+//! that answers 200 `OK` while the agent's own DNS listeners answer, lame
+//! duck included (a stopping server is still alive; *ready* is what turns
+//! 503). Where CoreDNS's *health* proves only that HTTP is served, this one
+//! asks each UDP and TCP listener a probe query (answered by the listener
+//! itself, not by the chain, so an upstream's health plays no part) and
+//! answers 503 with the reason when one does not reply in time. Setup only: *health* adds nothing to the chain. The agent
 //! binds the address and runs [`serve`], which also runs CoreDNS's
 //! self-check ([`overloaded`]) for as long as it serves.
 
@@ -49,9 +52,15 @@ pub async fn serve(
     }
 }
 
-async fn health(State(life): State<Arc<Lifecycle>>) -> (StatusCode, &'static str) {
+async fn health(State(life): State<Arc<Lifecycle>>) -> (StatusCode, String) {
     if life.is_stopping() {
         tracing::debug!("lame duck: /health still reports OK");
     }
-    (StatusCode::OK, "OK")
+    if let Some(check) = life.dns_check()
+        && let Err(why) = check.check().await
+    {
+        tracing::warn!("health: {why}");
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+    }
+    (StatusCode::OK, "OK".to_string())
 }

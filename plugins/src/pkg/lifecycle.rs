@@ -19,6 +19,15 @@ pub struct Lifecycle {
     serving: AtomicBool,
     stopping: AtomicBool,
     reporters: std::sync::RwLock<Vec<Arc<dyn Readiness>>>,
+    dns_check: std::sync::RwLock<Option<Arc<dyn DnsCheck>>>,
+}
+
+/// The agent's check that its own DNS listeners answer, which *health*
+/// reports: `Err` says which did not, and why.
+pub trait DnsCheck: Send + Sync {
+    fn check(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -57,6 +66,22 @@ impl Lifecycle {
     }
     /// Names of what is not ready; empty means ready. A server that is not
     /// yet serving, or is stopping, is not ready (named `server`).
+    /// Sets the check *health* runs.
+    pub fn set_dns_check(&self, check: Arc<dyn DnsCheck>) {
+        *self
+            .dns_check
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(check);
+    }
+
+    /// The check *health* runs, if the agent set one.
+    pub fn dns_check(&self) -> Option<Arc<dyn DnsCheck>> {
+        self.dns_check
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn not_ready(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if !self.serving.load(Ordering::Acquire) || self.is_stopping() {

@@ -642,14 +642,14 @@ impl Agent<'_> {
             }
             // New health, ready and prometheus addresses are bound first: one
             // that fails refuses the change before anything changed.
-            let bound =
-                self.http
-                    .bind_new(&new.services, &mut Inherited::default())
-                    .await
-                    .map_err(|e| ApplyError::Invalid {
-                        message: format!("{e:#}"),
-                        line: None,
-                    })?;
+            let bound = self
+                .http
+                .bind_new(&new.services, &mut Inherited::default())
+                .await
+                .map_err(|e| ApplyError::Invalid {
+                    message: format!("{e:#}"),
+                    line: None,
+                })?;
             // The running configuration serves while the new one syncs.
             wait_for_startup(std::mem::take(&mut new.services.startup)).await;
             let added = self.server.reload(&new).map_err(|e| ApplyError::Invalid {
@@ -900,7 +900,10 @@ fn take_http(addr: &str, inherited: &mut Inherited) -> Option<TcpListener> {
     let candidates: Vec<SocketAddr> = match addr.strip_prefix(':') {
         Some(port) => {
             let port: u16 = port.parse().ok()?;
-            vec![SocketAddr::from(([0u16; 8], port)), SocketAddr::from(([0u8; 4], port))]
+            vec![
+                SocketAddr::from(([0u16; 8], port)),
+                SocketAddr::from(([0u8; 4], port)),
+            ]
         }
         None => vec![addr.parse().ok()?],
     };
@@ -967,7 +970,9 @@ fn serve_handover(
                 }
                 return;
             }
-            Err(e) => tracing::warn!("handover: the new agent went away before serving; still serving: {e}"),
+            Err(e) => tracing::warn!(
+                "handover: the new agent went away before serving; still serving: {e}"
+            ),
         }
     }
 }
@@ -1044,8 +1049,7 @@ fn sockaddr(s: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
 /// Removes the pidfile if it is still this process's (a successor may have
 /// written its own there).
 fn remove_pidfile(p: &Path) {
-    let mine = std::fs::read_to_string(p)
-        .is_ok_and(|t| t.trim() == std::process::id().to_string());
+    let mine = std::fs::read_to_string(p).is_ok_and(|t| t.trim() == std::process::id().to_string());
     if mine {
         let _ = std::fs::remove_file(p);
     }
@@ -1100,8 +1104,16 @@ fn refuse(why: &str, error: &str) {
 mod snapshot_shim {
     use std::sync::Arc;
     type Caches = [Arc<dyn nodedns_plugins::pkg::inspect::CacheInspect>];
-    pub fn decode(_r: &mut &[u8], _c: &Caches) -> Result<usize, String> { Ok(0) }
-    pub fn load(_p: &std::path::Path, _c: &Caches) -> Result<usize, String> { Ok(0) }
-    pub fn encode(_c: &Caches, _w: &mut Vec<u8>) -> Result<usize, String> { Ok(0) }
-    pub fn save(_p: &std::path::Path, _c: &Caches) -> Result<usize, String> { Ok(0) }
+    pub fn decode(_r: &mut &[u8], _c: &Caches) -> Result<usize, String> {
+        Ok(0)
+    }
+    pub fn load(_p: &std::path::Path, _c: &Caches) -> Result<usize, String> {
+        Ok(0)
+    }
+    pub fn encode(_c: &Caches, _w: &mut Vec<u8>) -> Result<usize, String> {
+        Ok(0)
+    }
+    pub fn save(_p: &std::path::Path, _c: &Caches) -> Result<usize, String> {
+        Ok(0)
+    }
 }

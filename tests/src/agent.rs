@@ -28,6 +28,7 @@ pub struct AgentBuilder {
     files: Vec<(String, String)>,
     unread_stdout: bool,
     soft_nofile: Option<u64>,
+    env: Vec<(String, String)>,
 }
 
 /// A pipe the test stopped reading, kept open.
@@ -76,6 +77,7 @@ impl Agent {
             files: Vec::new(),
             unread_stdout: false,
             soft_nofile: None,
+            env: Vec::new(),
         }
     }
 
@@ -156,6 +158,11 @@ impl AgentBuilder {
         self.args.push(a.into());
         self
     }
+    /// Sets an environment variable for the agent.
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
     /// Stops reading stdout once the agent has started, keeping the pipe
     /// open: it fills and stays full until [`Agent::resume_stdout`].
     pub fn unread_stdout(mut self) -> Self {
@@ -208,6 +215,7 @@ impl AgentBuilder {
             // side); a test's own `--admin` comes later and wins.
             .args(["--admin", "127.0.0.1:0"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -293,6 +301,7 @@ impl AgentBuilder {
             // side); a test's own `--admin` comes later and wins.
             .args(["--admin", "127.0.0.1:0"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -4,8 +4,8 @@
 
 pub mod flags;
 pub mod handover;
-pub mod template;
 pub mod run;
+pub mod template;
 
 /// Counts a node-local setup error in
 /// `coredns_nodecache_setup_errors_total{errortype}`.

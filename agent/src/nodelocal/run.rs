@@ -114,11 +114,15 @@ impl NodeLocal {
 /// A temporary file beside `path`, then a rename: a reader never sees half
 /// a Corefile.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.nodedns-{}.tmp",
-        path.file_name().map_or_else(|| "Corefile".into(), |n| n.to_string_lossy()),
+        path.file_name()
+            .map_or_else(|| "Corefile".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
     std::fs::write(&tmp, text)?;

@@ -359,9 +359,17 @@ impl Server {
         };
         let tcp_addr = tcp.local_addr()?;
         let mut copies = Vec::new();
-        copies.push((Kind::Tcp, tcp_addr, std::os::fd::OwnedFd::from(tcp.try_clone()?)));
+        copies.push((
+            Kind::Tcp,
+            tcp_addr,
+            std::os::fd::OwnedFd::from(tcp.try_clone()?),
+        ));
         for u in &udps {
-            copies.push((Kind::Udp, u.local_addr()?, std::os::fd::OwnedFd::from(u.try_clone()?)));
+            copies.push((
+                Kind::Udp,
+                u.local_addr()?,
+                std::os::fd::OwnedFd::from(u.try_clone()?),
+            ));
         }
         let mut bound = Vec::new();
         let mut threads = Vec::new();
@@ -601,8 +609,7 @@ fn candidates(key: &ListenKey) -> Vec<SocketAddr> {
 /// every UDP socket of its group (for `dns://`), or its TCP listener (DoT,
 /// DoH, gRPC). QUIC listeners are bound anew.
 fn adopt(key: &ListenKey, inherited: &mut Inherited) -> Option<Sockets> {
-    if !inherited.active() || key.port == 0 || matches!(key.scheme, Scheme::Quic | Scheme::Https3)
-    {
+    if !inherited.active() || key.port == 0 || matches!(key.scheme, Scheme::Quic | Scheme::Https3) {
         return None;
     }
     for addr in candidates(key) {

@@ -106,9 +106,7 @@ impl SelfCheck {
 }
 
 impl DnsCheck for SelfCheck {
-    fn check(
-        &self,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             // One round at a time; callers that waited share its result.
             let mut last = self.last.lock().await;
@@ -183,7 +181,10 @@ mod tests {
         let check = SelfCheck::default();
         check.set_targets(vec![addr]);
         let e = check.check().await.unwrap_err();
-        assert!(e.contains(&format!("udp {addr}: no answer within 1s")), "{e}");
+        assert!(
+            e.contains(&format!("udp {addr}: no answer within 1s")),
+            "{e}"
+        );
         assert!(e.contains(&format!("tcp {addr}: ")), "{e}");
         // No targets: nothing to fail.
         check.set_targets(Vec::new());
@@ -194,8 +195,12 @@ mod tests {
     #[test]
     fn the_probe_parses_as_a_query() {
         let q = query(7);
-        let req = Request::parse(&q, "127.0.0.1:1".parse().unwrap(), nodedns_plugins::Transport::Udp)
-            .unwrap();
+        let req = Request::parse(
+            &q,
+            "127.0.0.1:1".parse().unwrap(),
+            nodedns_plugins::Transport::Udp,
+        )
+        .unwrap();
         assert!(is_probe(&req));
     }
 }

@@ -25,9 +25,7 @@ pub struct Lifecycle {
 /// The agent's check that its own DNS listeners answer, which *health*
 /// reports: `Err` says which did not, and why.
 pub trait DnsCheck: Send + Sync {
-    fn check(
-        &self,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 impl std::fmt::Debug for Lifecycle {

@@ -1,0 +1,278 @@
+//! Node-local mode for real, inside network namespaces the tests create:
+//! the agent holds 169.254.20.10 (and a ClusterIP) on its interface,
+//! installs its packet-filter rules (nftables or iptables), answers
+//! clients in a second namespace over a veth pair, keeps its setup
+//! through the periodic sync, tears it down at exit unless
+//! `-skipteardown`, hands over to a successor without losing a query, and
+//! runs the golden `nodelocaldns.Corefile` against a fake kube-dns found
+//! through `k8s://` endpoints. Nothing outside the namespaces is touched;
+//! without root the tests skip.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use nix::sys::signal::Signal;
+use nodedns_tests::client::query;
+use nodedns_tests::netns::{Netns, SKIP_NOT_ROOT, is_root, veth};
+use nodedns_tests::{Agent, wait_until};
+
+const LOCAL_IP: &str = "169.254.20.10";
+const CLUSTER_IP: &str = "10.96.0.10";
+
+/// Two namespaces: `node` (the agent) and `pod` (a client), joined by a
+/// veth pair; `pod` routes the node-local addresses over it.
+fn node_and_pod() -> Option<(Netns, Netns)> {
+    if !is_root() {
+        eprintln!("{SKIP_NOT_ROOT}");
+        return None;
+    }
+    let node = Netns::new().expect("netns");
+    let pod = Netns::new().expect("netns");
+    veth(&node, "veth-node", &["10.200.0.1/24"], &pod, "veth-pod", &["10.200.0.2/24"])
+        .expect("veth");
+    for ip in [LOCAL_IP, CLUSTER_IP] {
+        pod.ip(&["route", "add", &format!("{ip}/32"), "via", "10.200.0.1"])
+            .expect("route");
+    }
+    Some((node, pod))
+}
+
+/// One UDP query from inside `ns` (a thread that entered it), with a
+/// deadline; `None` when nothing came back.
+async fn ask_from(ns: PathBuf, server: SocketAddr, name: &str) -> Option<Message> {
+    let wire = query(name, RecordType::A).to_vec().expect("encode");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let answer = (|| {
+            let f = std::fs::File::open(&ns).ok()?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.send_to(&wire, server).ok()?;
+            let mut buf = [0u8; 1500];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Message::from_vec(&buf[..n]).ok()
+        })();
+        let _ = tx.send(answer);
+    });
+    rx.await.ok().flatten()
+}
+
+fn hosts_corefile() -> String {
+    format!(
+        ".:53 {{\n    bind {LOCAL_IP} {CLUSTER_IP}\n    hosts {{\n        10.1.2.3 svc.test\n    }}\n    health {LOCAL_IP}:8080\n}}\n"
+    )
+}
+
+fn addrs(ns: &Netns) -> String {
+    ns.exec_ok(&["ip", "-o", "addr"]).unwrap_or_default()
+}
+
+fn nft_rules(ns: &Netns) -> usize {
+    ns.exec_ok(&["nft", "list", "ruleset"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("notrack") || l.contains("accept"))
+        .count()
+}
+
+fn iptables_rules(ns: &Netns) -> usize {
+    ns.exec_ok(&["iptables-save"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("NodeLocal DNS Cache"))
+        .count()
+}
+
+fn node_local(filter: &str) -> nodedns_tests::agent::AgentBuilder {
+    Agent::corefile("")
+        .file("Corefile.base", hosts_corefile())
+        .arg("-localip")
+        .arg(format!("{LOCAL_IP},{CLUSTER_IP}"))
+        .arg("-basecorefile")
+        .arg("Corefile.base")
+        .arg("-metrics-listen-address=")
+        .arg("--packet-filter")
+        .arg(filter)
+}
+
+#[tokio::test]
+async fn a_pod_reaches_the_link_local_address_and_teardown_removes_everything() {
+    let Some((node, pod)) = node_and_pod() else { return };
+    let pod_path = pod.path();
+    let node_ref = &node;
+    for filter in ["nftables", "iptables"] {
+        let pod_path = pod_path.clone();
+        let ns_name = node_ref.name().to_string();
+        let (before_exit, after_exit) = node_ref.run(move || async move {
+            let mut agent = node_local(filter).arg("-syncinterval").arg("1").start().await;
+            for server in [LOCAL_IP, CLUSTER_IP] {
+                let m = ask_from(pod_path.clone(), format!("{server}:53").parse().unwrap(), "svc.test.")
+                    .await
+                    .unwrap_or_else(|| panic!("no answer from {server} ({filter})"));
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+                assert_eq!(m.answers.len(), 1, "{m:?}");
+            }
+            let status = nodedns_tests::http_get(format!("{LOCAL_IP}:8080").parse().unwrap(), "/health").await;
+            assert_eq!(status.map(|s| s.0), Some(200), "DNS-level health");
+            let ns = Netns::attach(&ns_name);
+            let before = (addrs(&ns), nft_rules(&ns), iptables_rules(&ns));
+            agent.signal(Signal::SIGTERM);
+            assert!(agent.wait_exit(Duration::from_secs(10)).await.expect("exit").success());
+            let after = (addrs(&ns), nft_rules(&ns), iptables_rules(&ns));
+            (before, after)
+        });
+        assert!(before_exit.0.contains(LOCAL_IP) && before_exit.0.contains(CLUSTER_IP), "{filter}: {}", before_exit.0);
+        match filter {
+            "nftables" => assert!(before_exit.1 >= 12, "{filter}: nft rules {}", before_exit.1),
+            _ => assert_eq!(before_exit.2, 24, "{filter}: iptables rules (12 per address)"),
+        }
+        assert!(!after_exit.0.contains(LOCAL_IP), "{filter}: address left: {}", after_exit.0);
+        assert_eq!((after_exit.1, after_exit.2), (0, 0), "{filter}: rules left");
+    }
+}
+
+#[tokio::test]
+async fn skipteardown_leaves_the_setup_and_the_sync_puts_back_what_is_removed() {
+    let Some((node, _pod)) = node_and_pod() else { return };
+    let ns_name = node.name().to_string();
+    node.run(move || async move {
+        let ns = Netns::attach(&ns_name);
+        let mut agent = node_local("nftables")
+            .env("NODEDNS_LOG", "info,nodedns=debug")
+            .arg("-syncinterval")
+            .arg("1")
+            .arg("-skipteardown")
+            .start()
+            .await;
+        let installed = nft_rules(&ns);
+        assert!(installed >= 12, "{installed}");
+        // Several syncs later: the same rules, not duplicated.
+        let synced = wait_until(Duration::from_secs(10), || {
+            let n = agent.stderr().iter().filter(|l| l.contains("node-local: synced")).count();
+            async move { n >= 3 }
+        })
+        .await;
+        assert!(synced, "{:?}", agent.stderr());
+        assert_eq!(nft_rules(&ns), installed, "the periodic sync duplicated rules");
+        // Someone removes the address and the table: both come back.
+        ns.exec_ok(&["nft", "delete", "table", "inet", "nodedns"]).expect("delete table");
+        let _ = ns.exec(&["ip", "addr", "del", &format!("{LOCAL_IP}/32"), "dev", "lo"]);
+        let _ = ns.exec(&["ip", "addr", "del", &format!("{LOCAL_IP}/32"), "dev", "nodelocaldns"]);
+        let back = wait_until(Duration::from_secs(5), || {
+            let ok = nft_rules(&ns) == installed && addrs(&ns).contains(LOCAL_IP);
+            async move { ok }
+        })
+        .await;
+        assert!(back, "not put back: {} rules, {}", nft_rules(&ns), addrs(&ns));
+        agent.signal(Signal::SIGTERM);
+        assert!(agent.wait_exit(Duration::from_secs(10)).await.expect("exit").success());
+        assert_eq!(nft_rules(&ns), installed, "-skipteardown removed the rules");
+        assert!(addrs(&ns).contains(LOCAL_IP), "-skipteardown removed the address");
+    });
+}
+
+/// A stream of UDP queries from inside `ns` at `rate` per second until
+/// `stop`: (sent, answered).
+fn stream_from(ns: PathBuf, server: SocketAddr, rate: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize)> {
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.connect(server).expect("connect");
+        let rx = sock.try_clone().expect("clone");
+        rx.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let seen = Arc::new(std::sync::Mutex::new(vec![false; 65536]));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (seen, answered, done) = (seen.clone(), answered.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(n) = rx.recv(&mut buf)
+                        && n >= 12
+                        && buf[3] & 0x0f == 0
+                    {
+                        let id = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+                        let mut s = seen.lock().expect("seen");
+                        if !s[id] {
+                            s[id] = true;
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        };
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while !stop.load(Ordering::Relaxed) && sent < 65536 {
+            let due = start + Duration::from_secs_f64(sent as f64 / f64::from(rate));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let mut m = query("svc.test.", RecordType::A);
+            m.metadata.id = sent as u16;
+            if sock.send(&m.to_vec().expect("encode")).is_ok() {
+                sent += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while answered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done.store(true, Ordering::Relaxed);
+        let _ = reader.join();
+        (sent, answered.load(Ordering::Relaxed))
+    })
+}
+
+#[tokio::test]
+async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules() {
+    let Some((node, pod)) = node_and_pod() else { return };
+    let ns_name = node.name().to_string();
+    let pod_path = pod.path();
+    node.run(move || async move {
+        let ns = Netns::attach(&ns_name);
+        let sock = std::env::temp_dir().join(format!("nodedns-netns-handover-{}.sock", std::process::id()));
+        let old = node_local("nftables")
+            .arg("--handover-socket")
+            .arg(sock.display().to_string())
+            .start()
+            .await;
+        let rules = nft_rules(&ns);
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = stream_from(pod_path.clone(), format!("{LOCAL_IP}:53").parse().unwrap(), 3000, stop.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let new = node_local("nftables")
+            .arg("--handover-socket")
+            .arg(sock.display().to_string())
+            .start()
+            .await;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let done = old.stdout().iter().any(|l| l.contains("handed over"));
+                async move { done }
+            })
+            .await
+        );
+        let mut old = old;
+        old.signal(Signal::SIGTERM);
+        assert!(old.wait_exit(Duration::from_secs(10)).await.expect("old exits").success());
+        // The old agent left the rules and the address to the new one.
+        assert_eq!(nft_rules(&ns), rules, "rules changed during the rollout");
+        assert!(addrs(&ns).contains(LOCAL_IP));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (sent, answered) = load.join().expect("load");
+        assert!(sent > 2000, "sent only {sent}");
+        assert_eq!(answered, sent, "queries lost during the rollout");
+        drop(new);
+        let _ = std::fs::remove_file(&sock);
+    });
+}

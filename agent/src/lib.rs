@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod corefile;
+pub mod nodelocal;
 pub mod registry;
 pub mod server;
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::flags::NodeLocalArgs;
+use super::flags::{NodeLocalArgs, PacketFilter};
 use super::template::{self, KubeDnsConfig};
 
 /// Where node-cache looks for the kube-dns ConfigMap when `-kubednscm` is
@@ -58,7 +58,7 @@ impl NodeLocal {
         let (base, cm) = match result {
             Ok(inputs) => inputs,
             Err(e) => {
-                super::count_setup_error("configmap");
+                super::count_error(super::ErrorType::Configmap);
                 return Err(e);
             }
         };
@@ -74,7 +74,7 @@ impl NodeLocal {
             self.dns_port,
             cluster.as_deref().map_err(String::as_str),
         )
-        .inspect_err(|_| super::count_setup_error("configmap"))?;
+        .inspect_err(|_| super::count_error(super::ErrorType::Configmap))?;
         self.inputs = Some((base, cm));
         if self.written.as_deref() == Some(text.as_str())
             || std::fs::read_to_string(&self.out).ok().as_deref() == Some(text.as_str())
@@ -83,7 +83,7 @@ impl NodeLocal {
             return Ok(false);
         }
         write_atomically(&self.out, &text).map_err(|e| {
-            super::count_setup_error("configmap");
+            super::count_error(super::ErrorType::Configmap);
             format!("writing {}: {e}", self.out.display())
         })?;
         tracing::info!(
@@ -133,20 +133,69 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// The addresses and packet-filter rules of node-local mode.
 #[derive(Debug)]
-pub struct Network {}
+pub struct Network {
+    net: super::NodeLocalNet,
+}
 
 impl NodeLocal {
-    /// Sets up the interface and its addresses (before the listeners bind).
+    /// Sets up the interface and its addresses (before the listeners
+    /// bind; they bind with `IP_FREEBIND`, so a failure here does not keep
+    /// them from starting, and the next sync tries again).
     pub async fn network(&self) -> Network {
-        Network {}
+        let filter = if !self.args.setup_iptables {
+            super::FilterMode::Off
+        } else {
+            match self.args.packet_filter {
+                PacketFilter::Auto => super::FilterMode::Auto,
+                PacketFilter::Nftables => super::FilterMode::Nftables,
+                PacketFilter::Iptables => super::FilterMode::Iptables,
+            }
+        };
+        let net = super::NodeLocalNet::new(super::NodeLocalConfig {
+            ips: self.args.local_ips.clone(),
+            port: self.dns_port,
+            health_port: self.args.health_port,
+            interface: self
+                .args
+                .setup_interface
+                .then(|| self.args.interface_name.clone()),
+            filter,
+        });
+        if let Err(e) = net.ensure_interface().await {
+            tracing::error!("node-local: setting up the interface: {e}");
+        }
+        Network { net }
     }
 }
 
 impl Network {
     /// Installs the rules (once the listeners answer).
-    pub async fn ensure_rules(&self) {}
+    pub async fn ensure_rules(&self) {
+        if let Err(e) = self.net.ensure_rules().await {
+            tracing::error!("node-local: installing the packet-filter rules: {e}");
+        }
+    }
+
     /// Checks the interface and the rules, putting back what is missing.
-    pub async fn sync(&self) {}
-    /// Removes the rules and the interface.
-    pub async fn teardown(&self) {}
+    pub async fn sync(&self) {
+        let interface = self.net.ensure_interface().await;
+        let rules = self.net.ensure_rules().await;
+        match (interface, rules) {
+            (Ok(()), Ok(())) => tracing::debug!("node-local: synced the interface and rules"),
+            (i, r) => {
+                for e in [i.err(), r.err()].into_iter().flatten() {
+                    tracing::error!("node-local: sync: {e}");
+                }
+            }
+        }
+    }
+
+    /// Removes the rules and the interface (or the addresses put on a link
+    /// that was there before).
+    pub async fn teardown(&self) {
+        match self.net.teardown().await {
+            Ok(()) => tracing::info!("node-local: removed the interface and rules"),
+            Err(e) => tracing::error!("node-local: teardown: {e}"),
+        }
+    }
 }

@@ -154,7 +154,7 @@ async fn skipteardown_leaves_the_setup_and_the_sync_puts_back_what_is_removed() 
         assert!(installed >= 12, "{installed}");
         // Several syncs later: the same rules, not duplicated.
         let synced = wait_until(Duration::from_secs(10), || {
-            let n = agent.stderr().iter().filter(|l| l.contains("node-local: synced")).count();
+            let n = agent.stderr().iter().filter(|l| l.contains("node-local: synced the interface")).count();
             async move { n >= 3 }
         })
         .await;

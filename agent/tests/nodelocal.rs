@@ -437,3 +437,32 @@ fn iptables_rules_installed_idempotent_repaired_and_torn_down() {
     assert!(iptables_rules(&ns, "iptables-save").is_empty());
     assert!(iptables_rules(&ns, "ip6tables-save").is_empty());
 }
+
+#[test]
+fn a_link_that_cannot_be_set_up_is_an_error_counted_in_the_metric() {
+    use nodedns::nodelocal::{ErrorType, error_count};
+    if !root() {
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    // Longer than IFNAMSIZ: the kernel refuses the lookup or the creation.
+    let net = std::sync::Arc::new(NodeLocalNet::new(config(
+        &[V4],
+        Some("a-name-far-too-long-for-a-link"),
+        FilterMode::Off,
+    )));
+    let before = error_count(ErrorType::InterfaceAdd) + error_count(ErrorType::InterfaceCheck);
+    let n = net.clone();
+    let r = ns.run(move || async move { n.ensure_interface().await });
+    assert!(r.is_err(), "{r:?}");
+    let after = error_count(ErrorType::InterfaceAdd) + error_count(ErrorType::InterfaceCheck);
+    assert!(after > before, "{before} -> {after}");
+    let text = nodedns_plugins::pkg::metrics::render();
+    assert!(
+        text.contains("coredns_nodecache_setup_errors_total{errortype=\"nftables\"}"),
+        "{text}"
+    );
+    // Nothing was set up, so teardown has nothing to undo.
+    let n = net.clone();
+    ns.run(move || async move { n.teardown().await.unwrap() });
+}

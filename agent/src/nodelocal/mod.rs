@@ -176,7 +176,7 @@ impl fmt::Display for FilterBackend {
 pub struct NodeLocalConfig {
     /// The local IPs (`-localip`); both families may be mixed.
     pub ips: Vec<IpAddr>,
-    /// The DNS port (`-localport`... node-cache's `LocalPort`, 53).
+    /// The DNS port the rules match (node-cache's `LocalPort`, 53).
     pub port: u16,
     /// The health port (`-health-port`, 8080) whose probe traffic skips
     /// conntrack.

@@ -51,15 +51,15 @@ fn addrs(ns: &Netns, link: &str) -> Vec<String> {
     found
 }
 
-/// Sends "hello" from namespace `client` to `ip:5353`, where a socket in
+/// Sends "hello" from namespace `client` to `ip:port`, where a socket in
 /// `server` echoes it; what came back. Every wait is bounded.
-fn udp_echo(server: &Netns, client: &Netns, ip: &'static str) -> Vec<u8> {
+fn udp_echo(server: &Netns, client: &Netns, ip: &'static str, port: u16) -> Vec<u8> {
     use std::time::Duration;
     use tokio::net::UdpSocket;
     std::thread::scope(|s| {
         let echo = s.spawn(|| {
             server.run(move || async move {
-                let sock = UdpSocket::bind((ip, 5353)).await.unwrap();
+                let sock = UdpSocket::bind((ip, port)).await.unwrap();
                 let mut buf = [0u8; 64];
                 let (n, peer) =
                     tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
@@ -74,7 +74,7 @@ fn udp_echo(server: &Netns, client: &Netns, ip: &'static str) -> Vec<u8> {
             let mut buf = [0u8; 64];
             // The server may not be bound yet: resend until it answers.
             for _ in 0..50 {
-                sock.send_to(b"hello", (ip, 5353)).await.unwrap();
+                sock.send_to(b"hello", (ip, port)).await.unwrap();
                 if let Ok(Ok(n)) =
                     tokio::time::timeout(Duration::from_millis(200), sock.recv(&mut buf)).await
                 {
@@ -202,7 +202,7 @@ fn named_existing_link_gets_the_addresses_and_keeps_its_own() {
     // Reachable from the other namespace over the veth.
     b.ip(&["route", "add", "169.254.20.10/32", "via", "10.9.0.1"])
         .unwrap();
-    assert_eq!(udp_echo(&a, &b, V4), b"hello");
+    assert_eq!(udp_echo(&a, &b, V4, 5353), b"hello");
 
     // Someone removes one of ours: the next ensure puts it back.
     a.ip(&["addr", "del", &format!("{V4}/32"), "dev", "nl-a"])
@@ -436,4 +436,91 @@ fn iptables_rules_installed_idempotent_repaired_and_torn_down() {
     ns.run(move || async move { n.teardown().await.unwrap() });
     assert!(iptables_rules(&ns, "iptables-save").is_empty());
     assert!(iptables_rules(&ns, "ip6tables-save").is_empty());
+}
+
+#[test]
+fn a_link_that_cannot_be_set_up_is_an_error_counted_in_the_metric() {
+    use nodedns::nodelocal::{ErrorType, error_count};
+    if !root() {
+        return;
+    }
+    let ns = Netns::new().unwrap();
+    // Longer than IFNAMSIZ: the kernel refuses the lookup or the creation.
+    let net = std::sync::Arc::new(NodeLocalNet::new(config(
+        &[V4],
+        Some("a-name-far-too-long-for-a-link"),
+        FilterMode::Off,
+    )));
+    let before = error_count(ErrorType::InterfaceAdd) + error_count(ErrorType::InterfaceCheck);
+    let n = net.clone();
+    let r = ns.run(move || async move { n.ensure_interface().await });
+    assert!(r.is_err(), "{r:?}");
+    let after = error_count(ErrorType::InterfaceAdd) + error_count(ErrorType::InterfaceCheck);
+    assert!(after > before, "{before} -> {after}");
+    let text = nodedns_plugins::pkg::metrics::render();
+    assert!(
+        text.contains("coredns_nodecache_setup_errors_total{errortype=\"nftables\"}"),
+        "{text}"
+    );
+    // Nothing was set up, so teardown has nothing to undo.
+    let n = net.clone();
+    ns.run(move || async move { n.teardown().await.unwrap() });
+}
+
+/// DNS traffic to the local IP, from another namespace over a veth, is
+/// not tracked once the rules are in (a probe table counts untracked
+/// packets to port 53), with either backend.
+fn traffic_skips_conntrack(filter: FilterMode) {
+    let a = Netns::new().unwrap();
+    let b = Netns::new().unwrap();
+    netns::veth(&a, "nl-a", &["10.9.0.1/24"], &b, "nl-b", &["10.9.0.2/24"]).unwrap();
+    b.ip(&["route", "add", "169.254.20.10/32", "via", "10.9.0.1"])
+        .unwrap();
+    a.exec_ok(&[
+        "nft",
+        "add table inet probe; \
+         add chain inet probe in { type filter hook input priority 10; }; \
+         add rule inet probe in udp dport 53 ct state untracked counter; \
+         add rule inet probe in udp dport 53 ct state new counter",
+    ])
+    .unwrap();
+    let net = std::sync::Arc::new(NodeLocalNet::new(config(&[V4], Some("nl-a"), filter)));
+    let n = net.clone();
+    a.run(move || async move {
+        n.ensure_interface().await.unwrap();
+        n.ensure_rules().await.unwrap();
+    });
+    assert_eq!(udp_echo(&a, &b, V4, 53), b"hello");
+    let probe = a
+        .exec_ok(&["nft", "list", "table", "inet", "probe"])
+        .unwrap();
+    let counted = |state: &str| {
+        probe
+            .lines()
+            .find(|l| l.contains(&format!("ct state {state}")))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {state} counter in {probe}"))
+    };
+    assert!(counted("untracked") >= 1, "{probe}");
+    assert_eq!(counted("new"), 0, "{probe}");
+    let n = net.clone();
+    a.run(move || async move { n.teardown().await.unwrap() });
+}
+
+#[test]
+fn traffic_skips_conntrack_with_nftables() {
+    if !root() {
+        return;
+    }
+    traffic_skips_conntrack(FilterMode::Nftables);
+}
+
+#[test]
+fn traffic_skips_conntrack_with_iptables() {
+    if !root() {
+        return;
+    }
+    traffic_skips_conntrack(FilterMode::Iptables);
 }

@@ -6,7 +6,8 @@
 //!   (`nodedns-<pid>-<n>`) with `lo` up; dropping it deletes it, and with
 //!   it every link, address and rule inside.
 //! - [`veth`] connects two namespaces with a veth pair and addresses.
-//! - [`Netns::exec`] / [`Netns::ip`] run a command inside.
+//! - [`Netns::exec`] / [`Netns::ip`] run a command inside;
+//!   [`Netns::command`] builds one to spawn (the agent binary).
 //! - [`Netns::run`] runs async code on a thread that entered the namespace
 //!   (a current-thread tokio runtime): netlink sockets it opens and
 //!   processes it spawns live in the namespace.
@@ -86,13 +87,23 @@ impl Netns {
         ip_cmd(&all)
     }
 
+    /// A command that runs `program` inside this namespace (`ip netns exec
+    /// NAME program`), to add arguments to and spawn (e.g. the agent
+    /// binary); standard input is null.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name])
+            .arg(program)
+            .stdin(Stdio::null());
+        c
+    }
+
     /// `ip netns exec NAME ARGS` (any exit status).
     pub fn exec(&self, args: &[&str]) -> io::Result<Output> {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        let Some((program, rest)) = args.split_first() else {
+            return Err(io::Error::other("exec: no program"));
+        };
+        self.command(program).args(rest).output()
     }
 
     /// `ip netns exec NAME ARGS`: its standard output; an error when it

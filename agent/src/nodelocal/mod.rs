@@ -30,6 +30,24 @@
 //!
 //! Every netlink socket and child process is opened on the calling thread,
 //! so they act in that thread's network namespace (which the tests use).
+//!
+//! # Use from the agent
+//!
+//! ```text
+//! let net = NodeLocalNet::new(config);   // metric registered, all labels at 0
+//! net.ensure_interface().await;          // at start, before binding 169.254.20.10:53
+//! /* bind the listeners */
+//! net.ensure_rules().await;              // once the listeners are up
+//! every -syncinterval:
+//!     net.ensure_interface().await; net.ensure_rules().await;
+//! at exit, unless -skipteardown:
+//!     net.teardown().await;
+//! ```
+//!
+//! The methods return the first error for the caller's information only:
+//! it has already been logged and counted, and setup goes on (node-cache
+//! keeps serving when a setup step fails and tries again at the next
+//! sync).
 
 pub mod flags;
 pub mod handover;
@@ -165,7 +183,7 @@ impl fmt::Display for FilterBackend {
 pub struct NodeLocalConfig {
     /// The local IPs (`-localip`); both families may be mixed.
     pub ips: Vec<IpAddr>,
-    /// The DNS port (`-localport`... node-cache's `LocalPort`, 53).
+    /// The DNS port the rules match (node-cache's `LocalPort`, 53).
     pub port: u16,
     /// The health port (`-health-port`, 8080) whose probe traffic skips
     /// conntrack.

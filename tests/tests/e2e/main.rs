@@ -17,6 +17,7 @@ mod kubernetes_metrics;
 mod kubernetes_multicluster;
 mod kubernetes_records;
 mod kubernetes_reload;
+mod manifests;
 mod operational;
 mod plugins;
 mod prometheus;

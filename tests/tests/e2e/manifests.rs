@@ -100,7 +100,12 @@ async fn run(program: &Path, args: &[&str], stdin: &str) -> String {
     });
     let out = tokio::time::timeout(TOOL_DEADLINE, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("{} {args:?}: no end within {TOOL_DEADLINE:?}", program.display()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} {args:?}: no end within {TOOL_DEADLINE:?}",
+                program.display()
+            )
+        })
         .expect("wait");
     let _ = writer.await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -145,6 +150,13 @@ async fn render(tools: &Tools, dir: &str) -> Vec<Value> {
         &yaml,
     )
     .await;
+    let docs = documents(tools, &yaml).await;
+    assert!(!docs.is_empty(), "{dir}: no documents");
+    docs
+}
+
+/// The YAML documents in `yaml`, as JSON (through PyYAML).
+async fn documents(tools: &Tools, yaml: &str) -> Vec<Value> {
     let json = run(
         &tools.python,
         &[
@@ -152,12 +164,26 @@ async fn render(tools: &Tools, dir: &str) -> Vec<Value> {
             "import json, sys, yaml\n\
              json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
         ],
-        &yaml,
+        yaml,
     )
     .await;
-    let docs: Vec<Value> = serde_json::from_str(&json).expect("JSON from PyYAML");
-    assert!(!docs.is_empty(), "{dir}: no documents");
-    docs
+    serde_json::from_str(&json).expect("JSON from PyYAML")
+}
+
+/// `v` with every list of named objects (containers, volumes, mounts)
+/// sorted by name: their order means nothing to Kubernetes.
+fn by_name(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), by_name(v))).collect()),
+        Value::Array(a) => {
+            let mut a: Vec<Value> = a.iter().map(by_name).collect();
+            if a.iter().all(|x| x["name"].is_string()) {
+                a.sort_by(|x, y| x["name"].as_str().cmp(&y["name"].as_str()));
+            }
+            Value::Array(a)
+        }
+        other => other.clone(),
+    }
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -229,7 +255,10 @@ fn check_node_local(docs: &[Value], localip: &str) -> String {
     let c = &containers[0];
     // On hostNetwork a containerPort is a hostPort: the scheduler would
     // keep the surge pod Pending while the old one holds it.
-    for any in containers.iter().chain(pod["initContainers"].as_array().into_iter().flatten()) {
+    for any in containers
+        .iter()
+        .chain(pod["initContainers"].as_array().into_iter().flatten())
+    {
         assert!(
             any["ports"].as_array().is_none_or(Vec::is_empty),
             "{}: ports on a hostNetwork pod block maxSurge",
@@ -245,7 +274,10 @@ fn check_node_local(docs: &[Value], localip: &str) -> String {
     let args = strs(&c["args"]);
     assert_eq!(flag(&args, "-localip"), Some(localip), "{args:?}");
     let conf = flag(&args, "-conf").expect("-conf");
-    assert_eq!(conf, "/etc/Corefile", "-conf is the Corefile the agent writes");
+    assert_eq!(
+        conf, "/etc/Corefile",
+        "-conf is the Corefile the agent writes"
+    );
     let upstream = flag(&args, "-upstreamsvc").expect("-upstreamsvc");
     assert_eq!(upstream, "k8s://kube-system/kube-dns");
 
@@ -253,12 +285,20 @@ fn check_node_local(docs: &[Value], localip: &str) -> String {
     let live = &c["livenessProbe"]["httpGet"];
     assert_eq!(
         (&live["host"], &live["path"], &live["port"]),
-        (&Value::from(LINK_LOCAL), &Value::from("/health"), &Value::from(8080))
+        (
+            &Value::from(LINK_LOCAL),
+            &Value::from("/health"),
+            &Value::from(8080)
+        )
     );
     let ready = &c["readinessProbe"]["httpGet"];
     assert_eq!(
         (&ready["host"], &ready["path"], &ready["port"]),
-        (&Value::from(LINK_LOCAL), &Value::from("/ready"), &Value::from(8181))
+        (
+            &Value::from(LINK_LOCAL),
+            &Value::from("/ready"),
+            &Value::from(8181)
+        )
     );
 
     // Volumes: the template where -basecorefile looks by default, and the
@@ -291,11 +331,16 @@ fn check_node_local(docs: &[Value], localip: &str) -> String {
         let v = mount_of(path);
         assert_eq!(v["hostPath"]["type"], "DirectoryOrCreate", "{f} {path}");
     }
-    assert_eq!(mount_of("/run/xtables.lock")["hostPath"]["path"], "/run/xtables.lock");
+    assert_eq!(
+        mount_of("/run/xtables.lock")["hostPath"]["path"],
+        "/run/xtables.lock"
+    );
 
     // RBAC: the service account may list and watch what -upstreamsvc
     // k8s:// and the kubernetes plugin watch.
-    let sa = pod["serviceAccountName"].as_str().expect("serviceAccountName");
+    let sa = pod["serviceAccountName"]
+        .as_str()
+        .expect("serviceAccountName");
     find(docs, "ServiceAccount", sa);
     let binding = docs
         .iter()
@@ -358,7 +403,9 @@ fn check_node_local(docs: &[Value], localip: &str) -> String {
     assert!(corefile.starts_with("cluster.local:53 {"), "{corefile}");
     assert!(corefile.contains(&format!("health {LINK_LOCAL}:8080")));
     assert!(corefile.contains(&format!("ready {LINK_LOCAL}:8181")));
-    let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("grace");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace");
     // The lame duck, then the agent's --shutdown-timeout (5 s by default).
     assert!(grace > lameduck_secs(corefile) + 5, "grace {grace}s");
 
@@ -384,7 +431,13 @@ async fn base_renders_and_validates() {
     let args = strs(&ds["spec"]["template"]["spec"]["containers"][0]["args"]);
     // Which addresses to bind is the overlays' choice.
     assert!(!args.contains(&"-localip"), "{args:?}");
-    for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Service"] {
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Service",
+    ] {
         assert!(docs.iter().any(|d| d["kind"] == kind), "no {kind}");
     }
 }
@@ -425,7 +478,10 @@ async fn node_local_corefile_serves() {
         .replace("prometheus :9253", "prometheus 127.0.0.1:0")
         .replace(&format!("health {LINK_LOCAL}:8080"), "health 127.0.0.1:0")
         .replace(&format!("ready {LINK_LOCAL}:8181"), "ready 127.0.0.1:0");
-    assert!(!text.contains(LINK_LOCAL) && !text.contains("__PILLAR__"), "{text}");
+    assert!(
+        !text.contains(LINK_LOCAL) && !text.contains("__PILLAR__"),
+        "{text}"
+    );
     let agent = Agent::corefile(text).start().await;
     let c = Client::new(agent.udp());
     let m = c
@@ -434,9 +490,18 @@ async fn node_local_corefile_serves() {
     assert_eq!(a_of(&m), [KUBE_DNS_IP]);
     let m = c.tcp("www.example.org.", RecordType::A).await;
     assert_eq!(a_of(&m), ["192.0.2.1"]);
-    // force_tcp to the cluster DNS; the rest as the client asked.
-    assert_eq!((up.udp_queries(), up.tcp_queries()), (0, 2));
-    assert_eq!(http_status(agent.http("health"), "/health").await, Some(200));
+    // Each reached the upstream once (the rest of its queries are `loop`'s
+    // probes, one per block).
+    for name in [
+        "kube-dns.kube-system.svc.cluster.local.",
+        "www.example.org.",
+    ] {
+        assert_eq!(up.count(name, RecordType::A), 1, "{name}");
+    }
+    assert_eq!(
+        http_status(agent.http("health"), "/health").await,
+        Some(200)
+    );
     let ready = wait_until(Duration::from_secs(10), || async {
         http_status(agent.http("ready"), "/ready").await == Some(200)
     })
@@ -454,7 +519,9 @@ async fn sidecar_example() {
         .iter()
         .find(|d| d["kind"] == "Deployment")
         .expect("a Deployment");
-    let ns = deploy["metadata"]["namespace"].as_str().unwrap_or("default");
+    let ns = deploy["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
     let pod = &deploy["spec"]["template"]["spec"];
     assert_eq!(pod["dnsPolicy"], "None");
     assert_eq!(strs(&pod["dnsConfig"]["nameservers"]), ["127.0.0.1"]);
@@ -478,7 +545,11 @@ async fn sidecar_example() {
         .collect();
     for c in &all {
         let caps = strs(&c["securityContext"]["capabilities"]["add"]);
-        assert!(caps.is_empty(), "{}: no capability needed: {caps:?}", c["name"]);
+        assert!(
+            caps.is_empty(),
+            "{}: no capability needed: {caps:?}",
+            c["name"]
+        );
     }
     let sidecar = all
         .iter()
@@ -490,8 +561,9 @@ async fn sidecar_example() {
     let mount = sidecar["volumeMounts"]
         .as_array()
         .and_then(|ms| {
-            ms.iter()
-                .find(|m| Path::new(conf).parent() == Some(Path::new(m["mountPath"].as_str().unwrap_or(""))))
+            ms.iter().find(|m| {
+                Path::new(conf).parent() == Some(Path::new(m["mountPath"].as_str().unwrap_or("")))
+            })
         })
         .expect("-conf on a mounted volume");
     let volume = pod["volumes"]
@@ -503,8 +575,13 @@ async fn sidecar_example() {
         "ConfigMap",
         volume["configMap"]["name"].as_str().expect("a ConfigMap"),
     );
-    let key = Path::new(conf).file_name().and_then(|f| f.to_str()).expect("file");
-    let corefile = cm["data"][key].as_str().expect("the Corefile in the ConfigMap");
+    let key = Path::new(conf)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .expect("file");
+    let corefile = cm["data"][key]
+        .as_str()
+        .expect("the Corefile in the ConfigMap");
     assert!(corefile.contains("bind 127.0.0.1"), "{corefile}");
     assert!(corefile.contains("max_bytes"), "{corefile}");
     assert!(corefile.starts_with(".:53 {"), "{corefile}");
@@ -533,7 +610,10 @@ async fn sidecar_example() {
         .expect("a forward line");
     let text = corefile
         .replace(".:53 {", ".:0 {")
-        .replace(&format!("forward . {forward_to}"), &format!("forward . {up}"))
+        .replace(
+            &format!("forward . {forward_to}"),
+            &format!("forward . {up}"),
+        )
         .replace("health :8080", "health 127.0.0.1:0")
         .replace("ready :8181", "ready 127.0.0.1:0")
         .replace("prometheus :9253", "prometheus 127.0.0.1:0");
@@ -546,6 +626,70 @@ async fn sidecar_example() {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert_eq!(a_of(&m), ["10.96.0.1"]);
     }
-    assert_eq!(up.count("kubernetes.default.svc.cluster.local.", RecordType::A), 1);
-    assert_eq!(http_status(agent.http("health"), "/health").await, Some(200));
+    assert_eq!(
+        up.count("kubernetes.default.svc.cluster.local.", RecordType::A),
+        1
+    );
+    assert_eq!(
+        http_status(agent.http("health"), "/health").await,
+        Some(200)
+    );
+}
+
+/// The README's "Replacing node-local-dns" diff: its new side is the
+/// DaemonSet the iptables overlay renders, its old side node-cache's.
+#[tokio::test]
+async fn readme_diff_is_the_iptables_daemonset() {
+    let Some(tools) = tools() else { return };
+    let readme = std::fs::read_to_string(manifests_dir().join("../README.md")).expect("README.md");
+    let section = readme
+        .split_once("## Replacing node-local-dns")
+        .expect("the section")
+        .1;
+    let diff = section
+        .split_once("```diff\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("a diff block")
+        .0;
+    let (mut old, mut new) = (String::new(), String::new());
+    for line in diff.lines() {
+        if line.starts_with("---") || line.starts_with("+++") || line.starts_with("@@") {
+            continue;
+        }
+        let (side, text) = line.split_at(line.len().min(1));
+        match side {
+            " " | "" => {
+                old.push_str(text);
+                old.push('\n');
+                new.push_str(text);
+                new.push('\n');
+            }
+            "-" => {
+                old.push_str(text);
+                old.push('\n');
+            }
+            "+" => {
+                new.push_str(text);
+                new.push('\n');
+            }
+            _ => panic!("not a diff line: {line}"),
+        }
+    }
+    let docs = render(&tools, "overlays/iptables").await;
+    let ours = find(&docs, "DaemonSet", "node-local-dns");
+    let shown = documents(&tools, &new).await;
+    assert_eq!(shown.len(), 1, "{new}");
+    assert_eq!(
+        by_name(&shown[0]),
+        by_name(ours),
+        "the README diff is out of date"
+    );
+    let upstream = documents(&tools, &old).await;
+    let image = &upstream[0]["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert!(
+        image
+            .as_str()
+            .is_some_and(|i| i.contains("k8s-dns-node-cache")),
+        "{image}"
+    );
 }

@@ -617,7 +617,22 @@ async fn sidecar_example() {
         .replace("health :8080", "health 127.0.0.1:0")
         .replace("ready :8181", "ready 127.0.0.1:0")
         .replace("prometheus :9253", "prometheus 127.0.0.1:0");
-    let agent = Agent::corefile(text).start().await;
+    // With the container's own flags (but -conf, which the harness gives).
+    let mut agent = Agent::corefile(text);
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        if *a == "-conf" {
+            rest.next();
+        } else {
+            agent = agent.arg(*a);
+        }
+    }
+    let agent = agent.start().await;
+    assert!(
+        agent.listening.iter().all(|(t, _)| t != "http/admin"),
+        "--admin off: {:?}",
+        agent.listening
+    );
     let c = Client::new(agent.udp());
     for _ in 0..2 {
         let m = c

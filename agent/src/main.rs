@@ -277,6 +277,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 &format!("listening transport={transport} addr={addr}"),
             );
         }
+        // The rules go in once the listeners are up, as node-cache's, and
+        // before the agent says it started.
+        if let Some(net) = &net {
+            net.ensure_rules().await;
+        }
         if let Some(p) = &args.pidfile {
             std::fs::write(p, format!("{}\n", std::process::id()))
                 .with_context(|| format!("writing pidfile {}", p.display()))?;
@@ -297,10 +302,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         };
         life.set_serving();
         announce(args, &format!("nodedns-{} started", nodedns::VERSION));
-        // The rules go in once the listeners answer, as node-cache's.
-        if let Some(net) = &net {
-            net.ensure_rules().await;
-        }
         if inherited.active() {
             let pid = inherited.pid;
             match tokio::task::spawn_blocking(move || inherited.confirm()).await {

@@ -33,6 +33,8 @@ pub const SKIP_NOT_ROOT: &str = "skipping: needs root (network namespaces)";
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Deleted on drop (false for [`Netns::attach`]).
+    owned: bool,
 }
 
 fn check(what: &str, out: io::Result<Output>) -> io::Result<Output> {
@@ -65,9 +67,18 @@ impl Netns {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         ip_cmd(&["netns", "add", &name])?;
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on a namespace another handle owns (not deleted on drop):
+    /// for code running inside [`Netns::run`].
+    pub fn attach(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     /// Its name (as `ip netns` knows it).
@@ -144,7 +155,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace deletes its links, addresses and rules.
-        let _ = ip_cmd(&["netns", "del", &self.name]);
+        if self.owned {
+            let _ = ip_cmd(&["netns", "del", &self.name]);
+        }
     }
 }
 

@@ -26,6 +26,7 @@ pub struct AgentBuilder {
     corefile: String,
     args: Vec<String>,
     files: Vec<(String, String)>,
+    env: Vec<(String, String)>,
     unread_stdout: bool,
     soft_nofile: Option<u64>,
 }
@@ -74,6 +75,7 @@ impl Agent {
             corefile: corefile.into(),
             args: Vec::new(),
             files: Vec::new(),
+            env: Vec::new(),
             unread_stdout: false,
             soft_nofile: None,
         }
@@ -156,6 +158,13 @@ impl AgentBuilder {
         self.args.push(a.into());
         self
     }
+    /// Sets an environment variable for the agent (`KUBECONFIG`, say); a
+    /// relative path in it is read from the agent's working directory,
+    /// where [`AgentBuilder::file`] writes.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
     /// Stops reading stdout once the agent has started, keeping the pipe
     /// open: it fills and stays full until [`Agent::resume_stdout`].
     pub fn unread_stdout(mut self) -> Self {
@@ -208,6 +217,7 @@ impl AgentBuilder {
             // side); a test's own `--admin` comes later and wins.
             .args(["--admin", "127.0.0.1:0"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -293,6 +303,7 @@ impl AgentBuilder {
             // side); a test's own `--admin` comes later and wins.
             .args(["--admin", "127.0.0.1:0"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

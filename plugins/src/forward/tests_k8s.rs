@@ -387,7 +387,7 @@ async fn no_endpoint_is_servfail_at_once() {
         .remove(0);
     let (f, _) = Forward::build(cfg).unwrap();
     assert!(f.upstreams.load().is_empty());
-    let (flow, _) = super::tests::exchange(&f, "example.org.").await;
+    let (flow, _) = tests::exchange(&f, "example.org.").await;
     assert!(
         matches!(flow, Flow::Fail(ResponseCode::ServFail, _)),
         "{flow:?}"

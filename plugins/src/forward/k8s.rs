@@ -338,6 +338,7 @@ impl K8sWatch {
         ups.retain(|_, w| w.strong_count() > 0);
         match b.up(addr, Scheme::Dns, None) {
             Ok(u) => {
+                u.forget_series.store(true, Ordering::Relaxed);
                 ups.insert(key, Arc::downgrade(&u));
                 Some(u)
             }
@@ -568,8 +569,8 @@ impl Follow {
             }
         }
         let current = self.list.load();
-        let same = current.len() == out.len()
-            && current.iter().zip(&out).all(|(a, b)| Arc::ptr_eq(a, b));
+        let same =
+            current.len() == out.len() && current.iter().zip(&out).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
             self.list.store(Arc::new(out));
         }

@@ -130,6 +130,15 @@ struct Up {
     requests: IntCounter,
     hc_failures: IntCounter,
     m: UpMetrics,
+    /// Its series go with it (a `k8s://` endpoint's; see
+    /// `metrics::up_dropped`).
+    forget_series: AtomicBool,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        metrics::up_dropped(&self.to, self.forget_series.load(Ordering::Relaxed));
+    }
 }
 
 impl Up {
@@ -165,6 +174,7 @@ impl Up {
     /// An upstream reached through `proxy`, healthy, with no RTT yet.
     fn new(proxy: Proxy, scheme: Scheme) -> Arc<Self> {
         let to = proxy.addr().to_string();
+        metrics::up_created(&to);
         Arc::new(Self {
             proxy,
             requests: metrics::REQUESTS.with_label_values(&[&to]),
@@ -175,6 +185,7 @@ impl Up {
             fails: AtomicU32::new(0),
             checking: AtomicBool::new(false),
             srtt_us: AtomicU64::new(0),
+            forget_series: AtomicBool::new(false),
         })
     }
 

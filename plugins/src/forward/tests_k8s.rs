@@ -58,7 +58,10 @@ fn k8s_targets_parse() {
 #[test]
 fn bad_k8s_targets_name_their_line() {
     let cases = [
-        ("forward . k8s://kube-dns", "no SERVICE: write NAMESPACE/SERVICE"),
+        (
+            "forward . k8s://kube-dns",
+            "no SERVICE: write NAMESPACE/SERVICE",
+        ),
         ("forward . k8s:///kube-dns", "invalid namespace ''"),
         ("forward . k8s://ns/", "invalid service name ''"),
         ("forward . k8s://Kube/dns", "invalid namespace 'Kube'"),
@@ -99,7 +102,13 @@ fn bad_k8s_targets_name_their_line() {
     let fifteen: Vec<String> = (1..=15).map(|i| format!("192.0.2.{i}")).collect();
     let e = parse_text(&format!("forward . {} k8s://ns/svc", fifteen.join(" "))).unwrap_err();
     assert!(e.contains("more than 15 upstreams (16)"), "{e}");
-    assert!(parse_text(&format!("forward . {} k8s://ns/svc", fifteen[..14].join(" "))).is_ok());
+    assert!(
+        parse_text(&format!(
+            "forward . {} k8s://ns/svc",
+            fifteen[..14].join(" ")
+        ))
+        .is_ok()
+    );
 }
 
 // === Slices to upstreams ===
@@ -258,7 +267,11 @@ fn api_input_out_of_range_is_left_out() {
         .map(|i| ep(&format!("10.1.{}.{}", i / 250, i % 250), None, None))
         .collect();
     let v = SliceView::new(&slice("IPv4", vec![], many));
-    let e = expand(&BTreeMap::from([("s".to_string(), v)]), &K8sPort::Default, 1);
+    let e = expand(
+        &BTreeMap::from([("s".to_string(), v)]),
+        &K8sPort::Default,
+        1,
+    );
     assert_eq!(e.ranked.len(), MAX_ENDPOINTS_PER_SLICE);
 }
 
@@ -273,7 +286,11 @@ fn the_rank_is_stable_per_seed_and_moves_little() {
     let a = expand(&v, &K8sPort::Default, 1).ranked;
     assert_eq!(a, expand(&v, &K8sPort::Default, 1).ranked, "stable");
     let b = expand(&v, &K8sPort::Default, 2).ranked;
-    assert_ne!(a[..MAX_UPSTREAMS], b[..MAX_UPSTREAMS], "another node, another choice");
+    assert_ne!(
+        a[..MAX_UPSTREAMS],
+        b[..MAX_UPSTREAMS],
+        "another node, another choice"
+    );
     // One endpoint that was not chosen goes: the chosen stay.
     let gone = a[30];
     let fewer: Vec<Endpoint> = (1..=40)
@@ -426,4 +443,30 @@ fn sorted_strings(v: &[String]) -> Vec<String> {
     let mut v = v.to_vec();
     v.sort();
     v
+}
+
+#[tokio::test]
+async fn an_endpoint_that_goes_takes_its_series() {
+    let cfg = parse_text("forward . k8s://metrics/dns").unwrap().remove(0);
+    let mut carry_in = Carry::default();
+    let mut kept = Carry::default();
+    let (f, _) = Forward::build_carried(cfg, &mut carry_in, &mut kept).unwrap();
+    let w = k8s::K8sWatch::carried("metrics", "dns", &mut carry_in, &mut kept);
+    let publish = |addrs: &[&str]| {
+        let eps = addrs.iter().map(|a| ep(a, None, None)).collect();
+        w.publish_for_test(views(&[slice("IPv4", vec![], eps)]));
+    };
+    let series = |to: &str| {
+        crate::pkg::metrics::render()
+            .contains(&format!("coredns_forward_requests_total{{to=\"{to}\"}}"))
+    };
+    publish(&["10.99.0.1", "10.99.0.2"]);
+    assert_eq!(f.upstreams.load().len(), 2);
+    assert!(series("10.99.0.1:53") && series("10.99.0.2:53"));
+    publish(&["10.99.0.1"]);
+    assert!(series("10.99.0.1:53"));
+    assert!(!series("10.99.0.2:53"), "gone with its upstream");
+    // Back: counted again.
+    publish(&["10.99.0.1", "10.99.0.2"]);
+    assert!(series("10.99.0.2:53"));
 }

@@ -41,11 +41,11 @@ pub use setup::{
     Connection, DEFAULT_STARTUP_TIMEOUT, DEFAULT_TTL, KubeconfigFile, KubernetesConfig,
     MAX_STARTUP_TIMEOUT, MAX_TTL, TlsFiles, parse, setup,
 };
-pub(crate) use watch::inferred_client;
 pub use store::{
     Batch, EndpointRecord, Kind, PodRecord, PortRecord, ServiceKind, ServiceRecord, SliceRecord,
     Store, StoreOptions, StoreStats, parse_ip,
 };
+pub(crate) use watch::inferred_client;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};

@@ -39,7 +39,12 @@ fn queries(up: &FakeUpstream) -> usize {
 async fn upstreams(n: usize) -> Vec<FakeUpstream> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(FakeUpstream::builder().wildcard_a("192.0.2.1").start().await);
+        out.push(
+            FakeUpstream::builder()
+                .wildcard_a("192.0.2.1")
+                .start()
+                .await,
+        );
     }
     out
 }
@@ -95,11 +100,7 @@ async fn follows_the_ready_endpoints(force_tcp: bool) {
     for (i, up) in ups.iter().take(3).enumerate() {
         api.apply(slice(i, up));
     }
-    let options = if force_tcp {
-        "        force_tcp\n"
-    } else {
-        ""
-    };
+    let options = if force_tcp { "        force_tcp\n" } else { "" };
     let agent = start(&api, options).await;
     let c = Client::new(agent.udp());
 
@@ -145,7 +146,11 @@ async fn follows_the_ready_endpoints(force_tcp: bool) {
 
     // None left: SERVFAIL, at once.
     for i in 0..4 {
-        api.delete(Resource::EndpointSlices, "kube-system", &format!("kube-dns-{i}"));
+        api.delete(
+            Resource::EndpointSlices,
+            "kube-system",
+            &format!("kube-dns-{i}"),
+        );
     }
     assert!(
         wait_until(DEADLINE, || async {
@@ -156,7 +161,10 @@ async fn follows_the_ready_endpoints(force_tcp: bool) {
     );
     let started = std::time::Instant::now();
     assert_eq!(ask(&c, 20).await, vec![ResponseCode::ServFail; 20]);
-    assert!(started.elapsed() < Duration::from_secs(5), "SERVFAIL without waiting");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SERVFAIL without waiting"
+    );
 
     // Back: answers again, from the one that came back.
     let before = queries(&ups[2]);

@@ -263,3 +263,30 @@ async fn a_reload_keeps_the_watch_and_answers_throughout() {
         "the reloaded forward still follows the endpoints"
     );
 }
+
+#[tokio::test]
+async fn start_waits_for_the_first_list_then_serves_without_it() {
+    let ups = upstreams(1).await;
+    let api = FakeKubeApi::start().await;
+    api.apply(slice(0, &ups[0]));
+    api.stall_lists(true);
+    let started = std::time::Instant::now();
+    let agent = start(&api, "").await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(5), "served after {took:?}");
+    let log = agent.stderr().join("\n");
+    assert!(
+        log.contains("plugin/forward: starting server with k8s:// upstreams not synced"),
+        "{log}"
+    );
+    let c = Client::new(agent.udp());
+    assert_eq!(ask(&c, 1).await, [ResponseCode::ServFail]);
+    api.stall_lists(false);
+    assert!(
+        wait_until(DEADLINE, || async {
+            ask(&c, 1).await == [ResponseCode::NoError]
+        })
+        .await,
+        "answers once the list is in"
+    );
+}

@@ -2,8 +2,8 @@
 //! `coredns_proxy_*` family and the older `coredns_forward_*` series that
 //! dashboards still query. Registered once per process.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
@@ -29,7 +29,7 @@ pub(super) static PROXY_HC_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| 
         LEGACY_HC_FAILURES.to_string(),
         LEGACY_HC_HELP.to_string(),
         vec!["to".to_string()],
-        std::collections::HashMap::new(),
+        HashMap::new(),
     ) {
         register_collector(Box::new(LegacyHcFailures {
             proxy: proxy.clone(),
@@ -143,6 +143,56 @@ pub(super) static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         &["to", "rcode"],
     )
 });
+
+/// Upstreams alive per `to`: an upstream that follows the cluster
+/// (`k8s://`) takes its series with it when it goes and no other upstream
+/// has its address, so pods that come and go do not grow the registry
+/// without bound.
+static LIVE: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Mutex::default);
+
+fn live() -> std::sync::MutexGuard<'static, HashMap<String, usize>> {
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An upstream for `to` is made (before its series are resolved).
+pub(super) fn up_created(to: &str) {
+    *live().entry(to.to_string()).or_default() += 1;
+}
+
+/// An upstream for `to` is gone; with `forget`, the series labelled with
+/// `to` are removed when it was the last. Under the lock, so an upstream
+/// made for `to` meanwhile keeps its series.
+pub(super) fn up_dropped(to: &str, forget: bool) {
+    let mut live = live();
+    match live.get_mut(to) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            return;
+        }
+        Some(_) => {
+            live.remove(to);
+        }
+        None => {}
+    }
+    if !forget {
+        return;
+    }
+    let _ = REQUESTS.remove_label_values(&[to]);
+    let names = (0..=23u16)
+        .filter_map(crate::pkg::names::rcode_name)
+        .chain(["OTHER"]);
+    for rc in names {
+        let _ = RESPONSES.remove_label_values(&[to, rc]);
+        let _ = DURATION.remove_label_values(&[to, rc]);
+        let _ = PROXY_DURATION.remove_label_values(&["forward", to, rc]);
+    }
+    for p in super::PROTOS {
+        let _ = CONN_CACHE_HITS.remove_label_values(&["forward", to, p]);
+        let _ = CONN_CACHE_MISSES.remove_label_values(&["forward", to, p]);
+    }
+    let _ = PROXY_HC_FAILURES.remove_label_values(&["forward", to, ""]);
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,13 +14,16 @@
 //! names the same upstream with the same pool settings shares it, and a
 //! reload that leaves those settings alone keeps it (see [`PoolKey`]).
 
+mod k8s;
 mod metrics;
 mod resolv;
 mod setup;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_k8s;
 
-pub use setup::{ForwardConfig, Policy, Scheme, To, parse, setup};
+pub use setup::{ForwardConfig, K8sPort, K8sTarget, Policy, Scheme, To, parse, setup};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,6 +130,15 @@ struct Up {
     requests: IntCounter,
     hc_failures: IntCounter,
     m: UpMetrics,
+    /// Its series go with it (a `k8s://` endpoint's; see
+    /// `metrics::up_dropped`).
+    forget_series: AtomicBool,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        metrics::up_dropped(&self.to, self.forget_series.load(Ordering::Relaxed));
+    }
 }
 
 impl Up {
@@ -162,6 +174,7 @@ impl Up {
     /// An upstream reached through `proxy`, healthy, with no RTT yet.
     fn new(proxy: Proxy, scheme: Scheme) -> Arc<Self> {
         let to = proxy.addr().to_string();
+        metrics::up_created(&to);
         Arc::new(Self {
             proxy,
             requests: metrics::REQUESTS.with_label_values(&[&to]),
@@ -172,6 +185,7 @@ impl Up {
             fails: AtomicU32::new(0),
             checking: AtomicBool::new(false),
             srtt_us: AtomicU64::new(0),
+            forget_series: AtomicBool::new(false),
         })
     }
 
@@ -217,6 +231,9 @@ pub struct Forward {
     concurrent: AtomicUsize,
     rr: AtomicUsize,
     hc: HealthCheck,
+    /// With `k8s://` upstreams: what keeps `upstreams` in step with them
+    /// (and holds their watches).
+    follow: Option<Arc<k8s::Follow>>,
 }
 
 impl std::fmt::Debug for Forward {
@@ -323,6 +340,8 @@ impl Builder {
                     }
                     out.extend(list.into_iter().map(|a| (a, Scheme::Dns, None)));
                 }
+                // Followed by `k8s::Follow`.
+                To::K8s(_) => {}
             }
         }
         Ok(out)
@@ -462,13 +481,36 @@ impl Forward {
             timeout: cfg.read_timeout,
             proto: hc_proto,
         };
-        let upstreams = Arc::new(ArcSwap::from_pointee(ups));
+        let has_k8s = cfg.to.iter().any(|t| matches!(t, To::K8s(_)));
+        let upstreams = Arc::new(ArcSwap::from_pointee(if has_k8s {
+            Vec::new()
+        } else {
+            ups.clone()
+        }));
+        let follow = has_k8s.then(|| {
+            // The written order: each address its upstream, each target
+            // its endpoints.
+            let mut statics = ups.into_iter();
+            let slots = cfg
+                .to
+                .iter()
+                .filter_map(|t| match t {
+                    To::Addr { .. } => statics.next().map(k8s::Slot::Static),
+                    To::File(_) => None,
+                    To::K8s(k) => Some(k8s::Slot::K8s(
+                        k8s::K8sWatch::carried(&k.namespace, &k.service, carry_in, kept),
+                        k.clone(),
+                    )),
+                })
+                .collect();
+            k8s::Follow::start(Arc::clone(&upstreams), slots, builder.clone())
+        });
         let files: Vec<PathBuf> = cfg
             .to
             .iter()
             .filter_map(|t| match t {
                 To::File(p) => Some(p.clone()),
-                To::Addr { .. } => None,
+                To::Addr { .. } | To::K8s(_) => None,
             })
             .collect();
         let task: Option<Task> = (!files.is_empty()).then(|| {
@@ -484,6 +526,7 @@ impl Forward {
                 concurrent: AtomicUsize::new(0),
                 rr: AtomicUsize::new(0),
                 hc,
+                follow,
             },
             task,
         ))
@@ -496,6 +539,18 @@ impl Forward {
             upstreams: Arc::downgrade(&self.upstreams),
             max_fails: self.cfg.max_fails,
         })
+    }
+
+    /// What a configuration with this forward waits for before it serves:
+    /// the first list of each `k8s://` target's watch (which this starts,
+    /// unless it was carried over running), up to
+    /// [`k8s::STARTUP_TIMEOUT`].
+    pub fn startup(&self) -> Vec<crate::setup::StartupWait> {
+        self.follow
+            .iter()
+            .flat_map(|f| f.watches())
+            .map(|w| w.startup())
+            .collect()
     }
 
     /// Whether this forward handles the (lower-cased wire) name.

@@ -93,6 +93,44 @@ pub enum To {
     },
     /// A resolv.conf-style file whose nameservers are the upstreams.
     File(PathBuf),
+    /// `k8s://NAMESPACE/SERVICE[:PORT]`: the ready endpoints of the
+    /// service's EndpointSlices, followed live (plain DNS).
+    K8s(K8sTarget),
+}
+
+/// `k8s://NAMESPACE/SERVICE[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct K8sTarget {
+    /// The service's namespace.
+    pub namespace: String,
+    /// The service's name (its slices carry it as `kubernetes.io/service-name`).
+    pub service: String,
+    /// Which port of each endpoint.
+    pub port: K8sPort,
+}
+
+impl std::fmt::Display for K8sTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "k8s://{}/{}", self.namespace, self.service)?;
+        match &self.port {
+            K8sPort::Default => Ok(()),
+            K8sPort::Number(n) => write!(f, ":{n}"),
+            K8sPort::Name(n) => write!(f, ":{n}"),
+        }
+    }
+}
+
+/// The port of a `k8s://` target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum K8sPort {
+    /// None written: each slice's port named `dns` (UDP first), else
+    /// `dns-tcp`, else 53.
+    Default,
+    /// A number: this port on every endpoint.
+    Number(u16),
+    /// A name: each slice's port of that name (slices without it add no
+    /// endpoint).
+    Name(String),
 }
 
 /// `tls [CERT KEY] [CA]`.
@@ -205,6 +243,7 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
             c.spawn_on_start(task);
         }
         c.services.upstreams.push(fwd.inspect());
+        c.services.startup.extend(fwd.startup());
         c.add_plugin(Box::new(fwd));
     }
     Ok(())
@@ -270,8 +309,16 @@ fn from_zone(s: &str) -> Option<String> {
     zones::normalize(s.strip_prefix("dns://").unwrap_or(s))
 }
 
+/// The scheme of an upstream that follows a Kubernetes service.
+const K8S_PREFIX: &str = "k8s://";
+
 /// Parses one `TO`.
 fn parse_to(t: &str) -> Result<To, String> {
+    if let Some(rest) = t.strip_prefix(K8S_PREFIX) {
+        return parse_k8s(rest)
+            .map(To::K8s)
+            .map_err(|e| format!("upstream '{t}': {e} (k8s://NAMESPACE/SERVICE[:PORT])"));
+    }
     let schemes = [
         Scheme::Dns,
         Scheme::Tls,
@@ -293,6 +340,12 @@ fn parse_to(t: &str) -> Result<To, String> {
             None => (Scheme::Dns, t),
         },
     };
+    if rest.starts_with(K8S_PREFIX) {
+        return Err(format!(
+            "upstream '{t}': {K8S_PREFIX} upstreams are plain DNS; {}{K8S_PREFIX} is not supported",
+            scheme.prefix()
+        ));
+    }
     if matches!(scheme, Scheme::Https | Scheme::H3) && rest.contains('/') {
         return Err(format!(
             "upstream '{t}': paths are not allowed in HTTPS upstream addresses (the {} path is used)",
@@ -329,6 +382,74 @@ fn parse_to(t: &str) -> Result<To, String> {
     Err(format!(
         "upstream '{t}' is not an IP address, [IPv6]:port or file (host names are not supported)"
     ))
+}
+
+/// `NAMESPACE/SERVICE[:PORT]`, as the API server would accept them: a
+/// namespace is a DNS label (RFC 1123), a service name an RFC 1035 label,
+/// a port a number from 1 to 65535 or a port name (IANA service name
+/// syntax: up to 15 lower-case letters, digits and inner `-`, a letter
+/// among them).
+pub(super) fn parse_k8s(rest: &str) -> Result<K8sTarget, String> {
+    let (namespace, tail) = rest
+        .split_once('/')
+        .ok_or("no SERVICE: write NAMESPACE/SERVICE")?;
+    let (service, port) = match tail.split_once(':') {
+        Some((s, p)) => (s, Some(p)),
+        None => (tail, None),
+    };
+    if !is_label(namespace, false) {
+        return Err(format!(
+            "invalid namespace '{namespace}': lower-case letters, digits and inner '-', at most 63"
+        ));
+    }
+    if !is_label(service, true) {
+        return Err(format!(
+            "invalid service name '{service}': a lower-case letter, then letters, digits and inner '-', at most 63"
+        ));
+    }
+    let port = match port {
+        None => K8sPort::Default,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => K8sPort::Number(n),
+                _ => return Err(format!("invalid port '{p}': 1 to 65535")),
+            }
+        }
+        Some(p) if is_port_name(p) => K8sPort::Name(p.to_string()),
+        Some(p) => {
+            return Err(format!(
+                "invalid port '{p}': a number or a port name (at most 15 lower-case letters, digits and inner '-')"
+            ));
+        }
+    };
+    Ok(K8sTarget {
+        namespace: namespace.to_string(),
+        service: service.to_string(),
+        port,
+    })
+}
+
+/// A DNS label in lower case, at most 63 (RFC 1123; RFC 1035 with
+/// `letter_first`).
+fn is_label(s: &str, letter_first: bool) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && (!letter_first || b[0].is_ascii_lowercase())
+}
+
+/// An IANA service name, as a Kubernetes port name: at most 15, lower-case
+/// letters, digits and `-` (not first, not last, never two in a row), a
+/// letter among them.
+fn is_port_name(s: &str) -> bool {
+    s.len() <= 15
+        && is_label(s, false)
+        && !s.contains("--")
+        && s.bytes().any(|c| c.is_ascii_lowercase())
 }
 
 /// `IP`, `IP:PORT`, `[IPv6]:PORT` or a bare IPv6 address.
@@ -525,11 +646,27 @@ fn validate(d: &Dispenser<'_>, cfg: &ForwardConfig) -> Result<(), SetupError> {
     if has_sni && cfg.tls_servername.is_some() {
         return Err(d.err("tls_servername cannot be combined with tls://IP%NAME upstreams"));
     }
+    let has_k8s = cfg.to.iter().any(|t| matches!(t, To::K8s(_)));
+    if has_k8s && cfg.to.iter().any(|t| matches!(t, To::File(_))) {
+        return Err(d.err(
+            "k8s:// upstreams cannot be combined with resolv.conf files in one forward; use two forwards",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(t) = cfg.to.iter().find_map(|t| match t {
+        To::K8s(k) if !seen.insert(k) => Some(k),
+        _ => None,
+    }) {
+        return Err(d.err(format_args!("upstream '{t}' is listed twice")));
+    }
     let mut count = 0usize;
     for t in &cfg.to {
         count += match t {
             To::Addr { .. } => 1,
             To::File(p) => resolv::read(p).map(|v| v.len()).unwrap_or(0),
+            // Its endpoints share what the others leave (see `k8s.rs`);
+            // a forward whose written upstreams leave none is refused.
+            To::K8s(_) => 1,
         };
     }
     if count > MAX_UPSTREAMS {

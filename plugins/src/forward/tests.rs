@@ -322,7 +322,7 @@ async fn echo_upstream() -> SocketAddr {
 }
 
 /// Runs forward's network step for one query.
-async fn exchange(f: &Forward, name: &str) -> (Flow, crate::plugin::Reply) {
+pub(super) async fn exchange(f: &Forward, name: &str) -> (Flow, crate::plugin::Reply) {
     let raw = crate::pkg::test::query(name, hickory_proto::rr::RecordType::A);
     let req = crate::request::Request::parse(
         &raw,

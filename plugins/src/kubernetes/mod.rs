@@ -45,6 +45,7 @@ pub use store::{
     Batch, EndpointRecord, Kind, PodRecord, PortRecord, ServiceKind, ServiceRecord, SliceRecord,
     Store, StoreOptions, StoreStats, parse_ip,
 };
+pub(crate) use watch::inferred_client;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};

@@ -408,8 +408,6 @@ pub(crate) async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
                 .map_err(|e| format!("kubeconfig '{}': {e}", k.path.display()))?
         }
     };
-    let host = metrics::host_label(&config.cluster_url);
-    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| e.to_string())?;
     let qps = if cfg.api_qps > 0.0 {
         f64::from(cfg.api_qps)
     } else {
@@ -420,15 +418,43 @@ pub(crate) async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
     } else {
         DEFAULT_BURST
     };
+    layered(config, qps, burst, cfg.api_max_inflight)
+}
+
+/// A client for a plugin with no connection settings of its own
+/// (forward's `k8s://` upstreams): the kubeconfig `KUBECONFIG` names when
+/// it is set, else in-cluster when `KUBERNETES_SERVICE_HOST` is set, else
+/// kube's inference (`~/.kube/config`, then in-cluster); client-go's
+/// default pacing, measured as the plugin's own requests are.
+pub(crate) async fn inferred_client() -> Result<Client, String> {
+    let config = if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
+        Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| format!("kubeconfig from KUBECONFIG: {e}"))?
+    } else if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        Config::incluster().map_err(|e| format!("in-cluster configuration: {e}"))?
+    } else {
+        Config::infer()
+            .await
+            .map_err(|e| format!("no kubeconfig and not in a cluster: {e}"))?
+    };
+    layered(config, DEFAULT_QPS, DEFAULT_BURST, 0)
+}
+
+/// The client for `config`, paced (`qps`, `burst`), measured, and with at
+/// most `max_inflight` requests in flight (0: no limit of our own).
+fn layered(config: Config, qps: f64, burst: u32, max_inflight: u32) -> Result<Client, String> {
+    let host = metrics::host_label(&config.cluster_url);
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| e.to_string())?;
     // Outermost last: the measure sees the pacing wait, as client-go's
     // request duration includes its rate limiter's.
     let builder = builder
         .with_layer(&Pace::new(qps, burst).for_host(&host))
         .with_layer(&metrics::Measure::new(&host));
-    Ok(if cfg.api_max_inflight > 0 {
+    Ok(if max_inflight > 0 {
         builder
             .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
-                cfg.api_max_inflight as usize,
+                max_inflight as usize,
             ))
             .build()
     } else {

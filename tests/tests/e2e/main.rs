@@ -10,6 +10,7 @@ mod encrypted_quic;
 mod flights;
 mod forward;
 mod forward_encrypted;
+mod forward_k8s;
 mod forward_reload;
 mod harness;
 mod kubernetes;

@@ -410,12 +410,23 @@ fn check_node_local(docs: &[Value], localip: &str) -> String {
     assert!(grace > lameduck_secs(corefile) + 5, "grace {grace}s");
 
     // As the agent fills it (node-cache's rules): -localip with spaces, the
-    // cluster DNS, resolv.conf for the rest. The cluster DNS is given as
-    // `-upstreamsvc NAME` gives it (the Service's ClusterIP); with
-    // `k8s://` the agent puts that target in its place.
+    // cluster DNS, resolv.conf for the rest. The cluster DNS is what
+    // `-upstreamsvc` says: a `k8s://` target as it is, a Service name as
+    // its ClusterIP.
+    let upstreamsvc = args
+        .iter()
+        .position(|a| *a == "-upstreamsvc")
+        .and_then(|i| args.get(i + 1))
+        .copied()
+        .expect("-upstreamsvc");
+    let cluster_dns = if upstreamsvc.starts_with("k8s://") {
+        upstreamsvc
+    } else {
+        KUBE_DNS_IP
+    };
     let filled = corefile
         .replace("__PILLAR__LOCAL__DNS__", &localip.replace(',', " "))
-        .replace("__PILLAR__CLUSTER__DNS__", KUBE_DNS_IP)
+        .replace("__PILLAR__CLUSTER__DNS__", cluster_dns)
         .replace("__PILLAR__UPSTREAM__SERVERS__", "/etc/resolv.conf");
     if let Err(e) = nodedns::config::load_str(&filled) {
         panic!("the node-local Corefile does not load: {e}\n{filled}");

@@ -98,8 +98,12 @@ fn iptables_rules(ns: &Netns) -> usize {
 }
 
 fn node_local(filter: &str) -> nodedns_tests::agent::AgentBuilder {
+    node_local_with(hosts_corefile(), filter)
+}
+
+fn node_local_with(base: String, filter: &str) -> nodedns_tests::agent::AgentBuilder {
     Agent::corefile("")
-        .file("Corefile.base", hosts_corefile())
+        .file("Corefile.base", base)
         .arg("-localip")
         .arg(format!("{LOCAL_IP},{CLUSTER_IP}"))
         .arg("-basecorefile")
@@ -246,6 +250,13 @@ async fn skipteardown_leaves_the_setup_and_the_sync_puts_back_what_is_removed() 
     });
 }
 
+/// Names a rollout test warms, then streams.
+const WARM: usize = 100;
+
+fn warm_name(i: usize) -> String {
+    format!("w{}.example.org.", i % WARM)
+}
+
 /// A stream of UDP queries from inside `ns` at `rate` per second until
 /// `stop`: (sent, answered).
 fn stream_from(
@@ -291,7 +302,7 @@ fn stream_from(
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            let mut m = query("svc.test.", RecordType::A);
+            let mut m = query(&warm_name(sent), RecordType::A);
             m.metadata.id = sent as u16;
             if sock.send(&m.to_vec().expect("encode")).is_ok() {
                 sent += 1;
@@ -320,11 +331,35 @@ async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules()
             "nodedns-netns-handover-{}.sock",
             std::process::id()
         ));
-        let old = node_local("nftables")
+        let up = nodedns_tests::FakeUpstream::builder()
+            .ttl(600)
+            .wildcard_a("192.0.2.1")
+            .start()
+            .await;
+        let base = format!(
+            ".:53 {{\n    bind {LOCAL_IP} {CLUSTER_IP}\n    cache 600\n    forward . {}\n}}\n",
+            up.addr
+        );
+        let old = node_local_with(base.clone(), "nftables")
             .arg("--handover-socket")
             .arg(sock.display().to_string())
             .start()
             .await;
+        for i in 0..WARM {
+            let m = ask_from(
+                pod_path.clone(),
+                format!("{LOCAL_IP}:53").parse().unwrap(),
+                warm_name(i),
+            )
+            .await;
+            assert_eq!(m.map(|m| m.answers.len()), Some(1));
+        }
+        let asked = |up: &nodedns_tests::FakeUpstream| {
+            (0..WARM)
+                .map(|i| up.count(&warm_name(i), RecordType::A))
+                .sum::<usize>()
+        };
+        assert_eq!(asked(&up), WARM);
         let rules = nft_rules(&ns);
         let stop = Arc::new(AtomicBool::new(false));
         let load = stream_from(
@@ -334,7 +369,7 @@ async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules()
             stop.clone(),
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let new = node_local("nftables")
+        let new = node_local_with(base, "nftables")
             .arg("--handover-socket")
             .arg(sock.display().to_string())
             .start()
@@ -362,6 +397,11 @@ async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules()
         let (sent, answered) = load.join().expect("load");
         assert!(sent > 2000, "sent only {sent}");
         assert_eq!(answered, sent, "queries lost during the rollout");
+        assert_eq!(
+            asked(&up),
+            WARM,
+            "the new agent's answers for warmed names went upstream"
+        );
         drop(new);
         let _ = std::fs::remove_file(&sock);
     });

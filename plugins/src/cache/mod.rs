@@ -16,6 +16,8 @@ mod metrics;
 mod setup;
 mod snapshot;
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;
 
 pub use setup::{CacheConfig, Prefetch, Stale, StaleMode, Tier};
@@ -578,7 +580,7 @@ impl Inner {
             u32::try_from(s.duration.as_secs()).unwrap_or(u32::MAX)
         });
         let dead_at = now.saturating_add(ttl).saturating_add(stale_secs);
-        let Some(e) = Entry::from_reply(bytes, a, bits, negative, now, ttl, dead_at) else {
+        let Some(e) = Entry::from_reply(bytes, a, bits, negative, now.saturating_add(ttl), ttl, dead_at) else {
             return;
         };
         let (tier, other, i) = if negative {

@@ -169,14 +169,11 @@ impl Inner {
         if dead_at <= now {
             return Outcome::Expired;
         }
-        // The entry's age is kept where the clock allows (a new process's
-        // clock starts at 1): prefetch counts its share of the whole TTL.
-        let stored = expires.saturating_sub(ttl).max(1);
         let h = key_hash(qn, qt, qc, bits);
         let held_until = |store: &Store<Entry>| {
             store.get(h, |old| {
                 old.answers(qn, qt, qc, bits)
-                    .then(|| old.stored.saturating_add(old.ttl))
+                    .then(|| old.expires_at())
             })
         };
         let (tier, other, i) = if negative {
@@ -191,15 +188,10 @@ impl Inner {
         {
             return Outcome::Superseded;
         }
-        let Some(entry) = Entry::from_reply(
-            e.wire,
-            &a,
-            bits,
-            negative,
-            stored,
-            expires - stored,
-            dead_at,
-        ) else {
+        // Its whole TTL is this cache's, as if it had just been answered
+        // here: prefetch counts its share of that.
+        let Some(entry) = Entry::from_reply(e.wire, &a, bits, negative, expires, ttl, dead_at)
+        else {
             return Outcome::Refused;
         };
         other.remove_if(h, |old| old.answers(qn, qt, qc, bits));

@@ -178,14 +178,15 @@ pub fn encode_to_vec(caches: &[Arc<dyn CacheInspect>]) -> (Vec<u8>, Saved) {
             let Ok(len) = u16::try_from(e.wire.len()) else {
                 return;
             };
-            if count == u32::MAX || e.dead_in == 0 || e.wire.len() < MIN_WIRE {
+            let dead_in = e.dead_in.max(e.fresh_for);
+            if count == u32::MAX || dead_in == 0 || e.wire.len() < MIN_WIRE {
                 return;
             }
             count += 1;
             out.extend_from_slice(&index);
             out.push(e.key_bits);
             out.extend_from_slice(&e.fresh_for.to_be_bytes());
-            out.extend_from_slice(&e.dead_in.max(e.fresh_for).to_be_bytes());
+            out.extend_from_slice(&dead_in.to_be_bytes());
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(e.wire);
         });

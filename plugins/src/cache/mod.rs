@@ -580,7 +580,15 @@ impl Inner {
             u32::try_from(s.duration.as_secs()).unwrap_or(u32::MAX)
         });
         let dead_at = now.saturating_add(ttl).saturating_add(stale_secs);
-        let Some(e) = Entry::from_reply(bytes, a, bits, negative, now.saturating_add(ttl), ttl, dead_at) else {
+        let Some(e) = Entry::from_reply(
+            bytes,
+            a,
+            bits,
+            negative,
+            now.saturating_add(ttl),
+            ttl,
+            dead_at,
+        ) else {
             return;
         };
         let (tier, other, i) = if negative {

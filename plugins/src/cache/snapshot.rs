@@ -48,7 +48,10 @@ pub(super) fn identity_of(
             let mut v = list.to_vec();
             v.sort_unstable();
             v.dedup();
-            v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         },
     );
     format!(
@@ -172,8 +175,7 @@ impl Inner {
         let h = key_hash(qn, qt, qc, bits);
         let held_until = |store: &Store<Entry>| {
             store.get(h, |old| {
-                old.answers(qn, qt, qc, bits)
-                    .then(|| old.expires_at())
+                old.answers(qn, qt, qc, bits).then(|| old.expires_at())
             })
         };
         let (tier, other, i) = if negative {

@@ -81,12 +81,13 @@ fn written(bytes: &[u8]) -> SystemTime {
 }
 
 /// Decodes `bytes` into `caches` as if `after` had passed since it was written.
-fn load_after(
-    bytes: &[u8],
-    caches: &[&Cache],
-    after: Duration,
-) -> Result<Loaded, SnapshotError> {
-    decode_slice_at(bytes, &dyns(caches), &Limits::default(), written(bytes) + after)
+fn load_after(bytes: &[u8], caches: &[&Cache], after: Duration) -> Result<Loaded, SnapshotError> {
+    decode_slice_at(
+        bytes,
+        &dyns(caches),
+        &Limits::default(),
+        written(bytes) + after,
+    )
 }
 
 /// A cache holding one A answer (TTL 30) for `name`.
@@ -130,7 +131,10 @@ async fn snapshot_round_trip_success_denial_do_bit_and_two_caches() {
             ..ImportStats::default()
         }
     );
-    assert_eq!((a2.stats().success_entries, a2.stats().denial_entries), (2, 2));
+    assert_eq!(
+        (a2.stats().success_entries, a2.stats().denial_entries),
+        (2, 2)
+    );
 
     let m = hit(&a2, "WWW.example.org.", RecordType::A, false).expect("a hit");
     assert_eq!(m.answers[0].ttl, 20, "30 s less the 10 s elapsed");
@@ -209,7 +213,10 @@ async fn snapshot_entries_of_a_cache_no_longer_configured_are_dropped_and_counte
     let other = cache_on("dns://:1053", "cache 30");
     let zones = Cache::new(
         parse(
-            &mut Dispenser::new("cache", &lex(&Arc::from("Corefile"), "cache 30 example.org").unwrap()),
+            &mut Dispenser::new(
+                "cache",
+                &lex(&Arc::from("Corefile"), "cache 30 example.org").unwrap(),
+            ),
             &[".".to_string()],
         )
         .unwrap(),
@@ -234,7 +241,13 @@ async fn snapshot_identity_ignores_settings_and_import_fits_them() {
     // Exported with a 300 s cap; imported where the cap is 30 s.
     let a = cache("cache 300");
     ask(&a, "www.example.org.", RecordType::A, false, &AnswerStub);
-    ask(&a, "in.internal.example.org.", RecordType::A, false, &AnswerStub);
+    ask(
+        &a,
+        "in.internal.example.org.",
+        RecordType::A,
+        false,
+        &AnswerStub,
+    );
     let (bytes, _) = encode_to_vec(&dyns(&[&a]));
     let b = cache("cache 30 {\n disable success internal.example.org\n}");
     let loaded = load_after(&bytes, &[&b], Duration::from_secs(5)).unwrap();
@@ -254,7 +267,10 @@ async fn snapshot_import_keeps_the_entry_with_more_ttl_left() {
     let loaded = load_after(&bytes, &[&c], Duration::from_secs(10)).unwrap();
     assert_eq!((loaded.import.superseded, loaded.import.imported), (1, 0));
     assert_eq!(
-        hit(&c, "www.example.org.", RecordType::A, false).unwrap().answers[0].ttl,
+        hit(&c, "www.example.org.", RecordType::A, false)
+            .unwrap()
+            .answers[0]
+            .ttl,
         30
     );
     // Its own entry has 5 s left: the snapshot's 20 s one replaces it.
@@ -262,7 +278,10 @@ async fn snapshot_import_keeps_the_entry_with_more_ttl_left() {
     let loaded = load_after(&bytes, &[&c], Duration::from_secs(10)).unwrap();
     assert_eq!(loaded.import.imported, 1);
     assert_eq!(
-        hit(&c, "www.example.org.", RecordType::A, false).unwrap().answers[0].ttl,
+        hit(&c, "www.example.org.", RecordType::A, false)
+            .unwrap()
+            .answers[0]
+            .ttl,
         20
     );
     assert_eq!(c.stats().success_entries, 1);
@@ -412,7 +431,10 @@ async fn snapshot_entries_no_cache_would_hold_are_refused() {
         (0, u32::MAX, 0, good),
     ]);
     let (bytes, saved) = encode_to_vec(&[Arc::new(forged) as Arc<dyn CacheInspect>]);
-    assert_eq!(saved.entries, 6, "an entry with nothing left is not written");
+    assert_eq!(
+        saved.entries, 6,
+        "an entry with nothing left is not written"
+    );
     let c = cache("cache 30");
     let loaded = load_after(&bytes, &[&c], Duration::ZERO).unwrap();
     assert_eq!((loaded.import.refused, loaded.import.imported), (5, 1));
@@ -424,7 +446,13 @@ async fn snapshot_entries_no_cache_would_hold_are_refused() {
 async fn snapshot_import_stays_within_capacity_and_max_bytes() {
     let src = cache("cache 30 {\n success 5000\n}");
     for i in 0..1000 {
-        ask(&src, &format!("n{i}.example.org."), RecordType::A, false, &AnswerStub);
+        ask(
+            &src,
+            &format!("n{i}.example.org."),
+            RecordType::A,
+            false,
+            &AnswerStub,
+        );
     }
     let (bytes, saved) = encode_to_vec(&dyns(&[&src]));
     assert_eq!(saved.entries, 1000);
@@ -504,7 +532,13 @@ async fn snapshot_of_100k_entries_timing() {
     let text = "cache 30 {\n success 120000\n}";
     let src = cache(text);
     for i in 0..N {
-        ask(&src, &format!("host-{i}.example.org."), RecordType::A, false, &AnswerStub);
+        ask(
+            &src,
+            &format!("host-{i}.example.org."),
+            RecordType::A,
+            false,
+            &AnswerStub,
+        );
     }
     assert_eq!(src.stats().success_entries, N);
     let t = std::time::Instant::now();

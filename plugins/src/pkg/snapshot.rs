@@ -418,12 +418,9 @@ fn import(
     for (id, entries) in ids.iter().zip(&groups) {
         let mut same = caches.iter().filter(|c| c.snapshot_id().as_bytes() == *id);
         // An identity two caches share maps to neither.
-        let target = match (same.next(), same.next()) {
-            (Some(c), None) => c,
-            _ => {
-                loaded.unknown_cache += entries.len() as u64;
-                continue;
-            }
+        let (Some(target), None) = (same.next(), same.next()) else {
+            loaded.unknown_cache += entries.len() as u64;
+            continue;
         };
         if !entries.is_empty() {
             loaded.import.add(&target.import(entries, elapsed));
@@ -489,9 +486,9 @@ fn parse(body: &[u8]) -> Result<Parsed<'_>, SnapshotError> {
         if len < MIN_WIRE {
             return Err(SnapshotError::Malformed("entry shorter than a DNS message"));
         }
-        let group = groups
-            .get_mut(cache)
-            .ok_or(SnapshotError::Malformed("entry of a cache not in the table"))?;
+        let group = groups.get_mut(cache).ok_or(SnapshotError::Malformed(
+            "entry of a cache not in the table",
+        ))?;
         group.push(SnapshotEntry {
             key_bits,
             fresh_for,

@@ -212,3 +212,48 @@ fn a_warm_hit_on_a_large_entry_truncated_for_udp_does_not_allocate() {
         assert_eq!(n, 0, "100 large hits (edns={edns}) made {n} allocations");
     }
 }
+
+/// An entry loaded from a snapshot (as a new agent loads the old one's) is
+/// answered as a hit, without asking upstream and without allocating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_hit_on_an_entry_loaded_from_a_snapshot_does_not_allocate() {
+    use nodedns_plugins::pkg::snapshot;
+    let up = FakeUpstream::builder()
+        .a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let corefile = format!(". {{\n    cache 300\n    forward . {up}\n}}\n");
+    let old = load_str(&corefile).expect("config");
+    let router = old.listeners.values().next().expect("a listener").clone();
+    let client = "127.0.0.1:40000".parse().expect("addr");
+    let limits = Limits::default();
+    let raw = query("www.example.org.", false);
+    let mut reply = Reply::new();
+    match handle(&router, &raw, client, Transport::Udp, &mut reply, &limits) {
+        Handled::Upstream(p) => {
+            resume(p, &raw, client, Transport::Udp, limits)
+                .await
+                .expect("a reply");
+        }
+        _ => panic!("the first query misses"),
+    }
+    let (bytes, saved) = snapshot::encode_to_vec(&old.services.caches);
+    assert_eq!(saved.entries, 1);
+    drop(old);
+
+    let new = load_str(&corefile).expect("config");
+    let loaded = snapshot::decode_slice(&bytes, &new.services.caches, &snapshot::Limits::default())
+        .expect("the snapshot loads");
+    assert_eq!(loaded.import.imported, 1, "{loaded:?}");
+    let router = new.listeners.values().next().expect("a listener").clone();
+    let n = allocations_in_hits(&router, &raw, &mut reply, 1000);
+    let m = Message::from_vec(reply.wire()).expect("the hit decodes");
+    assert_eq!(m.answers.len(), 1);
+    assert!(m.answers[0].ttl <= 300 && m.answers[0].ttl >= 290);
+    assert_eq!(n, 0, "1000 hits on a loaded entry made {n} allocations");
+    assert_eq!(
+        up.count("www.example.org.", RecordType::A),
+        1,
+        "the new configuration never asked"
+    );
+}

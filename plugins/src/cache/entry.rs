@@ -18,9 +18,9 @@ pub(super) struct Entry {
     pub(super) key_bits: u8,
     /// Whether it sits in the denial tier.
     pub(super) negative: bool,
-    /// When stored (coarse seconds).
-    pub(super) stored: u32,
-    /// Its TTL in seconds, clamped.
+    /// When its TTL runs out (coarse seconds).
+    pub(super) expires: u32,
+    /// Its whole TTL in seconds, clamped (prefetch takes a share of it).
     pub(super) ttl: u32,
     /// Past this it is not served even stale (coarse seconds).
     pub(super) dead_at: u32,
@@ -64,7 +64,7 @@ impl Entry {
             wire_len,
             key_bits,
             negative,
-            stored,
+            expires: stored.saturating_add(ttl),
             ttl,
             dead_at,
             popularity: AtomicU32::new(0),
@@ -73,13 +73,14 @@ impl Entry {
     }
 
     /// Packs a reply straight from the upstream's bytes: its OPT left out,
-    /// in one allocation.
+    /// in one allocation. It is fresh until `expires`, of a whole TTL of
+    /// `ttl` (an entry from a snapshot may have less of it left).
     pub(super) fn from_reply(
         reply: &[u8],
         a: &crate::pkg::wire::Analysis,
         key_bits: u8,
         negative: bool,
-        stored: u32,
+        expires: u32,
         ttl: u32,
         dead_at: u32,
     ) -> Option<Self> {
@@ -94,7 +95,7 @@ impl Entry {
             wire_len,
             key_bits,
             negative,
-            stored,
+            expires,
             ttl,
             dead_at,
             popularity: AtomicU32::new(0),
@@ -138,10 +139,10 @@ impl Entry {
             && u16::from_be_bytes([tc[2], tc[3]]) == qclass
     }
 
-    /// When its TTL runs out (coarse seconds). Saturates: however large
-    /// the TTL, the entry never wraps around into expired.
-    fn expires_at(&self) -> u32 {
-        self.stored.saturating_add(self.ttl)
+    /// When its TTL runs out (coarse seconds). Saturated when made:
+    /// however large the TTL, the entry never wraps around into expired.
+    pub(super) fn expires_at(&self) -> u32 {
+        self.expires
     }
 
     /// Seconds of TTL left at `now` (0 once expired).

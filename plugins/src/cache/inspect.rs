@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::Inner;
 use super::entry::Entry;
-use crate::pkg::inspect::{CacheInspect, CachedEntry, Selector};
+use crate::pkg::inspect::{CacheInspect, CachedEntry, ImportStats, Selector, SnapshotEntry};
 use crate::request::{MAX_NAME, read_question};
 
 /// An entry's question: its name lower-cased in wire form, and its type.
@@ -77,6 +77,19 @@ impl CacheInspect for Inner {
 
     fn len(&self) -> u64 {
         (self.positive.len() + self.negative.len()) as u64
+    }
+
+    fn snapshot_id(&self) -> &str {
+        &self.snapshot_id
+    }
+
+    fn export(&self, f: &mut dyn FnMut(SnapshotEntry<'_>)) {
+        self.export_entries(super::now_secs(), f);
+    }
+
+    fn import(&self, entries: &[SnapshotEntry<'_>], elapsed_secs: u64) -> ImportStats {
+        let unix = crate::pkg::clock::unix_secs();
+        self.import_entries(entries, elapsed_secs, super::now_secs(), unix)
     }
 }
 

@@ -14,6 +14,9 @@ mod entry;
 mod inspect;
 mod metrics;
 mod setup;
+mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 
@@ -68,7 +71,10 @@ pub fn setup(c: &mut Controller<'_>) -> Result<(), SetupError> {
     let key = carry_key(&cfg, c.block, c.out.bind.as_deref());
     let cache = match c.services.carry_in.take::<Inner>(&key) {
         Some(inner) => Cache { inner },
-        None => Cache::new(cfg, &c.block.server_name).map_err(|e| c.d.err(e))?,
+        None => {
+            let id = snapshot::identity(&cfg, c.block, c.out.bind.as_deref());
+            Cache::build(cfg, &c.block.server_name, id).map_err(|e| c.d.err(e))?
+        }
     };
     c.services.carry_out.keep(key, Arc::clone(&cache.inner));
     c.services.caches.push(Arc::clone(&cache.inner) as _);
@@ -157,6 +163,8 @@ enum Hit {
 
 struct Inner {
     cfg: CacheConfig,
+    /// What a snapshot names it by ([`snapshot::identity`]).
+    snapshot_id: String,
     zones: Vec<Vec<u8>>,
     success_off: Vec<Vec<u8>>,
     denial_off: Vec<Vec<u8>>,
@@ -250,8 +258,14 @@ fn key_bits(req: &Request<'_>) -> u8 {
 }
 
 impl Cache {
-    /// Builds the cache (no I/O, no task).
+    /// Builds the cache (no I/O, no task). Its snapshot identity is the
+    /// server name's and the cache's zones (setup adds the block's).
     pub fn new(cfg: CacheConfig, server: &str) -> Result<Self, String> {
+        let id = snapshot::identity_of(server, None, &cfg.zones, &cfg.zones);
+        Self::build(cfg, server, id)
+    }
+
+    fn build(cfg: CacheConfig, server: &str, snapshot_id: String) -> Result<Self, String> {
         let zones_label = cfg.zones.join(",");
         let l = |t: &'static str| [server, t, zones_label.as_str(), ""];
         let s = [server, zones_label.as_str(), ""];
@@ -291,6 +305,7 @@ impl Cache {
             flight_ids: AtomicU64::new(1),
             m,
             cfg,
+            snapshot_id,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -565,7 +580,15 @@ impl Inner {
             u32::try_from(s.duration.as_secs()).unwrap_or(u32::MAX)
         });
         let dead_at = now.saturating_add(ttl).saturating_add(stale_secs);
-        let Some(e) = Entry::from_reply(bytes, a, bits, negative, now, ttl, dead_at) else {
+        let Some(e) = Entry::from_reply(
+            bytes,
+            a,
+            bits,
+            negative,
+            now.saturating_add(ttl),
+            ttl,
+            dead_at,
+        ) else {
             return;
         };
         let (tier, other, i) = if negative {

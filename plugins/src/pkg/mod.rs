@@ -13,6 +13,7 @@ pub mod names;
 pub mod output;
 pub mod proxy;
 pub mod response;
+pub mod snapshot;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod test;

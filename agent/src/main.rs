@@ -18,6 +18,7 @@ use nodedns::server::{Limits, Options, Server, TcpOptions};
 use nodedns_admin::{Applied, ApplyError};
 use nodedns_plugins::pkg::lifecycle::Lifecycle;
 use nodedns_plugins::pkg::output;
+use nodedns_plugins::pkg::snapshot;
 use nodedns_plugins::setup::StartupWait;
 use tokio::net::TcpListener;
 
@@ -1060,11 +1061,11 @@ fn remove_pidfile(p: &Path) {
 /// `--cache-snapshot`.
 fn restore_caches(args: &Args, inherited: &Inherited, config: &Config) {
     let caches = &config.services.caches;
+    let limits = snapshot::Limits::default();
     let result = if !inherited.snapshot.is_empty() {
-        snapshot_shim::decode(&mut inherited.snapshot.as_slice(), caches)
-            .map(|s| ("the predecessor", s))
+        snapshot::decode_slice(&inherited.snapshot, caches, &limits).map(|s| ("the predecessor", s))
     } else if let Some(path) = args.cache_snapshot.as_deref().filter(|p| p.exists()) {
-        snapshot_shim::load(path, caches).map(|s| ("--cache-snapshot", s))
+        snapshot::load(path, caches, &limits).map(|s| ("--cache-snapshot", s))
     } else {
         return;
     };
@@ -1075,17 +1076,14 @@ fn restore_caches(args: &Args, inherited: &Inherited, config: &Config) {
 }
 
 fn encode_caches(caches: &[Arc<dyn nodedns_plugins::pkg::inspect::CacheInspect>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    if let Err(e) = snapshot_shim::encode(caches, &mut out) {
-        tracing::warn!("handover: the cache snapshot failed: {e}");
-        out.clear();
-    }
-    out
+    let (bytes, saved) = snapshot::encode_to_vec(caches);
+    tracing::info!(?saved, "handover: cache snapshot made");
+    bytes
 }
 
 /// Writes the caches to `--cache-snapshot` at exit.
 fn save_caches(path: &Path, config: &Config) {
-    match snapshot_shim::save(path, &config.services.caches) {
+    match snapshot::save(path, &config.services.caches) {
         Ok(summary) => tracing::info!(path = %path.display(), ?summary, "caches saved"),
         Err(e) => tracing::warn!(path = %path.display(), "caches not saved: {e}"),
     }
@@ -1099,22 +1097,4 @@ fn refuse(why: &str, error: &str) {
         "reload refused, keeping the running config: {error}"
     );
     output::stderr().line(&format!("[ERROR] reload refused: {error}"));
-}
-
-// TEMPORARY until the cache snapshot lands.
-mod snapshot_shim {
-    use std::sync::Arc;
-    type Caches = [Arc<dyn nodedns_plugins::pkg::inspect::CacheInspect>];
-    pub fn decode(_r: &mut &[u8], _c: &Caches) -> Result<usize, String> {
-        Ok(0)
-    }
-    pub fn load(_p: &std::path::Path, _c: &Caches) -> Result<usize, String> {
-        Ok(0)
-    }
-    pub fn encode(_c: &Caches, _w: &mut Vec<u8>) -> Result<usize, String> {
-        Ok(0)
-    }
-    pub fn save(_p: &std::path::Path, _c: &Caches) -> Result<usize, String> {
-        Ok(0)
-    }
 }

@@ -316,10 +316,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Some(path) => {
                 let (guard, listener) = HandoverSocket::bind(path)
                     .with_context(|| format!("handover: binding {}", path.display()))?;
-                std::thread::Builder::new()
-                    .name("handover".into())
-                    .spawn(move || serve_handover(listener, handover_tx))
-                    .context("starting the handover thread")?;
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::UnixListener::from_std(listener)?;
+                tokio::spawn(serve_handover(listener, handover_tx));
                 Some(guard)
             }
             None => None,
@@ -934,47 +933,63 @@ type HandoverOffer = (
     Vec<Arc<dyn nodedns_plugins::pkg::inspect::CacheInspect>>,
 );
 
-/// Serves the handover socket, one successor at a time, on a thread of its
-/// own (the exchange is blocking I/O with timeouts). Ends once a
+/// Serves the handover socket, one successor at a time (the exchange is
+/// blocking I/O with timeouts, run on the blocking pool). Ends once a
 /// successor serves and this agent released its sockets.
-fn serve_handover(
-    listener: std::os::unix::net::UnixListener,
+async fn serve_handover(
+    listener: tokio::net::UnixListener,
     tx: tokio::sync::mpsc::Sender<HandoverRequest>,
 ) {
-    for conn in listener.incoming() {
-        let conn = match conn {
-            Ok(c) => c,
+    loop {
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
             Err(e) => {
+                // Out of descriptors, say: try again shortly.
                 tracing::warn!("handover: accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let offered = handover::offer(conn, || {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if tx.blocking_send(HandoverRequest::Offer(reply)).is_err() {
-                return (Vec::new(), Vec::new(), Vec::new());
-            }
-            let Ok((sockets, served, caches)) = answer.blocking_recv() else {
-                return (Vec::new(), Vec::new(), Vec::new());
-            };
-            (sockets, served, encode_caches(&caches))
-        });
+        let Ok(conn) = conn
+            .into_std()
+            .and_then(|c| c.set_nonblocking(false).map(|()| c))
+        else {
+            continue;
+        };
+        let asks = tx.clone();
+        let offered = tokio::task::spawn_blocking(move || {
+            handover::offer(conn, || {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if asks.blocking_send(HandoverRequest::Offer(reply)).is_err() {
+                    return (Vec::new(), Vec::new(), Vec::new());
+                }
+                let Ok((sockets, served, caches)) = answer.blocking_recv() else {
+                    return (Vec::new(), Vec::new(), Vec::new());
+                };
+                (sockets, served, encode_caches(&caches))
+            })
+        })
+        .await;
         match offered {
-            Ok(conn) => {
+            Ok(Ok(conn)) => {
                 let (reply, done) = tokio::sync::oneshot::channel();
-                if tx.blocking_send(HandoverRequest::Release(reply)).is_err() {
+                if tx.send(HandoverRequest::Release(reply)).await.is_err() {
                     return;
                 }
-                let _ = done.blocking_recv();
-                if let Err(e) = handover::released(conn) {
-                    tracing::warn!("handover: telling the new agent: {e}");
+                let _ = done.await;
+                match tokio::task::spawn_blocking(move || handover::released(conn)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("handover: telling the new agent: {e}"),
+                    Err(e) => tracing::warn!("handover: {e}"),
                 }
                 return;
             }
-            Err(e) => tracing::warn!(
-                "handover: the new agent went away before serving; still serving: {e}"
-            ),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "handover: the new agent went away before serving; still serving: {e}"
+                );
+            }
+            Err(e) => tracing::warn!("handover: {e}"),
         }
     }
 }

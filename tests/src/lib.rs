@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod client;
 pub mod kubeapi;
+pub mod load;
 pub mod netns;
 pub mod quic_client;
 pub mod secure_client;

@@ -4,15 +4,16 @@
 //! need addresses and packet filters run in network namespaces
 //! (`nodelocal_netns.rs`).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, RecordType};
 use nix::sys::signal::Signal;
 use nodedns_tests::client::query_class;
+use nodedns_tests::load::{Streamed, udp_stream};
 use nodedns_tests::{Agent, Client, FakeUpstream, free_ports, http_get, wait_until};
 
 /// Names warmed before a rollout.
@@ -42,76 +43,6 @@ fn handover_dir() -> std::path::PathBuf {
     dir
 }
 
-/// A stream of UDP queries at `rate` per second over the warmed names,
-/// until `stop`; every query has its own ID. Returns (sent, answered,
-/// answered with an error rcode).
-fn stream(
-    server: SocketAddr,
-    rate: u32,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, usize, usize)> {
-    std::thread::spawn(move || {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
-        sock.connect(server).expect("connect");
-        let rx = sock.try_clone().expect("clone");
-        rx.set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("timeout");
-        let seen = Arc::new(std::sync::Mutex::new(vec![false; 65536]));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (seen, answered, failed, done) =
-                (seen.clone(), answered.clone(), failed.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1500];
-                while !done.load(Ordering::Relaxed) {
-                    if let Ok(n) = rx.recv(&mut buf)
-                        && n >= 12
-                    {
-                        let id = u16::from_be_bytes([buf[0], buf[1]]) as usize;
-                        let mut s = seen.lock().expect("seen");
-                        if !s[id] {
-                            s[id] = true;
-                            answered.fetch_add(1, Ordering::Relaxed);
-                            if buf[3] & 0x0f != 0 {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        let start = Instant::now();
-        let mut sent = 0usize;
-        while !stop.load(Ordering::Relaxed) && sent < 65536 {
-            let due = start + Duration::from_secs_f64(sent as f64 / f64::from(rate));
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let mut m = nodedns_tests::client::query(&name(sent % WARM), RecordType::A);
-            m.metadata.id = sent as u16;
-            let wire = m.to_vec().expect("encode");
-            if sock.send(&wire).is_ok() {
-                sent += 1;
-            }
-        }
-        // Every reply gets up to 3 s to arrive.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while answered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        done.store(true, Ordering::Relaxed);
-        let _ = reader.join();
-        (
-            sent,
-            answered.load(Ordering::Relaxed),
-            failed.load(Ordering::Relaxed),
-        )
-    })
-}
-
 fn corefile(port: u16, health: u16, up: &FakeUpstream) -> String {
     format!(
         ".:{port} {{\n    bind 127.0.0.1\n    health 127.0.0.1:{health}\n    cache 600\n    forward . {up}\n}}\n"
@@ -138,7 +69,7 @@ async fn a_rollout_through_the_handover_socket_loses_no_query_and_starts_warm() 
     assert_eq!(asked, WARM);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = stream(server, 3000, stop.clone());
+    let load = udp_stream(server, 3000, stop.clone(), None, |i| name(i % WARM));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The new agent starts beside the old one and takes over.
     let new = Agent::corefile(corefile(port, health, &up))
@@ -173,7 +104,11 @@ async fn a_rollout_through_the_handover_socket_loses_no_query_and_starts_warm() 
     // Half a second more of queries with only the new agent.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
-    let (sent, answered, failed) = load.join().expect("load thread");
+    let Streamed {
+        sent,
+        answered,
+        failed,
+    } = load.join().expect("load thread");
     assert!(sent > 2000, "the stream sent only {sent}");
     assert_eq!(answered, sent, "queries lost during the rollout");
     assert_eq!(failed, 0, "error answers during the rollout");

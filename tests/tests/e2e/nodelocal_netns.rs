@@ -11,13 +11,14 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use nix::sys::signal::Signal;
 use nodedns_tests::client::query;
+use nodedns_tests::load::{Streamed, udp_stream};
 use nodedns_tests::netns::{Netns, SKIP_NOT_ROOT, is_root, veth};
 use nodedns_tests::{Agent, wait_until};
 
@@ -257,67 +258,6 @@ fn warm_name(i: usize) -> String {
     format!("w{}.example.org.", i % WARM)
 }
 
-/// A stream of UDP queries from inside `ns` at `rate` per second until
-/// `stop`: (sent, answered).
-fn stream_from(
-    ns: PathBuf,
-    server: SocketAddr,
-    rate: u32,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, usize)> {
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&ns).expect("netns");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        sock.connect(server).expect("connect");
-        let rx = sock.try_clone().expect("clone");
-        rx.set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("timeout");
-        let seen = Arc::new(std::sync::Mutex::new(vec![false; 65536]));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (seen, answered, done) = (seen.clone(), answered.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1500];
-                while !done.load(Ordering::Relaxed) {
-                    if let Ok(n) = rx.recv(&mut buf)
-                        && n >= 12
-                        && buf[3] & 0x0f == 0
-                    {
-                        let id = u16::from_be_bytes([buf[0], buf[1]]) as usize;
-                        let mut s = seen.lock().expect("seen");
-                        if !s[id] {
-                            s[id] = true;
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        };
-        let start = Instant::now();
-        let mut sent = 0usize;
-        while !stop.load(Ordering::Relaxed) && sent < 65536 {
-            let due = start + Duration::from_secs_f64(sent as f64 / f64::from(rate));
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let mut m = query(&warm_name(sent), RecordType::A);
-            m.metadata.id = sent as u16;
-            if sock.send(&m.to_vec().expect("encode")).is_ok() {
-                sent += 1;
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while answered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        done.store(true, Ordering::Relaxed);
-        let _ = reader.join();
-        (sent, answered.load(Ordering::Relaxed))
-    })
-}
-
 #[tokio::test]
 async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules() {
     let Some((node, pod)) = node_and_pod() else {
@@ -362,11 +302,12 @@ async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules()
         assert_eq!(asked(&up), WARM);
         let rules = nft_rules(&ns);
         let stop = Arc::new(AtomicBool::new(false));
-        let load = stream_from(
-            pod_path.clone(),
+        let load = udp_stream(
             format!("{LOCAL_IP}:53").parse().unwrap(),
             3000,
             stop.clone(),
+            Some(pod_path.clone()),
+            warm_name,
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let new = node_local_with(base, "nftables")
@@ -394,7 +335,12 @@ async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules()
         assert!(addrs(&ns).contains(LOCAL_IP));
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);
-        let (sent, answered) = load.join().expect("load");
+        let Streamed {
+            sent,
+            answered,
+            failed,
+        } = load.join().expect("load");
+        assert_eq!(failed, 0, "error answers during the rollout");
         assert!(sent > 2000, "sent only {sent}");
         assert_eq!(answered, sent, "queries lost during the rollout");
         assert_eq!(

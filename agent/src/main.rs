@@ -224,6 +224,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         // Signals are caught from here on, so a stop during start-up is graceful too.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        // SIGUSR1 too, before the agent says it started: its default
+        // action would end the process.
+        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .context("installing the SIGUSR1 handler")?;
         let life = Lifecycle::new();
         life.set_reporters(std::mem::take(&mut config.services.readiness));
         let net = match &nodelocal {
@@ -332,8 +336,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         // Plugins' background work (loop's probe, file re-reads) starts once
         // the server answers, as CoreDNS's OnStartup.
         let tasks: Vec<_> = std::mem::take(&mut config.tasks).into_iter().map(tokio::spawn).collect();
-        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-            .context("installing the SIGUSR1 handler")?;
         let file_seen = conf.as_ref().map(|_| config.blocks.clone());
         let mut agent = Agent {
             args,
@@ -389,18 +391,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         if let Some(reply) = released {
             // The successor reads the same sockets: stop reading them,
             // finish what is in flight, close this process's copies.
-            server.shutdown(args.shutdown_timeout).await;
-            http.stop_all().await;
-            let _ = admin_stop.send(());
-            if let Some(mut task) = admin_task
-                && tokio::time::timeout(ADMIN_STOP, &mut task).await.is_err()
-            {
-                task.abort();
-            }
+            stop_serving(server, &mut http, admin_stop, admin_task, tasks, args.shutdown_timeout).await;
             drop(admin_copy);
-            for t in tasks {
-                t.abort();
-            }
             let _ = reply.send(());
             announce(args, "nodedns handed over to the new agent; waiting for SIGTERM");
             // The node-local interface and rules are the successor's now:
@@ -423,19 +415,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
             tracing::info!(?lameduck, "going into lameduck mode");
             tokio::time::sleep(lameduck).await;
         }
-        server.shutdown(args.shutdown_timeout).await;
-        http.stop_all().await;
         // The admin plane stays up through lame duck and draining (healthz
         // says 503, stats still read); it stops last, within its grace.
-        let _ = admin_stop.send(());
-        if let Some(mut task) = admin_task
-            && tokio::time::timeout(ADMIN_STOP, &mut task).await.is_err()
-        {
-            task.abort();
-        }
-        for t in tasks {
-            t.abort();
-        }
+        stop_serving(server, &mut http, admin_stop, admin_task, tasks, args.shutdown_timeout).await;
         if let Some(path) = &args.cache_snapshot {
             save_caches(path, &config);
         }
@@ -456,6 +438,30 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // left behind rather than waited for.
     runtime.shutdown_timeout(RUNTIME_STOP);
     result
+}
+
+/// Stops serving: the DNS listeners (what is in flight gets `grace`), the
+/// HTTP endpoints, then the admin plane (within [`ADMIN_STOP`]) and the
+/// plugins' background tasks.
+async fn stop_serving<T>(
+    server: Server,
+    http: &mut HttpEndpoints,
+    admin_stop: tokio::sync::oneshot::Sender<()>,
+    admin_task: Option<tokio::task::JoinHandle<T>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+) {
+    server.shutdown(grace).await;
+    http.stop_all().await;
+    let _ = admin_stop.send(());
+    if let Some(mut task) = admin_task
+        && tokio::time::timeout(ADMIN_STOP, &mut task).await.is_err()
+    {
+        task.abort();
+    }
+    for t in tasks {
+        t.abort();
+    }
 }
 
 /// What the admin plane reads of a configuration.

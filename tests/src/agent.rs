@@ -112,6 +112,14 @@ impl Agent {
     pub fn stdout(&self) -> Vec<String> {
         self.stdout.lock().expect("stdout lock").clone()
     }
+    /// Waits (at most `within`) for a line on stdout that contains `text`.
+    pub async fn wait_stdout(&self, text: &str, within: Duration) -> bool {
+        crate::wait_until(within, || {
+            let seen = self.stdout().iter().any(|l| l.contains(text));
+            async move { seen }
+        })
+        .await
+    }
     /// Lines written to stderr so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().expect("stderr lock").clone()

@@ -43,6 +43,13 @@ fn handover_dir() -> std::path::PathBuf {
     dir
 }
 
+/// An agent on `corefile` with a handover socket at `sock`.
+fn with_handover(corefile: String, sock: &std::path::Path) -> nodedns_tests::agent::AgentBuilder {
+    Agent::corefile(corefile)
+        .arg("--handover-socket")
+        .arg(sock.display().to_string())
+}
+
 fn corefile(port: u16, health: u16, up: &FakeUpstream) -> String {
     format!(
         ".:{port} {{\n    bind 127.0.0.1\n    health 127.0.0.1:{health}\n    cache 600\n    forward . {up}\n}}\n"
@@ -55,9 +62,7 @@ async fn a_rollout_through_the_handover_socket_loses_no_query_and_starts_warm() 
     let [port, health] = free_ports::<2>();
     let dir = handover_dir();
     let sock = dir.join("handover.sock");
-    let old = Agent::corefile(corefile(port, health, &up))
-        .arg("--handover-socket")
-        .arg(sock.display().to_string())
+    let old = with_handover(corefile(port, health, &up), &sock)
         .start()
         .await;
     let server = old.udp();
@@ -72,17 +77,12 @@ async fn a_rollout_through_the_handover_socket_loses_no_query_and_starts_warm() 
     let load = udp_stream(server, 3000, stop.clone(), None, |i| name(i % WARM));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The new agent starts beside the old one and takes over.
-    let new = Agent::corefile(corefile(port, health, &up))
-        .arg("--handover-socket")
-        .arg(sock.display().to_string())
+    let new = with_handover(corefile(port, health, &up), &sock)
         .start()
         .await;
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            let done = old.stdout().iter().any(|l| l.contains("handed over"));
-            async move { done }
-        })
-        .await,
+        old.wait_stdout("handed over", Duration::from_secs(10))
+            .await,
         "the old agent never released: {:?}",
         old.stderr()
     );
@@ -162,9 +162,7 @@ async fn a_new_agent_that_fails_leaves_the_old_one_serving() {
     let [port, health] = free_ports::<2>();
     let dir = handover_dir();
     let sock = dir.join("handover.sock");
-    let old = Agent::corefile(corefile(port, health, &up))
-        .arg("--handover-socket")
-        .arg(sock.display().to_string())
+    let old = with_handover(corefile(port, health, &up), &sock)
         .start()
         .await;
     // The successor's Corefile names an address it cannot bind (a port

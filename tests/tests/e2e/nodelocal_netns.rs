@@ -316,11 +316,8 @@ async fn a_rollout_on_the_link_local_address_loses_nothing_and_keeps_the_rules()
             .start()
             .await;
         assert!(
-            wait_until(Duration::from_secs(10), || {
-                let done = old.stdout().iter().any(|l| l.contains("handed over"));
-                async move { done }
-            })
-            .await
+            old.wait_stdout("handed over", Duration::from_secs(10))
+                .await
         );
         let mut old = old;
         old.signal(Signal::SIGTERM);

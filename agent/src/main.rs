@@ -904,19 +904,34 @@ impl HttpEndpoints {
 /// A listener a predecessor handed over for an HTTP endpoint's address
 /// (`:8080` is every address, as [`bind_http`] binds it).
 fn take_http(addr: &str, inherited: &mut Inherited) -> Option<TcpListener> {
-    let candidates: Vec<SocketAddr> = match addr.strip_prefix(':') {
-        Some(port) => {
-            let port: u16 = port.parse().ok()?;
-            vec![
-                SocketAddr::from(([0u16; 8], port)),
-                SocketAddr::from(([0u8; 4], port)),
-            ]
-        }
+    let candidates = match every_address(addr) {
+        Some(port) => port.ok()?.to_vec(),
         None => vec![addr.parse().ok()?],
     };
     let l = candidates.into_iter().find_map(|a| inherited.take_tcp(a))?;
     l.set_nonblocking(true).ok()?;
     TcpListener::from_std(l).ok()
+}
+
+/// `:PORT` (every address): IPv6's wildcard (dual-stack), then IPv4's.
+/// `None` for an address with a host.
+fn every_address(addr: &str) -> Option<std::io::Result<[SocketAddr; 2]>> {
+    let port = addr.strip_prefix(':')?;
+    Some(
+        port.parse::<u16>()
+            .map(|port| {
+                [
+                    SocketAddr::from(([0u16; 8], port)),
+                    SocketAddr::from(([0u8; 4], port)),
+                ]
+            })
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("invalid port in '{addr}'"),
+                )
+            }),
+    )
 }
 
 /// A copy of a listening socket (the same socket), for a successor.
@@ -1042,17 +1057,12 @@ async fn wait_for_startup(waits: Vec<StartupWait>) {
 }
 
 async fn bind_http(addr: &str) -> std::io::Result<TcpListener> {
-    if let Some(port) = addr.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("invalid port in '{addr}'"),
-            )
-        })?;
-        match TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
-            Ok(l) => return Ok(l),
-            Err(_) => return TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
-        }
+    if let Some(both) = every_address(addr) {
+        let [v6, v4] = both?;
+        return match TcpListener::bind(v6).await {
+            Ok(l) => Ok(l),
+            Err(_) => TcpListener::bind(v4).await,
+        };
     }
     TcpListener::bind(addr).await
 }

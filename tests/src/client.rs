@@ -41,6 +41,17 @@ pub fn with_edns(mut m: Message, udp_size: u16) -> Message {
     m
 }
 
+/// The addresses of the A records in a reply's answer section.
+pub fn a_of(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A client bound to one server address.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {

@@ -594,7 +594,7 @@ fn bind_all(
 }
 
 /// The addresses a key binds: its own, or for every address, IPv6's
-/// wildcard (dual-stack) then IPv4's.
+/// wildcard (dual-stack if the host has IPv6) then IPv4's.
 fn candidates(key: &ListenKey) -> Vec<SocketAddr> {
     match key.addr {
         Some(a) => vec![SocketAddr::new(a, key.port)],
@@ -672,7 +672,7 @@ fn refuse_shared(key: &ListenKey, inherited: &Inherited) -> io::Result<()> {
                          (SO_REUSEPORT would split the queries between the two). Stop that process, \
                          or, if it is a nodedns agent, start this one with --handover-socket naming its \
                          handover socket to take over from it",
-                        kind_name(kind)
+                        kind.as_str()
                     ),
                 ));
             }
@@ -681,13 +681,6 @@ fn refuse_shared(key: &ListenKey, inherited: &Inherited) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Udp => "udp",
-        Kind::Tcp => "tcp",
-    }
 }
 
 /// `IP_FREEBIND`: bind an address the host does not hold yet, so the
@@ -728,18 +721,9 @@ fn bind_pair(key: &ListenKey, n: usize, rcvbuf: usize) -> io::Result<Sockets> {
     } else {
         0
     };
-    let candidates: Vec<IpAddr> = match key.addr {
-        Some(a) => vec![a],
-        // Every address: dual-stack if the host has IPv6, else IPv4.
-        None => vec![
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        ],
-    };
     let mut last_err = io::Error::other("no address to bind");
-    for ip in candidates {
+    for addr in candidates(key) {
         for _attempt in 0..8 {
-            let addr = SocketAddr::new(ip, key.port);
             let bound = if quic {
                 udp::bind(addr, rcvbuf).map(Sockets::Quic)
             } else {

@@ -33,14 +33,14 @@ pub(super) fn is_probe(req: &Request<'_>) -> bool {
 
 /// Answers the probe: NOERROR, the question, no records.
 pub(super) fn answer(reply: &mut Reply, req: &Request<'_>) {
-    let raw = req.raw();
-    let flags = 0x8400 | (req.header().flags & 0x0100);
+    super::chain::header_only(
+        reply,
+        req.header(),
+        hickory_proto::op::ResponseCode::NoError,
+    );
     let buf = reply.wire_buf();
-    buf.clear();
-    buf.extend_from_slice(&req.id().to_be_bytes());
-    buf.extend_from_slice(&flags.to_be_bytes());
-    buf.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
-    buf.extend_from_slice(&raw[12..req.question_end()]);
+    buf[5] = 1; // QDCOUNT
+    buf.extend_from_slice(&req.raw()[12..req.question_end()]);
     reply.mark_wire();
 }
 

@@ -5,18 +5,9 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
+use nodedns_tests::client::a_of;
 use nodedns_tests::client::query;
 use nodedns_tests::{Agent, Client, FakeUpstream, Fault, wait_until};
-
-fn a_of(m: &hickory_proto::op::Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
-}
 
 async fn start(cache: &str, up: &FakeUpstream, forward_opts: &str) -> Agent {
     Agent::corefile(format!(

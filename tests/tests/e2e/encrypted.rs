@@ -6,23 +6,14 @@
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
+use nodedns_tests::client::a_of;
 use nodedns_tests::client::query;
 use nodedns_tests::secure_client::{
     DohClient, DotClient, SERVER_NAME, TestCa, certs, grpc_query, read_frame, write_frame,
 };
 use nodedns_tests::{Agent, FakeUpstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn a_of(m: &Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// An agent serving `tls://` on a free loopback port with `tls_line`,
 /// caching in front of `up`; the CA's, server's and any extra files are

@@ -6,21 +6,12 @@
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
+use nodedns_tests::client::a_of;
 use nodedns_tests::client::query;
 use nodedns_tests::quic_client::{DoqOutcome, H3Conn, connect, doq_frame, doq_query, doq_stream};
 use nodedns_tests::secure_client::{TestCa, certs};
 use nodedns_tests::{Agent, FakeUpstream, wait_until};
-
-fn a_of(m: &Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
-}
 
 async fn upstream() -> FakeUpstream {
     FakeUpstream::builder()

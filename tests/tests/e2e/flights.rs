@@ -7,19 +7,10 @@
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
+use nodedns_tests::client::a_of;
 use nodedns_tests::client::{query, read_frame, write_frame};
 use nodedns_tests::{Agent, Client, FakeUpstream, Fault, wait_until};
-
-fn a_of(m: &Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// Two blocks on one address: `hang.test` forwards to `hang` (slow, or
 /// never answering), everything else is cached in front of `up`.

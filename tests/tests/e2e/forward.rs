@@ -4,18 +4,9 @@
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
+use nodedns_tests::client::a_of;
 use nodedns_tests::{Agent, Client, FakeUpstream, Fault, wait_until};
-
-fn a_of(m: &hickory_proto::op::Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
-}
 
 async fn start(body: &str) -> Agent {
     Agent::corefile(format!(".:0 {{\n    bind 127.0.0.1\n{body}\n}}\n"))

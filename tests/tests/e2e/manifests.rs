@@ -16,7 +16,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
+use nodedns_tests::client::a_of;
 use nodedns_tests::{Agent, Client, FakeUpstream, http_status, wait_until};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -217,16 +218,6 @@ fn lameduck_secs(corefile: &str) -> u64 {
         .find_map(|l| l.trim().strip_prefix("lameduck "))
         .and_then(|d| d.trim().strip_suffix('s')?.parse().ok())
         .expect("a `lameduck Ns` line")
-}
-
-fn a_of(m: &hickory_proto::op::Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// What both overlays share, and the Corefile the agent would run there
